@@ -1,0 +1,123 @@
+"""Model configuration: one dataclass describes a LoopMDM, a same-size MDM and a deeper MDM.
+
+A non-looped MDM is simply a config with ``s_max=1, loop_dist='fixed'``; the deeper MDM with equal
+per-step compute puts ``k * n_mid_layers`` physical layers where the looped model re-uses ``n_mid_layers``.
+Keeping all three in one shape is what lets the FLOPs module and the analysis treat them uniformly.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+LOOP_DISTS = ("uniform", "fixed")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the field and what is allowed."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+def reject_unknown_keys(section: str, given: dict, allowed: list[str]) -> None:
+    """Fail on keys a dataclass does not have, suggesting the closest real one (typos are the usual cause)."""
+    for key in given:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{section}.{key}" if section else str(key),
+                              f"unknown key.{hint} Allowed: {', '.join(sorted(allowed))}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: embedding -> head layers -> mid block applied S times -> tail layers -> output head."""
+
+    vocab_size: int = 258  # includes the mask token
+    d_model: int = 128
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    n_head_layers: int = 1
+    n_mid_layers: int = 2
+    n_tail_layers: int = 1
+    s_max: int = 4
+    loop_dist: str = "uniform"  # training distribution of S: uniform over 1..s_max, or fixed at s_max
+    max_seq_len: int = 256
+    time_cond: bool = False  # adaLN conditioning on t; off by default, as in MDLM
+    tie_weights: bool = True
+    mask_token_id: int | None = None  # None -> vocab_size - 1
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- derived ---------------------------------------------------------------------------------
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size - 1 if self.mask_token_id is None else self.mask_token_id
+
+    @property
+    def n_layers_physical(self) -> int:
+        return self.n_head_layers + self.n_mid_layers + self.n_tail_layers
+
+    @property
+    def is_looped(self) -> bool:
+        return self.s_max > 1
+
+    @property
+    def expected_loops(self) -> float:
+        """E[S] under the training distribution; sets the depth of the equal-compute deeper MDM."""
+        return (1 + self.s_max) / 2 if self.loop_dist == "uniform" else float(self.s_max)
+
+    @property
+    def d_mlp(self) -> int:
+        return int(round(self.mlp_ratio * self.d_model))
+
+    def effective_layers(self, loops: int) -> int:
+        return self.n_head_layers + loops * self.n_mid_layers + self.n_tail_layers
+
+    # -- construction ----------------------------------------------------------------------------
+    def validate(self) -> None:
+        positive = ("vocab_size", "d_model", "n_heads", "n_mid_layers", "s_max", "max_seq_len")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                what = "the looped block needs at least one layer" if name == "n_mid_layers" else "must be >= 1"
+                raise ConfigError(f"model.{name}", f"got {value!r}; {what} (a positive integer)")
+        for name in ("n_head_layers", "n_tail_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"model.{name}", f"got {value!r}; must be an integer >= 0")
+        if self.d_model % self.n_heads:
+            raise ConfigError("model.d_model", f"{self.d_model} is not divisible by model.n_heads={self.n_heads}; "
+                              f"pick a width that is a multiple of the head count")
+        if (self.d_model // self.n_heads) % 2:
+            raise ConfigError("model.d_model", f"head dim {self.d_model // self.n_heads} must be even for RoPE")
+        if not self.mlp_ratio > 0:
+            raise ConfigError("model.mlp_ratio", f"got {self.mlp_ratio!r}; must be > 0")
+        if self.loop_dist not in LOOP_DISTS:
+            raise ConfigError("model.loop_dist", f"got {self.loop_dist!r}; allowed: {', '.join(LOOP_DISTS)}")
+        if not 0 <= self.mask_id < self.vocab_size:
+            raise ConfigError("model.mask_token_id", f"{self.mask_id} is outside the vocabulary [0, {self.vocab_size})")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        reject_unknown_keys("model", d, [f.name for f in fields(cls)])
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def non_looped(self) -> "ModelConfig":
+        """The same-size MDM: identical weights' shapes, mid block applied once."""
+        return self.replace(s_max=1, loop_dist="fixed")
+
+    def deeper(self, loops: int | None = None) -> "ModelConfig":
+        """The non-looped MDM whose depth equals the looped model's at ``loops`` (default round(E[S]))."""
+        k = int(round(self.expected_loops)) if loops is None else loops
+        return self.replace(n_mid_layers=k * self.n_mid_layers, s_max=1, loop_dist="fixed")
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return type(self)(**{**asdict(self), **changes})

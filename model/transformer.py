@@ -1,0 +1,201 @@
+"""The LoopMDM network: a bidirectional pre-norm transformer whose mid block is applied S times.
+
+    tokens -> embed -> [head layers] -> [mid layers] x S (shared weights) -> [tail layers] -> norm -> logits
+
+With ``s_max=1`` it is an ordinary masked-diffusion transformer (MDLM-style, no causal mask), so the
+same class gives the looped model and both baselines. Attention goes through
+``F.scaled_dot_product_attention`` so CUDA picks flash / memory-efficient kernels. Linear layers have no
+bias: the FLOPs module counts every matmul and nothing else, and norms/biases would only blur that.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+
+@dataclass
+class LoopStats:
+    """What the mid block actually did: loops run per sequence, and the last relative change per sequence."""
+
+    loops_used: torch.Tensor  # (B,) int
+    last_rel_change: torch.Tensor  # (B,) float; nan where only one loop ran
+
+
+def rope_tables(seq_len: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)  # (L, hd/2)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                return_probs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        probs = None
+        if return_probs:  # analysis path only: materialise the attention matrix
+            probs = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+            y = probs @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=False)
+        return self.out(y.transpose(1, 2).reshape(B, L, D)), probs
+
+
+class Block(nn.Module):
+    """Pre-norm block; with time conditioning, adaLN-zero style shift/scale/gate from the t embedding."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.d_model, elementwise_affine=not cfg.time_cond)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.d_model, elementwise_affine=not cfg.time_cond)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_mlp, bias=False), nn.GELU(approximate="tanh"),
+                                 nn.Linear(cfg.d_mlp, cfg.d_model, bias=False))
+        self.ada = None
+        if cfg.time_cond:
+            self.ada = nn.Linear(cfg.d_model, 6 * cfg.d_model)
+            nn.init.zeros_(self.ada.weight)
+            nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c: torch.Tensor | None = None,
+                return_probs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.ada is None:
+            a, probs = self.attn(self.norm1(x), cos, sin, return_probs)
+            x = x + a
+            return x + self.mlp(self.norm2(x)), probs
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, None, :].chunk(6, dim=-1)
+        a, probs = self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, return_probs)
+        x = x + (1 + gate1) * a
+        return x + (1 + gate2) * self.mlp(self.norm2(x) * (1 + scale2) + shift2), probs
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal features of t followed by a small MLP (used only when ``time_cond``)."""
+
+    def __init__(self, d_model: int, n_freq: int = 256):
+        super().__init__()
+        self.n_freq = n_freq
+        self.mlp = nn.Sequential(nn.Linear(n_freq, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.n_freq // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        args = 1000.0 * t.float()[:, None] * freqs[None]
+        return self.mlp(torch.cat([args.cos(), args.sin()], dim=-1))
+
+
+class LoopMDM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.head_layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_head_layers))
+        self.mid_layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_mid_layers))
+        self.tail_layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_tail_layers))
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.lm_head = None if cfg.tie_weights else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.time_embed = TimeEmbedding(cfg.d_model) if cfg.time_cond else None
+        cos, sin = rope_tables(cfg.max_seq_len, cfg.d_model // cfg.n_heads)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init)
+        # GPT-2 style: scale residual projections by depth so deep (and deeply looped) stacks start stable.
+        depth = cfg.effective_layers(max(1, round(cfg.expected_loops)))
+        for name, p in self.named_parameters():
+            if name.endswith("attn.out.weight") or name.endswith("mlp.2.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * depth))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, loops: int | None = None,
+                exit_threshold: float | None = None, return_stats: bool = False,
+                return_attention: bool = False):
+        """Logits over the vocabulary for every position of ``x`` (B, L).
+
+        ``loops`` is S, the mid-block repetitions (default ``s_max``; any S >= 1 works, S > s_max too).
+        With ``exit_threshold`` a sequence stops looping once ||h_k - h_{k-1}|| / ||h_k|| < threshold,
+        ``loops`` then being the cap; finished sequences are dropped from the batch so the savings are real.
+        ``return_attention`` (analysis only) also returns the mid layers' attention probabilities per loop:
+        a list over loops of lists over mid layers of (B, H, L, L) tensors.
+        """
+        cfg = self.cfg
+        loops = cfg.s_max if loops is None else int(loops)
+        if loops < 1:
+            raise ValueError(f"loops must be >= 1, got {loops}")
+        B, L = x.shape
+        if L > cfg.max_seq_len:
+            raise ValueError(f"sequence length {L} exceeds model.max_seq_len={cfg.max_seq_len}")
+        cos, sin = self.rope_cos[:L].to(x.device), self.rope_sin[:L].to(x.device)
+        c = None
+        if self.time_embed is not None:
+            if t is None:
+                raise ValueError("this model is time-conditioned (model.time_cond=true): pass t")
+            c = self.time_embed(t.expand(B) if t.dim() == 0 else t)
+
+        h = self.embed(x)
+        for blk in self.head_layers:
+            h, _ = blk(h, cos, sin, c)
+
+        loops_used = torch.full((B,), loops, dtype=torch.long, device=x.device)
+        last_change = torch.full((B,), float("nan"), device=x.device)
+        attn_maps: list[list[torch.Tensor]] = []
+        active = torch.arange(B, device=x.device)  # sequences still looping
+        for k in range(1, loops + 1):
+            h_act = h if active.numel() == B else h[active]
+            c_act = None if c is None else (c if active.numel() == B else c[active])
+            new = h_act
+            loop_maps = []
+            for blk in self.mid_layers:
+                new, probs = blk(new, cos, sin, c_act, return_attention)
+                if probs is not None:
+                    loop_maps.append(probs)
+            if return_attention:
+                attn_maps.append(loop_maps)
+            if exit_threshold is not None:
+                rel = ((new - h_act).flatten(1).norm(dim=1) / new.flatten(1).norm(dim=1).clamp_min(1e-12)).float()
+                last_change[active] = rel
+                done = rel < exit_threshold
+                if done.any():
+                    loops_used[active[done]] = k
+            h = new if active.numel() == B else h.index_copy(0, active, new)
+            if exit_threshold is not None:
+                active = active[~done]
+                if active.numel() == 0:
+                    break
+
+        for blk in self.tail_layers:
+            h, _ = blk(h, cos, sin, c)
+        h = self.norm(h)
+        logits = F.linear(h, self.embed.weight if self.lm_head is None else self.lm_head.weight)
+        out = [logits]
+        if return_stats:
+            out.append(LoopStats(loops_used=loops_used, last_rel_change=last_change))
+        if return_attention:
+            out.append(attn_maps)
+        return out[0] if len(out) == 1 else tuple(out)
