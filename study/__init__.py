@@ -1,0 +1,1 @@
+"""Running experiments: configs, data, training, launching, run records, sweeps."""
