@@ -114,10 +114,11 @@ class ModelConfig:
         """The same-size MDM: identical weights' shapes, mid block applied once."""
         return self.replace(s_max=1, loop_dist="fixed")
 
-    def deeper(self, loops: int | None = None) -> "ModelConfig":
-        """The non-looped MDM whose depth equals the looped model's at ``loops`` (default round(E[S]))."""
-        k = int(round(self.expected_loops)) if loops is None else loops
-        return self.replace(n_mid_layers=k * self.n_mid_layers, s_max=1, loop_dist="fixed")
+    def deeper(self, loops: float | None = None) -> "ModelConfig":
+        """The non-looped MDM whose depth equals the looped model's at ``loops`` (default E[S]): the mid block
+        unrolled into round(loops * n_mid_layers) distinct layers (E[S]=6.5 with 2 looped layers -> 13)."""
+        k = self.expected_loops if loops is None else loops
+        return self.replace(n_mid_layers=max(1, int(round(k * self.n_mid_layers))), s_max=1, loop_dist="fixed")
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return type(self)(**{**asdict(self), **changes})

@@ -317,10 +317,7 @@ def from_dict(raw: dict[str, Any]) -> RunConfig:
     sections = {name: _coerce(name, cls, raw.pop(name, {}) or {}) for name, cls in SECTIONS.items() if name != "model"}
     model_raw = dict(raw.pop("model", {}) or {})
     if "vocab_size" not in model_raw:
-        try:
-            vocab, mask = tokenizer_vocab(sections["data"].tokenizer)
-        except ValueError as exc:
-            raise ConfigError("data.tokenizer", str(exc)) from exc
+        vocab, mask = tokenizer_vocab(sections["data"].tokenizer)  # a DataError is a ConfigError
         model_raw["vocab_size"] = vocab
         model_raw.setdefault("mask_token_id", mask)
     model_raw.setdefault("max_seq_len", sections["data"].seq_len)

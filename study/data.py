@@ -31,6 +31,7 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence
 import numpy as np
 import torch
 
+from model.config import ConfigError
 from study import gsm8k_synth
 
 try:  # POSIX only; elsewhere the rename protocol alone keeps the cache consistent
@@ -58,12 +59,8 @@ CORPUS_FORMS = (
 _LOCKING = True  # tests switch the lock off to check that the temp-dir + rename protocol is safe on its own
 
 
-class DataError(ValueError):
+class DataError(ConfigError):
     """A data setting cannot be honoured; the message names the config field and what to do instead."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        super().__init__(f"{field}: {message}")
 
 
 # ==========================================================================================================

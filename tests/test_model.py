@@ -166,7 +166,8 @@ def test_deeper_mdm_has_flops_of_looped_at_k():
         for conv in flops.CONVENTIONS:
             assert flops.train_flops_per_token(deep, 32, 1, conv) == pytest.approx(
                 flops.train_flops_per_token(cfg, 32, k, conv))
-    assert cfg.deeper().n_mid_layers == round(cfg.expected_loops) * cfg.n_mid_layers
+    assert cfg.deeper().n_mid_layers == round(cfg.expected_loops * cfg.n_mid_layers)
+    assert tiny(s_max=12).deeper().n_layers_physical == 1 + 13 + 1  # E[S] = 6.5 with 2 looped layers
 
 
 def test_conventions_and_expectations():
