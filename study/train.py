@@ -456,7 +456,7 @@ def train(cfg: RunConfig, run_dir: str | Path, stop: Callable[[], bool] | None =
     marked done unless it reached its last step.
     """
     run_dir = Path(run_dir)
-    done = (store.read_json(run_dir / "DONE.json") or {}).get("summary")
+    done = (store.read_json(run_dir / "DONE.json") or {}).get("summary") if run_dir.is_dir() else None
     if done is not None and done.get("config_hash") == cfg.hash:
         return done
     trainer = Trainer(cfg, run_dir, stop=stop, quiet=quiet)
