@@ -1,0 +1,99 @@
+"""Small helpers shared by the analysis modules (JSON safety, atomic writes, seeding)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def jsonable(obj: Any) -> Any:
+    """Convert to strict JSON: non-finite floats become None because JSON has no NaN/inf and
+    a downstream reader must not mistake a missing estimate for a number."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        if hasattr(obj, "to_dict"):
+            return jsonable(obj.to_dict())
+        return jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(jsonable(obj), indent=2, sort_keys=False, allow_nan=False)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temp file in the same directory, then rename: a reader never sees half a file
+    and a crash leaves the old version intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def derive_rng(seed: int, *keys: Any) -> np.random.Generator:
+    """An RNG that depends on (seed, keys) only, so each fit's bootstrap is reproducible no matter
+    in which order the report runs the fits."""
+    h = hashlib.sha256(repr((int(seed),) + tuple(str(k) for k in keys)).encode()).digest()
+    return np.random.default_rng(int.from_bytes(h[:8], "little"))
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """Human formatting for tables: None/NaN -> '—', large/small numbers in scientific notation."""
+    if x is None:
+        return "—"
+    if isinstance(x, str):
+        return x
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if math.isnan(f):
+        return "—"
+    if math.isinf(f):
+        return "∞" if f > 0 else "-∞"
+    if f != 0 and (abs(f) >= 1e5 or abs(f) < 1e-3):
+        return f"{f:.{digits - 1}e}"
+    return f"{f:.{digits}g}" if abs(f) >= 1 else f"{f:.{digits}f}"
+
+
+def normalise_convention(conv: str) -> str:
+    """Accept '6N_nonembed' or 'flops_6N_nonembed'; return the tidy-table column name."""
+    conv = conv.strip()
+    return conv if conv.startswith("flops_") else f"flops_{conv}"
+
+
+CONVENTIONS = ("flops_6N_nonembed", "flops_6N_total", "flops_exact")

@@ -1,0 +1,607 @@
+"""The paper's claims, each turned into a number with a CI and a verdict by a rule stated in the Claim.
+
+Verdicts are one of ``supported``, ``not supported``, ``inconclusive``. A claim whose inputs are
+missing is ``inconclusive`` with a caveat naming what is missing; no claim function raises on bad data.
+
+Task-evaluation contract (``runs/<run>/evals/<name>-<hash>.json``, one file per (task, checkpoint,
+eval config)), read by ``analysis.collect.load_task_evals``::
+
+    {
+      "task": "gsm8k",              # lm-eval task name                                   (required)
+      "metric": "exact_match",      # which metric per_sample holds                       (default "acc")
+      "loops": 8,                   # inference loop count S (1 for a non-looped model)   (required for looped runs)
+      "exit_threshold": null,       # adaptive-exit threshold, or null for fixed loops
+      "step": 12000,                # checkpoint step evaluated
+      "per_sample": [0, 1, 1, ...], # per-problem correctness (0/1 or a score in [0, 1]),  (required)
+                                    #   in a STABLE problem order shared by every model
+      "sample_ids": ["...", ...],   # optional: problem ids; when present, pairing uses them instead of order
+      "score": 0.41,                # mean of per_sample, as a fraction in [0, 1]
+      "n": 1319, "run_hash": "...", "eval_config_hash": "...", "lm_eval_version": "...", ...  (free extras)
+    }
+
+Deltas are reported in points (100 x difference of fractions), paired by problem.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import fits as F
+from ._util import CONVENTIONS, derive_rng, fmt, jsonable, normalise_convention
+from .select import (CORE_COLUMNS, choose_eval_loops, final_points, fixed_loops, missing_columns,
+                     schedule_note, trajectory, unique_points)
+from .studyfits import StudyFits
+
+SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
+PAPER_MULTIPLIER = 3.3
+PAPER_GSM8K_POINTS = 8.5
+Z95 = 1.959963984540054
+
+TASK_EVAL_CONTRACT = __doc__.split("::", 1)[1].split("Deltas are")[0]
+
+
+@dataclass
+class Claim:
+    """One paper claim confronted with the study's data."""
+
+    key: str
+    name: str
+    statement: str
+    paper_value: float | None
+    paper_text: str
+    measured: float | None
+    ci_low: float | None
+    ci_high: float | None
+    unit: str
+    verdict: str
+    rule: str
+    caveats: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    level: float = 0.95
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable(dataclasses.asdict(self))
+
+
+def _inconclusive(key: str, name: str, statement: str, paper_value: float | None, paper_text: str, unit: str,
+                  rule: str, *caveats: str, details: dict[str, Any] | None = None) -> Claim:
+    return Claim(key, name, statement, paper_value, paper_text, None, None, None, unit, INCONCLUSIVE, rule,
+                 [c for c in caveats if c], details or {})
+
+
+def _verdict_gt(low: float | None, high: float | None, null: float) -> str:
+    """supported if the whole CI is above ``null``, not supported if the whole CI is below, else inconclusive."""
+    if low is None or high is None or not (np.isfinite(low) or np.isinf(low)):
+        return INCONCLUSIVE
+    if low > null:
+        return SUPPORTED
+    if high < null:
+        return NOT_SUPPORTED
+    return INCONCLUSIVE
+
+
+def _magnitude_note(low: float | None, high: float | None, paper: float, unit: str = "") -> str:
+    if low is None or high is None:
+        return ""
+    if low <= paper <= high:
+        return f"the CI covers the paper's {paper:g}{unit}"
+    if high < paper:
+        return f"the CI lies below the paper's {paper:g}{unit}: the effect here is smaller than claimed"
+    return f"the CI lies above the paper's {paper:g}{unit}: the effect here is larger than claimed"
+
+
+def _geo_mean(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.exp(np.mean(np.log(x), axis=axis))
+
+
+# ---------------------------------------------------------------------------- 1. fitted multiplier
+MULT_RULE = ("supported if the 95% bootstrap CI of the multiplier (baseline FLOPs / LoopMDM FLOPs to reach the "
+             "baseline's best observed loss, from fitted frontiers) lies above 1; not supported if it lies below 1; "
+             "else inconclusive. Whether the CI covers 3.3 is stated separately")
+
+
+def claim_multiplier(fits: StudyFits, convention: str, *, paper: float = PAPER_MULTIPLIER, n_levels: int = 25) -> Claim:
+    conv = normalise_convention(convention)
+    key = f"multiplier[{conv}]"
+    name = f"1. training-FLOPs multiplier (fitted frontiers, {conv})"
+    statement = "LoopMDM matches same-size MDMs with up to 3.3x fewer training FLOPs (test NLL)"
+    args = (key, name, statement, paper, "up to 3.3x", "x", MULT_RULE)
+    base, loop = fits.get_frontier("mdm", conv), fits.get_frontier("loopmdm", conv)
+    if base is None or loop is None:
+        miss = [f for f, v in (("mdm (baseline)", base), ("loopmdm", loop)) if v is None]
+        return _inconclusive(*args, f"no frontier for {', '.join(miss)} under {conv}: missing final evaluations "
+                                    f"or FLOPs column")
+    bad = [f"{f.family}: {f.message}" for f in (base, loop) if not f.ok]
+    if bad:
+        return _inconclusive(*args, *(f"frontier fit not possible — {b}" for b in bad))
+    L_star = base.loss_range[0]
+    hi = min(base.loss_range[1], loop.loss_range[1])
+    levels = np.linspace(L_star, hi, n_levels) if hi > L_star else np.array([L_star])
+    m = F.efficiency_multiplier(base, loop, L_star, levels)
+    v = m.value
+    verdict = _verdict_gt(v.low, v.high, 1.0)
+    caveats = list(m.extrapolated)
+    mag = _magnitude_note(v.low, v.high, paper, "x")
+    if mag:
+        caveats.append(mag)
+    for f in (base, loop):
+        d = f.diagnostics
+        if d and not d.converged:
+            caveats.append(f"{f.family} frontier: optimizer did not report convergence ({d.optimizer_message})")
+        if d and d.n_boot and d.n_boot_ok < 0.9 * d.n_boot:
+            caveats.append(f"{f.family} frontier: only {d.n_boot_ok}/{d.n_boot} bootstrap refits converged")
+        if f.n_fit_points < 6:
+            caveats.append(f"{f.family} frontier rests on {f.n_fit_points} points")
+    if v.estimate is not None and np.isinf(v.estimate):
+        caveats.append("the baseline's fitted frontier never reaches this loss (infinite FLOPs): the multiplier is "
+                       "unbounded at this level")
+    caveats.append(f"LoopMDM evaluated at {fits.loops_note}")
+    details = dict(convention=conv, eval_loops=fits.loops, curve=m.to_dict(),
+                   baseline_frontier={k: getattr(base, k).to_dict() for k in ("E", "A", "alpha")},
+                   loopmdm_frontier={k: getattr(loop, k).to_dict() for k in ("E", "A", "alpha")},
+                   baseline_points=base.n_fit_points, loopmdm_points=loop.n_fit_points,
+                   covers_paper=v.covers(paper))
+    return Claim(key, name, statement, paper, "up to 3.3x", v.estimate, v.low, v.high, "x", verdict, MULT_RULE,
+                 caveats, details)
+
+
+# -------------------------------------------------------------------------- 2. paper's own protocol
+PROTO_RULE = ("per comparison group: baseline total FLOPs / FLOPs at which LoopMDM (fixed S) first reaches the "
+              "baseline's final NLL along its eval points (log-FLOPs interpolation); CI from a parametric "
+              "bootstrap of every eval point with its MC standard error, and resampling of seeds and groups. "
+              "Headline = geometric mean over groups: supported if its 95% CI lies above 1, not supported if "
+              "below 1, else inconclusive")
+
+
+def _crossing_draws(Ct: np.ndarray, Lt: np.ndarray, St: np.ndarray, Cb: float, Lb: float, Sb: float,
+                    rng: np.random.Generator, n_boot: int) -> tuple[float, np.ndarray, str]:
+    """Multiplier Cb / C* (point and draws). C* = first crossing of the trajectory below Lb, linear in
+    log C between eval points. Censored cases are made conservative: never reached -> 0 (no saving
+    shown); reached at the first eval point -> Cb / C_first (a lower bound)."""
+
+    def mult(L: np.ndarray, lb: np.ndarray) -> np.ndarray:
+        L = np.atleast_2d(L)
+        lb = np.atleast_1d(lb)[:, None]
+        cond = L <= lb
+        reached = cond.any(axis=1)
+        k = np.argmax(cond, axis=1)
+        lc = np.log(Ct)
+        out = np.zeros(L.shape[0])
+        first = reached & (k == 0)
+        out[first] = Cb / Ct[0]
+        mid = reached & (k > 0)
+        if mid.any():
+            kk = k[mid]
+            l0, l1 = L[mid, kk - 1], L[mid, kk]
+            t = np.clip((lb[mid, 0] - l0) / np.where(l1 != l0, l1 - l0, -1e-300), 0, 1)
+            out[mid] = Cb / np.exp(lc[kk - 1] + t * (lc[kk] - lc[kk - 1]))
+        return out
+
+    point = float(mult(Lt[None, :], np.array([Lb]))[0])
+    status = "reached" if np.any(Lt <= Lb) else "not reached"
+    if status == "reached" and Lt[0] <= Lb:
+        status = "reached at the first eval point (lower bound)"
+    Lt_d = Lt[None, :] + rng.standard_normal((n_boot, Lt.size)) * np.nan_to_num(St, nan=0.0)[None, :]
+    Lb_d = Lb + rng.standard_normal(n_boot) * (0.0 if not np.isfinite(Sb) else Sb)
+    return point, mult(Lt_d, Lb_d), status
+
+
+def claim_protocol(df: pd.DataFrame, convention: str, *, loops: int | None = None, n_boot: int = 1000,
+                   seed: int = 0, paper: float = PAPER_MULTIPLIER, level: float = 0.95) -> Claim:
+    conv = normalise_convention(convention)
+    key = f"protocol[{conv}]"
+    name = f"2. multiplier by the paper's protocol (eval-point crossing, {conv})"
+    statement = "LoopMDM reaches the same-size MDM's final NLL with up to 3.3x fewer training FLOPs"
+    args = (key, name, statement, paper, "up to 3.3x", "x", PROTO_RULE)
+    if missing_columns(df, CORE_COLUMNS + [conv, "nll_se"]):
+        return _inconclusive(*args, f"missing columns: {', '.join(missing_columns(df, CORE_COLUMNS + [conv, 'nll_se']))}")
+    if loops is None:
+        loops, _ = choose_eval_loops(df)
+    if loops is None:
+        return _inconclusive(*args, "no final fixed-loop evaluations of LoopMDM")
+    rng = derive_rng(seed, "protocol", conv)
+    groups = []
+    caveats: list[str] = []
+    for g, dg in df[df["group"].astype(str) != ""].groupby("group"):
+        loop_runs = dg[dg["role"] == "looped"]["run"].unique()
+        base_runs = dg[(dg["role"] == "baseline_same")]["run"].unique()
+        if len(loop_runs) == 0 or len(base_runs) == 0:
+            continue
+        seeds = dg.drop_duplicates("run").set_index("run")["seed"]
+        pairs = [(lr, br) for lr in loop_runs for br in base_runs if seeds.get(lr) == seeds.get(br)]
+        if not pairs:
+            pairs = [(lr, br) for lr in loop_runs for br in base_runs]
+        pts, draws, stats = [], [], []
+        for lr, br in pairs:
+            bt = trajectory(dg, br, None, conv)
+            bfin = bt[bt["is_final"]]
+            lt = trajectory(dg, lr, loops, conv)
+            lt = lt[np.isfinite(lt[conv].to_numpy(float))]
+            if bfin.empty or len(lt) < 1:
+                continue
+            b = bfin.iloc[-1]
+            p, dr, st = _crossing_draws(lt[conv].to_numpy(float), lt["nll"].to_numpy(float),
+                                        lt["nll_se"].to_numpy(float), float(b[conv]), float(b["nll"]),
+                                        float(b["nll_se"]), rng, n_boot)
+            pts.append(p)
+            draws.append(dr)
+            stats.append(st)
+        if not pts:
+            continue
+        P, Dr = np.array(pts), np.stack(draws, axis=1)  # (n_pairs,), (n_boot, n_pairs)
+        if Dr.shape[1] > 1:  # resample seed pairs within each draw
+            idx = rng.integers(0, Dr.shape[1], size=Dr.shape)
+            Dr = np.take_along_axis(Dr, idx, axis=1)
+        with np.errstate(divide="ignore"):
+            gm_draws = _geo_mean(np.maximum(Dr, 1e-12), axis=1)
+        lo, hi = F.percentile_ci(gm_draws, level)
+        groups.append(dict(group=str(g), value=float(_geo_mean(np.maximum(P, 1e-12))), low=lo, high=hi,
+                           n_pairs=len(pts), status=sorted(set(stats)), draws=gm_draws,
+                           budget=float(pd.to_numeric(dg["budget_flops"], errors="coerce").max())))
+    if not groups:
+        return _inconclusive(*args, "no comparison group has both a looped run (with evals at S="
+                             f"{loops}) and a same-size baseline with a final eval")
+    vals = np.array([gr["value"] for gr in groups])
+    G = np.stack([gr["draws"] for gr in groups], axis=1)
+    if G.shape[1] > 1:
+        G = np.take_along_axis(G, rng.integers(0, G.shape[1], size=G.shape), axis=1)
+    pooled = float(_geo_mean(np.maximum(vals, 1e-12)))
+    lo, hi = F.percentile_ci(_geo_mean(np.maximum(G, 1e-12), axis=1), level)
+    verdict = _verdict_gt(lo, hi, 1.0)
+    best = max(groups, key=lambda gr: gr["value"])
+    mag = _magnitude_note(lo, hi, paper, "x")
+    if mag:
+        caveats.append(mag)
+    caveats.append(f"largest single-group value {best['value']:.3g}x [{fmt(best['low'])}, {fmt(best['high'])}] "
+                   f"(group {best['group']}; a maximum over groups is biased upward)")
+    censored = [gr["group"] for gr in groups if any(s != "reached" for s in gr["status"])]
+    if censored:
+        caveats.append(f"{len(censored)} group(s) censored (LoopMDM never reached the baseline's loss -> counted "
+                       f"as 0, or reached it at its first eval point -> lower bound)")
+    sched = schedule_note(df)
+    if sched is None:
+        caveats.append("valid only for constant-LR/WSD runs (mid-schedule points of a cosine run understate "
+                       "the loss it would reach): the tidy table does not record the schedule")
+    elif "cos" in sched.lower():
+        caveats.append(f"schedule axis says '{sched}': mid-schedule points of cosine runs are biased; prefer claim 1")
+    if len(groups) == 1:
+        caveats.append("a single comparison group: the CI reflects eval noise (and seeds) only")
+    if all(gr["n_pairs"] == 1 for gr in groups):
+        caveats.append("one seed per config: training-seed variance is not in the CI")
+    details = dict(convention=conv, eval_loops=loops, groups=[{k: v for k, v in gr.items() if k != "draws"}
+                                                              for gr in groups], n_groups=len(groups))
+    return Claim(key, name, statement, paper, "up to 3.3x", pooled, lo, hi, "x", verdict, PROTO_RULE, caveats, details)
+
+
+# ------------------------------------------------------------------------------------ 3. deeper MDM
+DEEPER_RULE = ("ΔNLL = NLL(deeper MDM) − NLL(LoopMDM at S), final evals, paired by comparison group (and seed); "
+               "mean over groups with a 95% CI from MC standard errors and resampling groups: supported if the "
+               "CI lies above 0 (LoopMDM better), not supported if below 0, else inconclusive")
+
+
+def claim_deeper(df: pd.DataFrame, *, loops: int | None = None, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> Claim:
+    key, name = "deeper", "3. LoopMDM vs deeper MDM at equal per-step compute"
+    statement = "LoopMDM beats deeper non-looped MDMs with equal per-step compute"
+    args = (key, name, statement, None, "LoopMDM better (ΔNLL > 0)", "nats", DEEPER_RULE)
+    if missing_columns(df, CORE_COLUMNS):
+        return _inconclusive(*args, f"missing columns: {', '.join(missing_columns(df, CORE_COLUMNS))}")
+    if loops is None:
+        loops, _ = choose_eval_loops(df)
+    if (df["family"] == "mdm_deeper").sum() == 0:
+        return _inconclusive(*args, "no deeper-MDM runs (family mdm_deeper) in the study")
+    if loops is None:
+        return _inconclusive(*args, "no final fixed-loop evaluations of LoopMDM")
+    rng = derive_rng(seed, "deeper")
+    rows = []
+    for g, dg in df[df["group"].astype(str) != ""].groupby("group"):
+        lp = final_points(dg, "loopmdm", loops)
+        dp = final_points(dg, "mdm_deeper")
+        if lp.empty or dp.empty:
+            continue
+        pairs = [(a, b) for _, a in lp.iterrows() for _, b in dp.iterrows() if a["seed"] == b["seed"]] or \
+                [(a, b) for _, a in lp.iterrows() for _, b in dp.iterrows()]
+        d = np.array([b["nll"] - a["nll"] for a, b in pairs])
+        se = np.array([math.hypot(np.nan_to_num(a["nll_se"]), np.nan_to_num(b["nll_se"])) for a, b in pairs])
+        fl = [(float(b.get("flops_6N_nonembed", np.nan)) / float(a.get("flops_6N_nonembed", np.nan))) for a, b in pairs]
+        rows.append(dict(group=str(g), delta=float(d.mean()), se=float(np.sqrt(np.sum(se**2)) / len(d)),
+                         n_pairs=len(d), flops_ratio_deeper_over_loop=float(np.nanmean(fl)) if fl else None))
+    if not rows:
+        return _inconclusive(*args, f"no comparison group has a LoopMDM final eval at S={loops} and a deeper-MDM "
+                                    f"final eval")
+    dlt = np.array([r["delta"] for r in rows])
+    se = np.array([r["se"] for r in rows])
+    draws = dlt[None, :] + rng.standard_normal((n_boot, dlt.size)) * se[None, :]
+    if dlt.size > 1:
+        draws = np.take_along_axis(draws, rng.integers(0, dlt.size, size=draws.shape), axis=1)
+    lo, hi = F.percentile_ci(draws.mean(axis=1), level)
+    caveats = [f"LoopMDM at S={loops}; the deeper MDM's inference cost matches E[S] loops, not S"]
+    if dlt.size == 1:
+        caveats.append("a single comparison group: the CI reflects eval noise only")
+    fr = [r["flops_ratio_deeper_over_loop"] for r in rows if r["flops_ratio_deeper_over_loop"] is not None]
+    if fr and (np.nanmax(np.abs(np.log(fr))) > np.log(1.1)):
+        caveats.append(f"training FLOPs of the pair differ by up to {np.nanmax(np.exp(np.abs(np.log(fr)))):.2f}x: "
+                       f"per-step compute not matched")
+    if all(r["n_pairs"] == 1 for r in rows):
+        caveats.append("one seed per config: training-seed variance is not in the CI")
+    return Claim(key, name, statement, None, "LoopMDM better (ΔNLL > 0)", float(dlt.mean()), lo, hi, "nats",
+                 _verdict_gt(lo, hi, 0.0), DEEPER_RULE, caveats, dict(eval_loops=loops, groups=rows))
+
+
+# ------------------------------------------------------------------------------ 4. inference loops
+LOOPS_RULE = ("slope of final NLL vs log2(S) for S <= s_max, per looped run, averaged over runs (95% CI from MC "
+              "standard errors and resampling runs): supported if the CI lies below 0 (more loops, lower NLL), "
+              "not supported if above 0, else inconclusive; monotonicity (no rise beyond 2 MC s.e.) reported")
+
+
+def claim_loop_scaling(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> Claim:
+    key, name = "loop_scaling", "4. inference compute scales with loops"
+    statement = "test NLL improves as inference loops S increase (up to the training maximum)"
+    args = (key, name, statement, None, "NLL falls with S", "nats / doubling of S", LOOPS_RULE)
+    if missing_columns(df, CORE_COLUMNS + ["s_max"]):
+        return _inconclusive(*args, f"missing columns: {', '.join(missing_columns(df, CORE_COLUMNS + ['s_max']))}")
+    d = unique_points(fixed_loops(df[(df["family"] == "loopmdm") & df["is_final"]]))
+    if d.empty:
+        return _inconclusive(*args, "no final fixed-loop evaluations of LoopMDM")
+    rng = derive_rng(seed, "loops")
+    runs = []
+    for run, dr in d.groupby("run"):
+        smax = float(pd.to_numeric(dr["s_max"], errors="coerce").max())
+        dr = dr.sort_values("eval_loops")
+        inside = dr[dr["eval_loops"] <= smax] if np.isfinite(smax) else dr
+        if inside["eval_loops"].nunique() < 2:
+            continue
+        x = np.log2(inside["eval_loops"].to_numpy(float))
+        y = inside["nll"].to_numpy(float)
+        s = np.nan_to_num(inside["nll_se"].to_numpy(float))
+        xc = x - x.mean()
+        slope = float(xc @ (y - y.mean()) / (xc @ xc))
+        slope_se = float(np.sqrt(np.sum((xc / (xc @ xc)) ** 2 * s**2)))
+        rises = np.diff(y) > 2 * np.sqrt(s[1:] ** 2 + s[:-1] ** 2)
+        beyond = dr[dr["eval_loops"] > smax] if np.isfinite(smax) else dr.iloc[0:0]
+        at_smax = inside[inside["eval_loops"] == inside["eval_loops"].max()]["nll"].mean()
+        runs.append(dict(run=str(run), s_max=smax, slope=slope, slope_se=slope_se, monotone=bool(not rises.any()),
+                         n_loops=int(inside["eval_loops"].nunique()),
+                         beyond_delta=float(beyond["nll"].iloc[-1] - at_smax) if not beyond.empty else None,
+                         beyond_S=int(beyond["eval_loops"].iloc[-1]) if not beyond.empty else None))
+    if not runs:
+        return _inconclusive(*args, "no looped run has final evals at >= 2 loop counts <= s_max (no loop scan)")
+    sl = np.array([r["slope"] for r in runs])
+    se = np.array([r["slope_se"] for r in runs])
+    draws = sl[None, :] + rng.standard_normal((n_boot, sl.size)) * se[None, :]
+    if sl.size > 1:
+        draws = np.take_along_axis(draws, rng.integers(0, sl.size, size=draws.shape), axis=1)
+    lo, hi = F.percentile_ci(draws.mean(axis=1), level)
+    mono = float(np.mean([r["monotone"] for r in runs]))
+    caveats = [f"{mono:.0%} of {len(runs)} looped runs improve monotonically up to s_max (within 2 MC s.e.)"]
+    bd = [r["beyond_delta"] for r in runs if r["beyond_delta"] is not None]
+    if bd:
+        caveats.append(f"beyond s_max (S up to {max(r['beyond_S'] for r in runs if r['beyond_S'])}): mean ΔNLL "
+                       f"{np.mean(bd):+.4f} nats vs S=s_max ({'keeps improving' if np.mean(bd) < 0 else 'no further gain'})")
+    else:
+        caveats.append("no evals with S > s_max: extrapolation in depth not tested")
+    verdict = INCONCLUSIVE
+    if hi is not None and hi < 0:
+        verdict = SUPPORTED
+    elif lo is not None and lo > 0:
+        verdict = NOT_SUPPORTED
+    return Claim(key, name, statement, None, "NLL falls with S", float(sl.mean()), lo, hi, "nats / doubling of S",
+                 verdict, LOOPS_RULE, caveats, dict(runs=runs, monotone_fraction=mono,
+                                                    mean_beyond_delta=float(np.mean(bd)) if bd else None))
+
+
+# ---------------------------------------------------------------------------------- 5. adaptive exit
+ADAPT_RULE = ("per exit threshold, over looped runs' final evals: saving = 1 − mean loops used / S cap, "
+              "ΔNLL = NLL(adaptive) − NLL(fixed S cap); 'equal quality' if the upper 95% CI bound of the mean ΔNLL "
+              "is within the margin (default 2 x median MC s.e.). Supported if an equal-quality threshold has a "
+              "saving CI above 0; not supported if every saving threshold is clearly worse (ΔNLL CI above the "
+              "margin); else inconclusive. Measured = the largest equal-quality saving")
+
+
+def claim_adaptive(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, margin: float | None = None,
+                   level: float = 0.95) -> Claim:
+    key, name = "adaptive", "5. adaptive loops save compute at equal quality"
+    statement = "adaptive loop exit saves inference compute at equal quality"
+    args = (key, name, statement, None, "saves compute", "% loops saved", ADAPT_RULE)
+    need = CORE_COLUMNS + ["mean_loops", "nll_se"]
+    if missing_columns(df, need):
+        return _inconclusive(*args, f"missing columns: {', '.join(missing_columns(df, need))}")
+    d = unique_points(df[(df["family"] == "loopmdm") & df["is_final"]])
+    ad = d[d["exit_threshold"].notna()]
+    if ad.empty:
+        return _inconclusive(*args, "no evaluations with exit_threshold set (no adaptive-exit runs)")
+    fx = fixed_loops(d)
+    rng = derive_rng(seed, "adaptive")
+    rows = []
+    for _, r in ad.iterrows():
+        cap = r["eval_loops"] if pd.notna(r["eval_loops"]) else r["s_max"]
+        ref = fx[(fx["run"] == r["run"]) & (fx["eval_loops"] == cap)]
+        if ref.empty:
+            ref = fx[(fx["run"] == r["run"]) & (fx["eval_loops"] == r["s_max"])]
+            cap = r["s_max"]
+        if ref.empty or not pd.notna(r["mean_loops"]):
+            continue
+        f0 = ref.iloc[0]
+        rows.append(dict(run=r["run"], threshold=float(r["exit_threshold"]), saving=1 - float(r["mean_loops"]) / float(cap),
+                         delta=float(r["nll"] - f0["nll"]),
+                         se=math.hypot(np.nan_to_num(r["nll_se"]), np.nan_to_num(f0["nll_se"])),
+                         se_fixed=float(np.nan_to_num(f0["nll_se"])), mean_loops=float(r["mean_loops"]), cap=float(cap)))
+    if not rows:
+        return _inconclusive(*args, "adaptive evals have no fixed-loop reference (fixed S = cap or s_max) or no "
+                                    "mean_loops")
+    t = pd.DataFrame(rows)
+    if margin is None:
+        margin = 2 * float(np.median(t["se_fixed"])) if (t["se_fixed"] > 0).any() else 0.0
+    per = []
+    for thr, dt in t.groupby("threshold"):
+        sv, dl, se = dt["saving"].to_numpy(), dt["delta"].to_numpy(), dt["se"].to_numpy()
+        D = dl[None, :] + rng.standard_normal((n_boot, dl.size)) * se[None, :]
+        if dl.size > 1:
+            idx = rng.integers(0, dl.size, size=D.shape)
+            D = np.take_along_axis(D, idx, axis=1)
+            Sv = sv[idx]
+        else:
+            Sv = np.repeat(sv[None, :], n_boot, axis=0)
+        dlo, dhi = F.percentile_ci(D.mean(axis=1), level)
+        slo, shi = F.percentile_ci(Sv.mean(axis=1), level) if dl.size > 1 else (float(sv.mean()), float(sv.mean()))
+        per.append(dict(threshold=float(thr), n_runs=int(dl.size), saving=float(sv.mean()), saving_low=slo,
+                        saving_high=shi, delta=float(dl.mean()), delta_low=dlo, delta_high=dhi,
+                        mean_loops=float(dt["mean_loops"].mean()), cap=float(dt["cap"].mean()),
+                        equal_quality=bool(dhi is not None and dhi <= margin)))
+    eq = [p for p in per if p["equal_quality"] and p["saving"] > 0]
+    caveats = [f"equivalence margin {margin:.4g} nats"]
+    if eq:
+        best = max(eq, key=lambda p: p["saving"])
+        verdict = SUPPORTED if (best["saving_low"] is not None and best["saving_low"] > 0) else INCONCLUSIVE
+        meas, lo, hi = 100 * best["saving"], 100 * best["saving_low"], 100 * best["saving_high"]
+        caveats.append(f"best equal-quality threshold {best['threshold']:g}: {best['mean_loops']:.3g} of "
+                       f"{best['cap']:.3g} loops, ΔNLL {best['delta']:+.4f} [{fmt(best['delta_low'])}, "
+                       f"{fmt(best['delta_high'])}]")
+        if len(set(t["run"])) == 1:
+            caveats.append("a single looped run: saving CI degenerate")
+    else:
+        saving_ones = [p for p in per if p["saving"] > 0]
+        clearly_worse = saving_ones and all(p["delta_low"] is not None and p["delta_low"] > margin for p in saving_ones)
+        verdict = NOT_SUPPORTED if clearly_worse else INCONCLUSIVE
+        meas = lo = hi = None
+        caveats.append("no threshold saves loops at equal quality" + (" (all are clearly worse)" if clearly_worse else ""))
+    return Claim(key, name, statement, None, "saves compute", meas, lo, hi, "% loops saved", verdict, ADAPT_RULE,
+                 caveats, dict(margin=margin, thresholds=per))
+
+
+# ------------------------------------------------------------------------------------ 6. task deltas
+TASK_RULE = ("paired bootstrap over problems of the score difference (LoopMDM at S − same-size MDM), in points; "
+             "supported if the 95% CI lies above 0, not supported if below 0, else inconclusive. Headline = the "
+             "comparison group with the largest budget (then model)")
+
+
+def _align(a: pd.Series, b: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    ia, ib = a.get("sample_ids"), b.get("sample_ids")
+    pa, pb = np.asarray(a["per_sample"], float), np.asarray(b["per_sample"], float)
+    if isinstance(ia, (list, np.ndarray)) and isinstance(ib, (list, np.ndarray)) and len(ia) == pa.size \
+            and len(ib) == pb.size:
+        pos = {k: i for i, k in enumerate(ib)}
+        common = [(i, pos[k]) for i, k in enumerate(ia) if k in pos]
+        if not common:
+            return None
+        i, j = map(np.array, zip(*common))
+        return pa[i], pb[j]
+    if pa.size != pb.size or pa.size == 0:
+        return None
+    return pa, pb
+
+
+def claim_task_delta(tasks: pd.DataFrame | None, task: str = "gsm8k", *, loops: int | None = None,
+                     n_boot: int = 1000, seed: int = 0, paper: float | None = None, level: float = 0.95) -> Claim:
+    key, name = f"task[{task}]", f"6. {task} score: LoopMDM − same-size MDM"
+    if paper is None and task.lower().startswith("gsm8k"):
+        paper = PAPER_GSM8K_POINTS
+    statement = (f"LoopMDM improves {task} by +{paper:g} points" if paper is not None
+                 else f"LoopMDM improves {task}")
+    ptxt = f"+{paper:g} points" if paper is not None else "improvement"
+    args = (key, name, statement, paper, ptxt, "points", TASK_RULE)
+    if tasks is None or tasks.empty or "task" not in tasks:
+        return _inconclusive(*args, "no task evaluations (runs/*/evals/*.json) found")
+    t = tasks[tasks["task"] == task]
+    if t.empty:
+        return _inconclusive(*args, f"no evaluations of task '{task}'")
+    t = t[t["exit_threshold"].isna()] if "exit_threshold" in t else t
+    rng = derive_rng(seed, "task", task)
+    res, caveats = [], []
+    for g, dg in t[t["group"].astype(str) != ""].groupby("group"):
+        lp, bp = dg[dg["family"] == "loopmdm"], dg[dg["family"] == "mdm"]
+        if lp.empty or bp.empty:
+            continue
+        avail = sorted({int(x) for x in lp["loops"].dropna()})
+        smax = pd.to_numeric(lp["s_max"], errors="coerce").max()
+        S = loops
+        if S is None:
+            cand = [s for s in avail if (not np.isfinite(smax) or s <= smax)]
+            S = ([s for s in cand if s >= 6] or cand or avail or [None])[-1]
+        la = lp[lp["loops"] == S] if S is not None else lp
+        bl = bp[bp["loops"] == bp["loops"].min()] if bp["loops"].notna().any() else bp
+        if la.empty:
+            continue
+        a, b = la.sort_values("step").iloc[-1], bl.sort_values("step").iloc[-1]
+        al = _align(a, b)
+        if al is None:
+            caveats.append(f"group {g}: per_sample arrays cannot be paired (different lengths, no sample_ids)")
+            continue
+        x, y = al
+        diff = x - y
+        idx = rng.integers(0, diff.size, size=(n_boot, diff.size))
+        bs = 100 * diff[idx].mean(axis=1)
+        lo, hi = F.percentile_ci(bs, level)
+        res.append(dict(group=str(g), loops=S, n=int(diff.size), loop_score=100 * float(x.mean()),
+                        base_score=100 * float(y.mean()), delta=100 * float(diff.mean()), low=lo, high=hi,
+                        budget=float(a.get("budget_flops", np.nan)), params=float(a.get("params_total", np.nan)),
+                        metric=str(a.get("metric"))))
+    if not res:
+        return _inconclusive(*args, *caveats, f"no comparison group has '{task}' evals of both a LoopMDM and its "
+                                              f"same-size MDM")
+    head = max(res, key=lambda r: (np.nan_to_num(r["budget"], nan=-1), np.nan_to_num(r["params"], nan=-1)))
+    if paper is not None:
+        m = _magnitude_note(head["low"], head["high"], paper, " points")
+        if m:
+            caveats.append(m)
+    caveats.append(f"group {head['group']}, S={head['loops']}, n={head['n']} problems, {head['metric']}: "
+                   f"{head['loop_score']:.1f} vs {head['base_score']:.1f}")
+    if len(res) > 1:
+        caveats.append(f"{len(res)} groups evaluated; all are listed in the details")
+    return Claim(key, name, statement, paper, ptxt, head["delta"], head["low"], head["high"], "points",
+                 _verdict_gt(head["low"], head["high"], 0.0), TASK_RULE, caveats, dict(groups=res, headline=head["group"]))
+
+
+# ---------------------------------------------------------------------------------------- all
+def evaluate_claims(
+    df: pd.DataFrame, fits: StudyFits, tasks: pd.DataFrame | None = None, *,
+    conventions: Sequence[str] = CONVENTIONS, n_boot: int = 1000, seed: int = 0,
+    task_names: Sequence[str] | None = None,
+) -> list[Claim]:
+    """Every claim; an unexpected error in one claim becomes an inconclusive claim naming the error."""
+    jobs: list[tuple[str, Callable[[], Claim]]] = []
+    for c in conventions:
+        jobs.append((f"multiplier[{normalise_convention(c)}]", lambda c=c: claim_multiplier(fits, c)))
+    for c in conventions:
+        jobs.append((f"protocol[{normalise_convention(c)}]",
+                     lambda c=c: claim_protocol(df, c, loops=fits.loops, n_boot=n_boot, seed=seed)))
+    jobs.append(("deeper", lambda: claim_deeper(df, loops=fits.loops, n_boot=n_boot, seed=seed)))
+    jobs.append(("loop_scaling", lambda: claim_loop_scaling(df, n_boot=n_boot, seed=seed)))
+    jobs.append(("adaptive", lambda: claim_adaptive(df, n_boot=n_boot, seed=seed)))
+    names = list(task_names) if task_names else []
+    if not names:
+        names = sorted(tasks["task"].unique()) if tasks is not None and not tasks.empty and "task" in tasks else []
+        if "gsm8k" not in names:
+            names = ["gsm8k"] + names
+    for tk in names:
+        jobs.append((f"task[{tk}]", lambda tk=tk: claim_task_delta(tasks, tk, n_boot=n_boot, seed=seed)))
+    out = []
+    for key, job in jobs:
+        try:
+            out.append(job())
+        except Exception as e:  # a claim must never take the report down
+            out.append(_inconclusive(key, key, "", None, "", "", "", f"internal error while evaluating: "
+                                                                     f"{e.__class__.__name__}: {e}"))
+    return out
+
+
+def multiplier_disagreements(claims: Sequence[Claim]) -> list[str]:
+    """Conventions where the fitted multiplier and the paper-protocol multiplier CIs do not overlap."""
+    by = {c.key: c for c in claims}
+    out = []
+    for k, c in by.items():
+        if not k.startswith("multiplier["):
+            continue
+        p = by.get(k.replace("multiplier[", "protocol["))
+        if p is None or None in (c.ci_low, c.ci_high, p.ci_low, p.ci_high):
+            continue
+        if c.ci_high < p.ci_low or p.ci_high < c.ci_low:
+            out.append(f"{k[len('multiplier['):-1]}: fitted {fmt(c.measured)}x [{fmt(c.ci_low)}, {fmt(c.ci_high)}] vs "
+                       f"protocol {fmt(p.measured)}x [{fmt(p.ci_low)}, {fmt(p.ci_high)}] — CIs do not overlap")
+    return out

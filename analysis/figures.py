@@ -1,0 +1,263 @@
+"""Figures for the report: one style, PNG + PDF, units on every axis, log scales where quantities span decades.
+
+Each ``fig_*`` function returns a ``FigureResult``; a figure without data is skipped with a note
+instead of raising, so a partial sweep still gets every figure it can support.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .claims import Claim  # noqa: E402
+from .select import fixed_loops, unique_points  # noqa: E402
+from .studyfits import StudyFits  # noqa: E402
+
+COLORS = {"mdm": "#4C72B0", "loopmdm": "#DD8452", "mdm_deeper": "#55A868"}
+LABELS = {"mdm": "MDM (same size)", "loopmdm": "LoopMDM", "mdm_deeper": "MDM (deeper)"}
+CONV_LABEL = {"flops_6N_nonembed": "6·N_nonembed·D", "flops_6N_total": "6·N_total·D", "flops_exact": "exact matmul"}
+STYLE = {
+    "figure.figsize": (6.0, 4.2), "figure.dpi": 110, "savefig.dpi": 130, "axes.grid": True, "grid.alpha": 0.3,
+    "axes.spines.top": False, "axes.spines.right": False, "font.size": 9.5, "legend.fontsize": 8,
+    "legend.frameon": False, "lines.linewidth": 1.6,
+}
+
+
+@dataclass
+class FigureResult:
+    name: str
+    files: list[str] = field(default_factory=list)
+    note: str | None = None
+    caption: str = ""
+
+    @property
+    def made(self) -> bool:
+        return bool(self.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(name=self.name, files=self.files, note=self.note, caption=self.caption)
+
+
+def _save(fig: plt.Figure, figdir: Path, name: str, formats: Sequence[str]) -> list[str]:
+    figdir.mkdir(parents=True, exist_ok=True)
+    out = []
+    fig.tight_layout()
+    for ext in formats:
+        p = figdir / f"{name}.{ext}"
+        fig.savefig(p)
+        out.append(str(p))
+    plt.close(fig)
+    return out
+
+
+def fig_loss_vs_flops(df: pd.DataFrame, fits: StudyFits, conv: str, figdir: Path, formats=("png", "pdf")) -> FigureResult:
+    name = f"loss_vs_flops_{conv.replace('flops_', '')}"
+    cap = (f"Final validation NLL vs training FLOPs ({CONV_LABEL.get(conv, conv)}), per family; lines: fitted frontier "
+           f"L(C) = E + A·C^-α, bands: 95% bootstrap")
+    fams = [f for f in COLORS if fits.get_frontier(f, conv) is not None]
+    if not fams:
+        return FigureResult(name, note=f"no frontier fits under {conv}", caption=cap)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots()
+        for fam in fams:
+            fit = fits.get_frontier(fam, conv)
+            d = fixed_loops(df[(df["family"] == fam) & df["is_final"]])
+            if fam == "loopmdm" and fits.loops is not None:
+                d = d[d["eval_loops"] == fits.loops]
+            d = unique_points(d).drop_duplicates("run")
+            if conv in d:
+                ax.scatter(d[conv], d["nll"], s=10, alpha=0.35, color=COLORS[fam], lw=0)
+            if fit.ok:
+                pts = [r for r in fit.residuals if r.get("on_frontier")]
+                ax.scatter([r["C"] for r in pts], [r["loss"] for r in pts], s=22, color=COLORS[fam],
+                           edgecolor="k", lw=0.4, zorder=3)
+                lo_c, hi_c = fit.C_range
+                cg = np.geomspace(lo_c / 1.5, hi_c * 1.5, 120)
+                ax.plot(cg, fit.predict(cg), color=COLORS[fam],
+                        label=f"{LABELS[fam]}: α={fit.alpha.estimate:.3f}, E={fit.E.estimate:.3f} ({fit.method})")
+                lo, hi = fit.predict_band(cg)
+                ax.fill_between(cg, lo, hi, color=COLORS[fam], alpha=0.15, lw=0)
+            else:
+                ax.plot([], [], color=COLORS[fam], label=f"{LABELS[fam]}: no fit ({fit.message[:40]})")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"training FLOPs [{CONV_LABEL.get(conv, conv)}]")
+        ax.set_ylabel("validation NLL [nats/token]")
+        title = "Compute frontier"
+        if fits.loops is not None:
+            title += f" (LoopMDM at S={fits.loops})"
+        ax.set_title(title)
+        ax.legend(loc="upper right")
+        return FigureResult(name, _save(fig, figdir, name, formats), caption=cap)
+
+
+def fig_isoflop(fits: StudyFits, family: str, figdir: Path, formats=("png", "pdf")) -> FigureResult:
+    name = f"isoflop_{family}"
+    cap = f"IsoFLOP curves for {LABELS.get(family, family)}: loss vs size per budget, parabola in log N; ★ optimum (hollow: at the grid edge, not trusted)"
+    iso = fits.isoflop.get(family)
+    if iso is None or not any(b.coeffs for b in iso.budgets):
+        return FigureResult(name, note=f"no IsoFLOP parabolas for {family}", caption=cap)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots()
+        cmap = plt.get_cmap("viridis")
+        bs = [b for b in iso.budgets if b.N]
+        for i, b in enumerate(bs):
+            col = cmap(i / max(1, len(bs) - 1))
+            ax.scatter(b.N, b.loss, s=14, color=col)
+            if b.coeffs:
+                xs = np.linspace(np.log(min(b.N)) - b.xc - 0.2, np.log(max(b.N)) - b.xc + 0.2, 80)
+                c0, c1, c2 = b.coeffs
+                ax.plot(np.exp(xs + b.xc), c0 + c1 * xs + c2 * xs * xs, color=col, lw=1, label=f"C={b.budget:.1e}")
+            if b.N_star is not None and b.L_star is not None:
+                ax.scatter([b.N_star.estimate], [b.L_star.estimate], marker="*", s=110, zorder=4,
+                           facecolor="none" if b.edge else col, edgecolor="k", lw=0.7)
+        ax.set_xscale("log")
+        ax.set_xlabel("non-embedding parameters N")
+        ax.set_ylabel("final validation NLL [nats/token]")
+        t = f"IsoFLOP: {LABELS.get(family, family)}"
+        if iso.N_opt is not None:
+            t += f" — N* ∝ C^{iso.N_opt.exponent.estimate:.2f}"
+        ax.set_title(t)
+        ax.legend(ncol=2, fontsize=7)
+        return FigureResult(name, _save(fig, figdir, name, formats), caption=cap)
+
+
+def fig_multiplier(claims: Sequence[Claim], figdir: Path, formats=("png", "pdf")) -> FigureResult:
+    name = "multiplier_vs_loss"
+    cap = "Training-FLOPs multiplier (MDM FLOPs / LoopMDM FLOPs to reach a loss) vs loss level, per FLOPs convention; bands: 95% bootstrap"
+    cs = [c for c in claims if c.key.startswith("multiplier[") and c.details.get("curve")]
+    if not cs:
+        return FigureResult(name, note="no fitted multiplier (frontiers missing)", caption=cap)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots()
+        for i, c in enumerate(cs):
+            cv = c.details["curve"]
+            x = np.array(cv["loss_levels"], float)
+            y = np.array([np.nan if v is None else v for v in cv["estimate"]], float)
+            lo = np.array([np.nan if v is None else v for v in cv["low"]], float)
+            hi = np.array([np.nan if v is None else v for v in cv["high"]], float)
+            col = plt.get_cmap("tab10")(i)
+            conv = c.details.get("convention", "")
+            ax.plot(x, y, color=col, label=CONV_LABEL.get(conv, conv))
+            ax.fill_between(x, np.clip(lo, 1e-3, 1e3), np.clip(hi, 1e-3, 1e3), color=col, alpha=0.15, lw=0)
+        ax.axhline(1.0, color="k", lw=0.8, ls=":")
+        ax.axhline(3.3, color="firebrick", lw=0.8, ls="--", label="paper: 3.3x")
+        ax.set_yscale("log")
+        ax.set_xlabel("validation NLL level [nats/token]")
+        ax.set_ylabel("FLOPs multiplier [x]")
+        ax.set_title("How many times fewer FLOPs LoopMDM needs")
+        ax.legend()
+        return FigureResult(name, _save(fig, figdir, name, formats), caption=cap)
+
+
+def fig_nll_vs_loops(df: pd.DataFrame, figdir: Path, formats=("png", "pdf")) -> FigureResult:
+    name = "nll_vs_loops"
+    cap = "Change in final NLL vs inference loops S relative to S=1 (thin: runs; thick: mean); dotted: training s_max"
+    d = unique_points(fixed_loops(df[(df["family"] == "loopmdm") & df["is_final"]]))
+    if d.empty or d["eval_loops"].nunique() < 2:
+        return FigureResult(name, note="no loop scan (final evals at >= 2 loop counts)", caption=cap)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots()
+        curves = {}
+        for run, dr in d.groupby("run"):
+            dr = dr.sort_values("eval_loops")
+            ref = dr["nll"].iloc[0]
+            ax.plot(dr["eval_loops"], dr["nll"] - ref, color=COLORS["loopmdm"], alpha=0.15, lw=0.8)
+            for s, v in zip(dr["eval_loops"], dr["nll"] - ref):
+                curves.setdefault(int(s), []).append(v)
+        ss = sorted(curves)
+        m = [np.mean(curves[s]) for s in ss]
+        se = [np.std(curves[s], ddof=1) / math.sqrt(len(curves[s])) if len(curves[s]) > 1 else 0 for s in ss]
+        ax.errorbar(ss, m, yerr=1.96 * np.array(se), color=COLORS["loopmdm"], lw=2.2, capsize=2, label="mean ± 95% CI")
+        for sm in sorted(pd.to_numeric(d["s_max"], errors="coerce").dropna().unique()):
+            ax.axvline(sm, color="k", ls=":", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("inference loops S")
+        ax.set_ylabel("ΔNLL vs S=1 [nats/token]")
+        ax.set_title("Inference-loop scaling (LoopMDM, final checkpoints)")
+        ax.legend()
+        return FigureResult(name, _save(fig, figdir, name, formats), caption=cap)
+
+
+def fig_score_vs_loops(tasks: pd.DataFrame | None, figdir: Path, formats=("png", "pdf")) -> FigureResult:
+    name = "score_vs_loops"
+    cap = "Task score vs inference loops (LoopMDM, mean over comparison groups); dashed: same-size MDM"
+    if tasks is None or tasks.empty or "loops" not in tasks:
+        return FigureResult(name, note="no task evaluations", caption=cap)
+    lt = tasks[(tasks["family"] == "loopmdm")].drop_duplicates("file")
+    if lt.empty:
+        return FigureResult(name, note="no task evaluations of LoopMDM", caption=cap)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots()
+        for i, (task, dt) in enumerate(lt.groupby("task")):
+            col = plt.get_cmap("tab10")(i)
+            g = dt.groupby("loops")["score"].mean() * 100
+            ax.plot(g.index, g.values, marker="o", color=col, label=f"{task} (LoopMDM)")
+            b = tasks[(tasks["family"] == "mdm") & (tasks["task"] == task)].drop_duplicates("file")
+            if not b.empty:
+                ax.axhline(100 * b["score"].mean(), color=col, ls="--", lw=1, label=f"{task} (MDM)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("inference loops S")
+        ax.set_ylabel("score [points]")
+        ax.set_title("Task score vs loops")
+        ax.legend()
+        return FigureResult(name, _save(fig, figdir, name, formats), caption=cap)
+
+
+def fig_adaptive(df: pd.DataFrame, figdir: Path, formats=("png", "pdf")) -> FigureResult:
+    name = "adaptive_loops"
+    cap = "Adaptive exit: mean loops used (left) and ΔNLL vs fixed S (right) vs exit threshold; mean over runs"
+    d = unique_points(df[(df["family"] == "loopmdm") & df["is_final"]])
+    ad = d[d["exit_threshold"].notna()]
+    if ad.empty:
+        return FigureResult(name, note="no adaptive-exit evaluations (exit_threshold set)", caption=cap)
+    fx = fixed_loops(d)
+    rows = []
+    for _, r in ad.iterrows():
+        ref = fx[(fx["run"] == r["run"]) & (fx["eval_loops"] == r["eval_loops"])]
+        rows.append(dict(thr=r["exit_threshold"], ml=r["mean_loops"],
+                         dn=(r["nll"] - ref["nll"].iloc[0]) if not ref.empty else np.nan))
+    t = pd.DataFrame(rows).groupby("thr").mean()
+    with plt.rc_context(STYLE):
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.6))
+        a1.plot(t.index, t["ml"], marker="o", color=COLORS["loopmdm"])
+        a1.set_xscale("log")
+        a1.set_xlabel("exit threshold")
+        a1.set_ylabel("mean loops used")
+        a2.plot(t.index, t["dn"], marker="o", color=COLORS["loopmdm"])
+        a2.axhline(0, color="k", lw=0.8, ls=":")
+        a2.set_xscale("log")
+        a2.set_xlabel("exit threshold")
+        a2.set_ylabel("ΔNLL vs fixed S [nats/token]")
+        fig.suptitle("Adaptive loops")
+        return FigureResult(name, _save(fig, figdir, name, formats), caption=cap)
+
+
+def make_figures(df: pd.DataFrame, tasks: pd.DataFrame | None, fits: StudyFits | None, claims: Sequence[Claim],
+                 figdir: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[FigureResult]:
+    """All figures; each failure is contained to its figure."""
+    figdir = Path(figdir)
+    jobs = []
+    if fits is not None:
+        for conv in fits.conventions:
+            jobs.append(lambda conv=conv: fig_loss_vs_flops(df, fits, conv, figdir, formats))
+        for fam in ("mdm", "loopmdm", "mdm_deeper"):
+            jobs.append(lambda fam=fam: fig_isoflop(fits, fam, figdir, formats))
+    jobs += [lambda: fig_multiplier(claims, figdir, formats), lambda: fig_nll_vs_loops(df, figdir, formats),
+             lambda: fig_score_vs_loops(tasks, figdir, formats), lambda: fig_adaptive(df, figdir, formats)]
+    out = []
+    for j in jobs:
+        try:
+            out.append(j())
+        except Exception as e:  # one broken figure must not cost the report
+            plt.close("all")
+            out.append(FigureResult(getattr(j, "__name__", "figure"), note=f"failed: {e.__class__.__name__}: {e}"))
+    return out

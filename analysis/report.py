@@ -1,0 +1,421 @@
+"""``python -m analysis.report STUDY_DIR``: collect -> fit -> claims -> figures -> fits.json + report.md.
+
+Always writes a report, even for a broken or partial study: what cannot be computed is listed under
+"What is missing" rather than raised. Both outputs are written atomically (temp file + rename).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import __name__ as _pkg  # noqa: F401
+from ._util import CONVENTIONS, atomic_write_text, dumps, fmt, normalise_convention
+from .claims import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, TASK_EVAL_CONTRACT, Claim, evaluate_claims,
+                     multiplier_disagreements)
+from .collect import BASE_COLUMNS, load_or_collect, load_task_evals
+from .figures import FigureResult, make_figures
+from .select import CORE_COLUMNS, clean, missing_columns
+from .studyfits import StudyFits, fit_study
+
+VERDICT_MARK = {SUPPORTED: "✅ supported", NOT_SUPPORTED: "❌ not supported", INCONCLUSIVE: "❔ inconclusive"}
+
+
+@dataclass
+class ReportResult:
+    report_path: Path
+    fits_path: Path
+    claims: list[Claim]
+    figures: list[FigureResult]
+    missing: list[str]
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _cell(s: Any) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def _ci(c: Claim) -> str:
+    if c.ci_low is None or c.ci_high is None:
+        return "—"
+    return f"[{fmt(c.ci_low)}, {fmt(c.ci_high)}]"
+
+
+def _measured(c: Claim) -> str:
+    if c.measured is None:
+        return "—"
+    return f"{fmt(c.measured)} {c.unit}".strip()
+
+
+def environment() -> dict[str, str]:
+    import matplotlib
+    import pyarrow
+    import scipy
+
+    return {
+        "machine": f"{platform.node()} ({platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs)",
+        "python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
+        "pandas": pd.__version__, "matplotlib": matplotlib.__version__, "pyarrow": pyarrow.__version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def _missing_list(summary: dict[str, Any], df: pd.DataFrame, fits: StudyFits | None, claims: Sequence[Claim],
+                  notes: Sequence[str]) -> list[str]:
+    out = list(notes)
+    s = summary or {}
+    if s.get("partial"):
+        out.append(f"{len(s['partial'])} run(s) still running/unfinished (no DONE.json; their final points are not "
+                   f"used): {', '.join(s['partial'][:8])}{' …' if len(s['partial']) > 8 else ''}")
+    if s.get("failed"):
+        out.append(f"{len(s['failed'])} failed run(s) (FAILED.json): {', '.join(s['failed'][:8])}")
+    if s.get("skipped_no_evals"):
+        out.append(f"{len(s['skipped_no_evals'])} run(s) without any evaluation (skipped): "
+                   f"{', '.join(s['skipped_no_evals'][:8])}{' …' if len(s['skipped_no_evals']) > 8 else ''}")
+    if s.get("skipped_other"):
+        out.append(f"{len(s['skipped_other'])} run dir(s) unreadable: " +
+                   "; ".join(f"{k}: {v}" for k, v in list(s["skipped_other"].items())[:5]))
+    if s.get("bad_lines"):
+        out.append(f"{sum(s['bad_lines'].values())} unreadable evals.jsonl line(s) in {len(s['bad_lines'])} run(s)")
+    if s.get("no_params"):
+        out.append(f"{len(s['no_params'])} run(s) without meta.params in config.yaml (N-based fits lack them)")
+    if s.get("groups_inferred"):
+        out.append(f"{len(s['groups_inferred'])} run(s) without meta.groups: family guessed from s_max, not in any "
+                   f"comparison group")
+    if not df.empty and "family" in df:
+        for fam in ("mdm", "loopmdm", "mdm_deeper"):
+            if not (df["family"] == fam).any():
+                out.append(f"no runs of family '{fam}'")
+        if "budget_flops" in df and df["budget_flops"].nunique() == 1:
+            out.append("a single FLOPs budget: frontiers, IsoFLOP power laws and backtests need several")
+    if fits is not None:
+        out += [f"fits: {n}" for n in fits.notes]
+        for k, f in fits.frontier.items():
+            if not f.ok:
+                out.append(f"frontier {k}: {f.message}")
+        for k, f in fits.isoflop.items():
+            edges = [b.budget for b in f.budgets if b.edge]
+            if edges:
+                out.append(f"IsoFLOP {k}: optimum at the edge of the sizes tried for budget(s) "
+                           f"{', '.join(f'{e:.2g}' for e in edges)} — extend the size grid there")
+            if not f.ok:
+                out.append(f"IsoFLOP {k}: {f.message}")
+        for k, f in fits.parametric.items():
+            if not f.ok:
+                out.append(f"parametric L(N,D) {k}: {f.message}")
+    for c in claims:
+        if c.verdict == INCONCLUSIVE and c.measured is None and c.caveats:
+            out.append(f"claim {c.key}: {c.caveats[0]}")
+    return out
+
+
+def _frontier_table(fits: StudyFits, alt: bool = False) -> list[str]:
+    src = fits.frontier_alt if alt else fits.frontier
+    if not src:
+        return ["_none_", ""]
+    lines = ["| family | convention | method | points | E | A | α [95% CI] | RMSE(log) | R² | converged | starts agree | boot ok |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k, f in src.items():
+        if not f.ok:
+            lines.append(f"| {f.family} | {f.convention} | {f.method} | {f.n_fit_points} | — | — | — | — | — | — | — | "
+                         f"{_cell(f.message)} |")
+            continue
+        d = f.diagnostics
+        lines.append(
+            f"| {f.family} | {f.convention} | {f.method} | {f.n_fit_points} | {fmt(f.E.estimate)} "
+            f"[{fmt(f.E.low)}, {fmt(f.E.high)}] | {fmt(f.A.estimate)} | {fmt(f.alpha.estimate)} "
+            f"[{fmt(f.alpha.low)}, {fmt(f.alpha.high)}] | {fmt(d.rmse_log)} | {fmt(d.r2_log)} | "
+            f"{'yes' if d.converged else 'NO'} | {d.n_starts_agree}/{d.n_starts} | {d.n_boot_ok}/{d.n_boot} |")
+    return lines + [""]
+
+
+def _diagnostics_md(fits: StudyFits | None) -> list[str]:
+    L = ["## Fit diagnostics", ""]
+    if fits is None:
+        return L + ["_No fits (see What is missing)._", ""]
+    L += [f"LoopMDM rows used in fits: {fits.loops_note}. Bootstrap: {fits.n_boot} resamples of runs "
+          f"(within budgets for IsoFLOP), percentile 95% intervals. Huber δ=1e-3 on log loss, L-BFGS-B from a grid of "
+          f"starts, Gauss-Newton polish; 'starts agree' = polished starts that reach the best objective and parameters.",
+          "", "### Compute frontiers L(C) = E + A·C^-α (used by claim 1)", ""]
+    L += _frontier_table(fits)
+    if fits.frontier_alt:
+        L += ["### Robustness: the other frontier method (not used by the claims)", ""]
+        L += _frontier_table(fits, alt=True)
+    L += ["### IsoFLOP (Chinchilla approach 2)", ""]
+    for fam, iso in fits.isoflop.items():
+        L.append(f"**{fam}** — {iso.message}")
+        if iso.N_opt is not None:
+            L.append(f"N* ∝ C^{fmt(iso.N_opt.exponent.estimate)} [{fmt(iso.N_opt.exponent.low)}, "
+                     f"{fmt(iso.N_opt.exponent.high)}], D* ∝ C^{fmt(iso.D_opt.exponent.estimate)} "
+                     f"[{fmt(iso.D_opt.exponent.low)}, {fmt(iso.D_opt.exponent.high)}] over {iso.n_trusted} trusted budgets")
+        if iso.budgets:
+            L += ["", "| budget | runs | sizes | N* [95% CI] | D* | L* | trusted | note |", "|---|---|---|---|---|---|---|---|"]
+            for b in iso.budgets:
+                ns = "—" if b.N_star is None else f"{fmt(b.N_star.estimate)} [{fmt(b.N_star.low)}, {fmt(b.N_star.high)}]"
+                ls = "—" if b.L_star is None else fmt(b.L_star.estimate, 4)
+                L.append(f"| {fmt(b.budget)} | {b.n_points} | {b.n_sizes} | {ns} | {fmt(b.D_star)} | {ls} | "
+                         f"{'yes' if b.trusted else 'no'} | {_cell(b.note)} |")
+        L.append("")
+    L += ["### Parametric L(N, D) = E + A/N^α + B/D^β (Chinchilla approach 3)", "",
+          "| family | points | E | A | B | α | β | N* ∝ C^a | converged | grad | starts agree | RMSE(log) | R² | note |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for fam, p in fits.parametric.items():
+        if not p.ok:
+            L.append(f"| {fam} | {p.n_points} | — | — | — | — | — | — | — | — | — | — | — | {_cell(p.message)} |")
+            continue
+        d = p.diagnostics
+        iv = lambda x: f"{fmt(x.estimate)} [{fmt(x.low)}, {fmt(x.high)}]"  # noqa: E731
+        L.append(f"| {fam} | {p.n_points} | {iv(p.E)} | {iv(p.A)} | {iv(p.B)} | {iv(p.alpha)} | {iv(p.beta)} | "
+                 f"{iv(p.N_exponent)} | {'yes' if d.converged else 'NO'} | {fmt(d.grad_norm)} | "
+                 f"{d.n_starts_agree}/{d.n_starts} | {fmt(d.rmse_log)} | {fmt(d.r2_log)} | {_cell(p.message)} |")
+    L += ["", "### Backtests (fit on smaller budgets, predict the largest)", "",
+          "| family | law | held-out budget | train/test runs | predicted | observed | error | note |",
+          "|---|---|---|---|---|---|---|---|"]
+    for b in fits.backtests:
+        err = "—" if b.rel_error_pct is None else f"{b.error_nats:+.4f} nats ({b.rel_error_pct:+.2f}%)"
+        L.append(f"| {b.family} | {b.law} | {fmt(b.held_out_budget)} | {b.n_train}/{b.n_test} | {fmt(b.predicted, 4)} | "
+                 f"{fmt(b.observed, 4)} | {err} | {_cell(b.message)} |")
+    if not fits.backtests:
+        L.append("| — | — | — | — | — | — | — | no budgets to hold out |")
+    return L + [""]
+
+
+SECTION_FIGS = {
+    "multiplier": ["loss_vs_flops_6N_nonembed", "loss_vs_flops_6N_total", "loss_vs_flops_exact", "multiplier_vs_loss",
+                   "isoflop_mdm", "isoflop_loopmdm"],
+    "protocol": [],
+    "deeper": ["isoflop_mdm_deeper"],
+    "loop_scaling": ["nll_vs_loops"],
+    "adaptive": ["adaptive_loops"],
+    "task": ["score_vs_loops"],
+}
+SECTION_TITLES = {
+    "multiplier": "1. Training-FLOPs multiplier from fitted frontiers",
+    "protocol": "2. Multiplier by the paper's protocol (eval-point crossing)",
+    "deeper": "3. LoopMDM vs deeper MDM at equal per-step compute",
+    "loop_scaling": "4. Inference-loop scaling",
+    "adaptive": "5. Adaptive loops",
+    "task": "6. Task scores (GSM8K and others)",
+}
+
+
+def _claim_section(kind: str, claims: Sequence[Claim], figs: dict[str, FigureResult], study_dir: Path,
+                   disagreements: Sequence[str]) -> list[str]:
+    L = [f"## {SECTION_TITLES[kind]}", ""]
+    cs = [c for c in claims if c.key.split("[")[0] == kind]
+    if cs:
+        L += [f"_Rule:_ {cs[0].rule}.", ""]
+    for c in cs:
+        L.append(f"**{c.name}** — {VERDICT_MARK.get(c.verdict, c.verdict)}: measured {_measured(c)}, 95% CI {_ci(c)}"
+                 f" (paper: {c.paper_text}).")
+        for cv in c.caveats:
+            L.append(f"- {cv}")
+        L.append("")
+        if kind == "protocol" and c.details.get("groups"):
+            gs = sorted(c.details["groups"], key=lambda g: -(g.get("budget") or 0))[:12]
+            L += ["| group | multiplier | 95% CI | seeds/pairs | status |", "|---|---|---|---|---|"]
+            for g in gs:
+                L.append(f"| {_cell(g['group'])} | {fmt(g['value'])} | [{fmt(g['low'])}, {fmt(g['high'])}] | "
+                         f"{g['n_pairs']} | {_cell(', '.join(g['status']))} |")
+            if len(c.details["groups"]) > 12:
+                L.append(f"| … {len(c.details['groups']) - 12} more in fits.json | | | | |")
+            L.append("")
+        if kind == "multiplier" and c.details.get("curve"):
+            cv = c.details["curve"]
+            n = len(cv["loss_levels"])
+            pick = sorted({0, n // 2, n - 1}) if n else []
+            if pick:
+                L += ["| loss level | multiplier | 95% CI |", "|---|---|---|"]
+                for i in pick:
+                    L.append(f"| {fmt(cv['loss_levels'][i], 4)} | {fmt(cv['estimate'][i])} | "
+                             f"[{fmt(cv['low'][i])}, {fmt(cv['high'][i])}] |")
+                L.append("")
+        if kind == "adaptive" and c.details.get("thresholds"):
+            L += ["| threshold | runs | mean loops / cap | saving | ΔNLL [95% CI] | equal quality |", "|---|---|---|---|---|---|"]
+            for t in c.details["thresholds"]:
+                L.append(f"| {t['threshold']:g} | {t['n_runs']} | {fmt(t['mean_loops'])} / {fmt(t['cap'])} | "
+                         f"{100 * t['saving']:.1f}% | {t['delta']:+.4f} [{fmt(t['delta_low'])}, {fmt(t['delta_high'])}] | "
+                         f"{'yes' if t['equal_quality'] else 'no'} |")
+            L.append("")
+        if kind == "deeper" and c.details.get("groups"):
+            L += ["| group | ΔNLL (deeper − loop) | MC s.e. | FLOPs ratio deeper/loop |", "|---|---|---|---|"]
+            for g in c.details["groups"][:12]:
+                L.append(f"| {_cell(g['group'])} | {g['delta']:+.4f} | {fmt(g['se'])} | "
+                         f"{fmt(g['flops_ratio_deeper_over_loop'])} |")
+            L.append("")
+    if kind == "protocol" and disagreements:
+        L += ["**Fitted and protocol multipliers disagree** (non-overlapping CIs):", ""]
+        L += [f"- {d}" for d in disagreements] + [""]
+    elif kind == "protocol" and cs:
+        L += ["The fitted (claim 1) and protocol multipliers have overlapping CIs under every convention "
+              "where both exist.", ""]
+    for name in SECTION_FIGS[kind]:
+        f = figs.get(name)
+        if f is None:
+            continue
+        if f.made:
+            png = [p for p in f.files if p.endswith(".png")]
+            if png:
+                rel = os.path.relpath(png[0], study_dir)
+                L += [f"![{f.caption}]({rel})", "", f"_{f.caption}_", ""]
+        elif f.note:
+            L += [f"_Figure {name} skipped: {f.note}._", ""]
+    return L
+
+
+def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd.DataFrame, fits: StudyFits | None,
+                    claims: Sequence[Claim], figs: Sequence[FigureResult], missing: Sequence[str],
+                    notes: Sequence[str], n_boot: int, seed: int, env: dict[str, str]) -> str:
+    n_runs = int(df["run"].nunique()) if "run" in df and not df.empty else 0
+    s = summary or {}
+    L = [f"# LoopMDM claims report — {study}", "",
+         f"_{n_runs} runs with evaluations ({s.get('n_done', '?')} done, {len(s.get('partial', []))} unfinished, "
+         f"{len(s.get('failed', []))} failed, {len(s.get('skipped_no_evals', []))} without evals) · bootstrap "
+         f"{n_boot} · seed {seed} · {env['date']}_", ""]
+    for n in notes:
+        L.append(f"> **Input problem:** {n}")
+    if notes:
+        L.append("")
+    L += ["## Claims", "", "| claim | paper | measured | 95% CI | verdict | caveats |", "|---|---|---|---|---|---|"]
+    for c in claims:
+        cav = "; ".join(c.caveats[:3]) + (f" (+{len(c.caveats) - 3} more)" if len(c.caveats) > 3 else "")
+        L.append(f"| {_cell(c.name)} | {_cell(c.paper_text)} | {_cell(_measured(c))} | {_ci(c)} | "
+                 f"{VERDICT_MARK.get(c.verdict, c.verdict)} | {_cell(cav)} |")
+    L.append("")
+    dis = multiplier_disagreements(claims)
+    if dis:
+        L += ["**The fitted multiplier and the paper-protocol multiplier disagree** (CIs do not overlap): "
+              + "; ".join(dis), ""]
+    figmap = {f.name: f for f in figs}
+    for kind in SECTION_TITLES:
+        L += _claim_section(kind, claims, figmap, study_dir, dis)
+    L += _diagnostics_md(fits)
+    L += ["## What is missing", ""]
+    L += [f"- {m}" for m in missing] if missing else ["Nothing: every claim had its inputs."]
+    skipped = [f for f in figs if not f.made]
+    if skipped:
+        L += [f"- figure {f.name} skipped: {f.note}" for f in skipped]
+    L += ["", "<details><summary>Task-evaluation file contract (runs/*/evals/*.json)</summary>", "", "```",
+          TASK_EVAL_CONTRACT.strip("\n"), "```", "</details>", "",
+          "---", f"_Generated by `python -m analysis.report` on {env['machine']}; Python {env['python']}, numpy "
+          f"{env['numpy']}, scipy {env['scipy']}, pandas {env['pandas']}, matplotlib {env['matplotlib']}, pyarrow "
+          f"{env['pyarrow']}; {env['date']}; {n_runs} runs, {len(df)} table rows._", ""]
+    return "\n".join(L)
+
+
+def run_report(
+    study_dir: str | Path, *, n_boot: int = 1000, conventions: Sequence[str] = CONVENTIONS, seed: int = 0,
+    figures: bool = True, force_collect: bool = False, loops: int | None = None, weighted: bool = False,
+    formats: Sequence[str] = ("png", "pdf"),
+) -> ReportResult:
+    """The whole pipeline; never raises on bad data (only on an unwritable study dir)."""
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    study_dir = Path(study_dir)
+    conventions = tuple(normalise_convention(c) for c in conventions)
+    notes: list[str] = []
+    summary: dict[str, Any] = {}
+    if (study_dir / "runs").is_dir():
+        df = load_or_collect(study_dir, force=force_collect)
+        summary = dict(df.attrs.get("collect", {}))
+    elif (study_dir / "runs.parquet").exists():
+        df = pd.read_parquet(study_dir / "runs.parquet")
+        summary = dict(df.attrs.get("collect", {}))
+        notes.append("no runs/ directory: using runs.parquet as given")
+    else:
+        df = pd.DataFrame(columns=BASE_COLUMNS)
+        notes.append(f"no runs/ directory and no runs.parquet in {study_dir}: nothing to analyse")
+    timings["collect"] = time.perf_counter() - t0
+    miss_core = missing_columns(df, CORE_COLUMNS)
+    miss_all = missing_columns(df)
+    if miss_core and len(df):
+        notes.append(f"the table lacks required columns {', '.join(miss_core)}: claims cannot be evaluated")
+    elif miss_all and len(df):
+        notes.append(f"the table lacks columns {', '.join(miss_all)}: analyses that need them are skipped")
+    if not miss_core or not len(df):
+        df, cn = clean(df)
+        notes += cn
+    if len(df) == 0 and not notes:
+        notes.append("the study has no evaluation rows yet")
+    study = str(df["study"].dropna().iloc[0]) if "study" in df and df["study"].notna().any() else study_dir.name
+    tasks, task_problems = (load_task_evals(study_dir) if (study_dir / "runs").is_dir() else (pd.DataFrame(), []))
+    notes += task_problems
+    fits = None
+    t1 = time.perf_counter()
+    if len(df) and not miss_core:
+        try:
+            fits = fit_study(df, conventions=[c for c in conventions if c in df.columns] or conventions,
+                             n_boot=n_boot, seed=seed, loops=loops, weighted=weighted)
+        except Exception as e:  # keep going: the report says what failed
+            notes.append(f"fitting failed: {e.__class__.__name__}: {e}")
+    timings["fits"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    if fits is None:
+        fits_for_claims = StudyFits(loops=None, loops_note="no fits", conventions=conventions)
+    else:
+        fits_for_claims = fits
+    claims = evaluate_claims(df if not miss_core else pd.DataFrame(columns=BASE_COLUMNS), fits_for_claims, tasks,
+                             conventions=conventions, n_boot=n_boot, seed=seed)
+    timings["claims"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    figs: list[FigureResult] = []
+    if figures and len(df) and not miss_core:
+        figs = make_figures(df, tasks, fits, claims, study_dir / "figures", formats)
+    timings["figures"] = time.perf_counter() - t1
+    missing = _missing_list(summary, df if not miss_core else pd.DataFrame(), fits, claims, [])
+    env = environment()
+    md = render_markdown(study, study_dir, summary, df, fits, claims, figs, missing, notes, n_boot, seed, env)
+    payload = dict(study=study, generated=env, n_boot=n_boot, seed=seed, conventions=list(conventions),
+                   input_problems=notes, collect=summary, fits=fits.to_dict() if fits else None,
+                   claims=[c.to_dict() for c in claims], multiplier_disagreements=multiplier_disagreements(claims),
+                   figures=[f.to_dict() for f in figs], missing=missing, timings_s=timings)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(study_dir / "fits.json", dumps(payload))
+    atomic_write_text(study_dir / "report.md", md)
+    return ReportResult(study_dir / "report.md", study_dir / "fits.json", claims, figs, missing,
+                        time.perf_counter() - t0, timings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
+    ap.add_argument("study_dir")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    ap.add_argument("--convention", action="append", default=None,
+                    help="FLOPs convention(s): 6N_nonembed, 6N_total, exact (repeatable; default all)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--loops", type=int, default=None, help="inference S for LoopMDM (default: largest S>=6 <= s_max)")
+    ap.add_argument("--weighted", action="store_true", help="weight fits by the MC standard error of each NLL")
+    ap.add_argument("--no-figures", action="store_true")
+    ap.add_argument("--force-collect", action="store_true", help="rebuild runs.parquet even if fresh")
+    a = ap.parse_args(argv)
+    sd = Path(a.study_dir)
+    if not sd.is_dir():
+        print(f"error: {sd} is not a directory", file=sys.stderr)
+        return 2
+    convs = a.convention or list(CONVENTIONS)
+    bad = [c for c in convs if normalise_convention(c) not in CONVENTIONS]
+    if bad:
+        print(f"error: unknown convention(s) {bad}; choose from 6N_nonembed, 6N_total, exact", file=sys.stderr)
+        return 2
+    res = run_report(sd, n_boot=a.bootstrap, conventions=convs, seed=a.seed, figures=not a.no_figures,
+                     force_collect=a.force_collect, loops=a.loops, weighted=a.weighted)
+    for c in res.claims:
+        print(f"{c.verdict:>14}  {c.name}: {_measured(c)} {_ci(c)}")
+    if res.missing:
+        print(f"{len(res.missing)} item(s) missing — see the report")
+    print(f"wrote {res.report_path} and {res.fits_path} in {res.seconds:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""Selecting the rows each analysis may use from the tidy table (pure pandas, no fitting).
+
+The rules live here, in one place, because a wrong selection silently biases every fit downstream:
+final points only for anything read off a budget (a cosine run read mid-schedule looks worse than it
+is), one row per (run, eval point) no matter how many groups share the run, fixed-loop rows apart from
+adaptive-exit rows, and one inference loop count S for the looped family.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .collect import BASE_COLUMNS
+
+#: columns without which nothing can be claimed (the rest only disable single analyses)
+CORE_COLUMNS = ["run", "family", "group", "role", "step", "eval_loops", "exit_threshold", "nll", "is_final"]
+POINT_KEY = ["run", "step", "eval_loops", "exit_threshold"]
+
+
+def missing_columns(df: pd.DataFrame, columns: list[str] | None = None) -> list[str]:
+    return [c for c in (columns or BASE_COLUMNS) if c not in df.columns]
+
+
+def clean(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Drop rows that cannot be used and say how many; add absent optional columns as NaN."""
+    notes = []
+    df = df.copy()
+    for c in BASE_COLUMNS:
+        if c not in df.columns:
+            df[c] = np.nan
+    if "exit_threshold" in df:
+        df["exit_threshold"] = pd.to_numeric(df["exit_threshold"], errors="coerce")
+    bad = ~np.isfinite(pd.to_numeric(df["nll"], errors="coerce").astype(float))
+    if bad.any():
+        notes.append(f"{int(bad.sum())} row(s) with missing/non-finite nll dropped")
+        df = df[~bad]
+    df["is_final"] = df["is_final"].fillna(False).astype(bool)
+    return df, notes
+
+
+def unique_points(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, step, eval_loops, exit_threshold): a baseline shared by several groups must
+    count once in a fit, or it would be weighted by how many groups reuse it."""
+    if df.empty:
+        return df
+    return df.loc[~df.duplicated(subset=POINT_KEY)]
+
+
+def fixed_loops(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows evaluated with a fixed loop count (no adaptive exit)."""
+    return df[df["exit_threshold"].isna()]
+
+
+def choose_eval_loops(df: pd.DataFrame, min_loops: int = 6) -> tuple[int | None, str]:
+    """The inference S for the looped family in the training-efficiency claims.
+
+    Rule: the largest S >= ``min_loops`` (the paper compares at S >= 6) that every looped run has a
+    final fixed-loop eval for, and that is <= the smallest s_max among them (S beyond s_max is depth
+    extrapolation: claim 4 studies it, the efficiency claims do not use it). Falls back to the largest
+    common S <= s_max, then to the most common S, saying so."""
+    d = fixed_loops(df[(df["family"] == "loopmdm") & df["is_final"]])
+    if d.empty:
+        return None, "no final fixed-loop evaluations of the looped family"
+    runs = d["run"].unique()
+    per_run = d.groupby("run")["eval_loops"].apply(lambda s: set(int(v) for v in s.dropna()))
+    common = set.intersection(*per_run.tolist()) if len(per_run) else set()
+    smax = pd.to_numeric(d["s_max"], errors="coerce")
+    cap = int(smax.min()) if smax.notna().any() else max(common or {0})
+    in_dist = sorted(s for s in common if s <= cap)
+    big = [s for s in in_dist if s >= min_loops]
+    if big:
+        return big[-1], f"S={big[-1]} (largest S >= {min_loops} and <= s_max={cap} evaluated in all {len(runs)} looped runs)"
+    if in_dist:
+        return in_dist[-1], (f"S={in_dist[-1]}: no S >= {min_loops} within s_max={cap} is evaluated in every looped "
+                             f"run, so the largest common one is used (the paper compares at S >= {min_loops})")
+    counts = d["eval_loops"].value_counts()
+    if counts.empty:
+        return None, "looped runs have no eval_loops values"
+    s = int(counts.index[0])
+    return s, f"S={s}: looped runs share no common S; the most frequent one is used (runs lacking it are left out)"
+
+
+def final_points(df: pd.DataFrame, family: str, loops: int | None = None) -> pd.DataFrame:
+    """One final, fixed-loop row per run of ``family``; looped runs at S=``loops``, others at their
+    smallest evaluated S (1 for a non-looped model)."""
+    d = fixed_loops(df[(df["family"] == family) & df["is_final"]])
+    if d.empty:
+        return d
+    if family == "loopmdm" and loops is not None:
+        d = d[d["eval_loops"] == loops]
+    else:
+        d = d[d["eval_loops"] == d.groupby("run")["eval_loops"].transform("min")]
+    return unique_points(d).drop_duplicates("run")
+
+
+def trajectory(df: pd.DataFrame, run: str, loops: int | None, flops_col: str) -> pd.DataFrame:
+    """A run's fixed-loop eval points in training order (for the paper's crossing protocol)."""
+    d = fixed_loops(df[df["run"] == run])
+    if loops is not None:
+        d = d[d["eval_loops"] == loops]
+    else:
+        d = d[d["eval_loops"] == d["eval_loops"].min()]
+    d = unique_points(d)
+    return d.sort_values([flops_col, "step"])
+
+
+def schedule_note(df: pd.DataFrame) -> str | None:
+    """The schedule, if a sweep axis records it (the tidy table has no schedule column)."""
+    cols = [c for c in df.columns if c.startswith("axis_") and ("sched" in c.lower())]
+    if not cols:
+        return None
+    vals = sorted({str(v) for c in cols for v in df[c].dropna().unique()})
+    return ", ".join(vals) if vals else None
