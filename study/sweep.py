@@ -1,0 +1,505 @@
+"""Studies: ``python -m study.sweep [submit|status|collect|report] SPEC`` — expand, plan, submit, watch.
+
+A spec (``sweeps/*.yaml``) is a base RunConfig plus axes. Expansion is pure: spec -> list of ``PlannedRun``
+(each a resolved, hashed RunConfig with its comparison groups), every looped config joined by its matched
+baselines — the same-size MDM (mid block applied once) and the deeper MDM with equal expected per-step
+compute (n_head + E[S] * n_mid + n_tail layers). Nothing is written or submitted until every run of the
+grid has validated. Re-running a spec skips done and running runs; failed ones come back only with --retry.
+
+Spec keys:
+  study: name                 # results/<name>/ unless --out
+  description: text
+  base: {RunConfig sections}  # as in a study.run YAML
+  axes: {dotted.key: [values]}            # full product
+  zip: [{dotted.key: [..], other: [..]}]  # each group varies together, crossed with the axes
+  baselines: [same_size, deeper]          # matched baselines for every looped run
+  scaling: {lr: RULE, batch: RULE, warmup: RULE}   # study/scaling.py
+  resources: {executor, partition, gpus_per_node, time_min, ...}   # study/launch.py ResourceSpec
+  resource_classes: {NAME: {overrides}}  # chosen per run by the axis/base key `resource_class`
+  estimate: {tflops_per_gpu: 989, mfu: 0.4}   # for the plan's GPU-hours column
+The run-dict key ``layout: {n_layers: 12, looped: [1, 2]}`` is a readable way to place the looped block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import fnmatch
+import itertools
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from model import flops
+from model.config import ConfigError, reject_unknown_keys
+from study import config as config_mod
+from study import store
+from study.scaling import RULES
+
+SPEC_KEYS = ["study", "description", "base", "axes", "zip", "baselines", "scaling", "resources",
+             "resource_classes", "estimate"]
+BASELINES = ("same_size", "deeper")
+ROLE_OF = {"same_size": "baseline_same", "deeper": "baseline_deeper"}
+
+
+@dataclass
+class PlannedRun:
+    cfg: config_mod.RunConfig
+    slug: str
+    groups: list[dict] = field(default_factory=list)
+    axes: dict = field(default_factory=dict)
+    resource_class: str | None = None
+
+    @property
+    def hash(self) -> str:
+        return self.cfg.hash
+
+    @property
+    def role(self) -> str:
+        return ",".join(sorted({g["role"] for g in self.groups})) or "single"
+
+    def run_dir(self, study_dir: Path) -> Path:
+        return store.run_dir(study_dir, self.slug, self.hash)
+
+    def final_config(self, study: str) -> config_mod.RunConfig:
+        meta = {"study": study, "slug": self.slug, "hash": self.hash, "groups": self.groups, "axes": self.axes,
+                "resource_class": self.resource_class, "steps": self.cfg.steps,
+                "params": flops.param_counts(self.cfg.model).to_dict(self.cfg.model.expected_loops)}
+        return self.cfg.replace(meta=meta)
+
+
+@dataclass
+class Spec:
+    study: str
+    description: str
+    base: dict
+    axes: dict
+    zip: list
+    baselines: tuple
+    scaling: dict
+    resources: dict
+    resource_classes: dict
+    estimate: dict
+    path: Path | None = None
+
+
+# -- loading ---------------------------------------------------------------------------------------
+def load_spec(path: str | Path) -> Spec:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("SPEC", f"{p} does not exist; pass a study spec such as sweeps/demo.yaml")
+    raw = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError("SPEC", f"{p} must hold a mapping (study:, base:, axes:, ...)")
+    return parse_spec(raw, p)
+
+
+def parse_spec(raw: dict, path: Path | None = None) -> Spec:
+    reject_unknown_keys("", raw, SPEC_KEYS)
+    study = raw.get("study") or (path.stem if path else None)
+    if not study or store.safe_slug(str(study)) != str(study):
+        raise ConfigError("study", f"{study!r}: use a plain name of [a-z0-9._-] (it names results/<study>/)")
+    axes = raw.get("axes") or {}
+    zips = raw.get("zip") or []
+    if not isinstance(axes, dict):
+        raise ConfigError("axes", "must map dotted keys to lists of values")
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"axes.{key}", "must be a non-empty list of values (one value: put it in base)")
+    if not isinstance(zips, list):
+        raise ConfigError("zip", "must be a list of groups, each mapping keys to equal-length lists")
+    for i, group in enumerate(zips):
+        if not isinstance(group, dict) or not group:
+            raise ConfigError(f"zip[{i}]", "must be a non-empty mapping of keys to lists")
+        lengths = {k: len(v) if isinstance(v, list) else -1 for k, v in group.items()}
+        if min(lengths.values()) < 1 or len(set(lengths.values())) != 1:
+            raise ConfigError(f"zip[{i}]", f"every key needs a non-empty list, all the same length (got {lengths})")
+    baselines = tuple(raw.get("baselines") or ())
+    for b in baselines:
+        if b not in BASELINES:
+            raise ConfigError("baselines", f"{b!r} unknown; allowed: {', '.join(BASELINES)}")
+    scaling = raw.get("scaling") or {}
+    reject_unknown_keys("scaling", scaling, list(RULES))
+    for knob, rule in scaling.items():
+        RULES[knob](str(rule))  # validates the rule name now
+    classes = raw.get("resource_classes") or {}
+    estimate = {"tflops_per_gpu": 989.0, "mfu": 0.4} | (raw.get("estimate") or {})
+    reject_unknown_keys("estimate", estimate, ["tflops_per_gpu", "mfu"])
+    return Spec(study=str(study), description=str(raw.get("description", "")), base=raw.get("base") or {},
+                axes=axes, zip=zips, baselines=baselines, scaling=scaling, resources=raw.get("resources") or {},
+                resource_classes=classes, estimate=estimate, path=path)
+
+
+# -- expansion ---------------------------------------------------------------------------------------
+def _assignments(spec: Spec) -> list[dict[str, Any]]:
+    """Every combination: the product of the axes, crossed with each zip group's rows."""
+    keys = list(spec.axes)
+    product = [dict(zip(keys, combo)) for combo in itertools.product(*(spec.axes[k] for k in keys))] or [{}]
+    for group in spec.zip:
+        rows = [dict(zip(group, vals)) for vals in zip(*group.values())]
+        product = [a | r for a in product for r in rows]
+    return product
+
+
+def _set(run: dict, dotted: str, value: Any) -> None:
+    node = run
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(dotted, f"'{p}' is not a section")
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def _apply_layout(run: dict) -> None:
+    """``layout: {n_layers: L, looped: [i, j]}`` -> head/mid/tail counts, refusing blocks outside the stack."""
+    layout = run.pop("layout", None)
+    if layout is None:
+        return
+    reject_unknown_keys("layout", layout, ["n_layers", "looped"])
+    n, looped = layout.get("n_layers"), layout.get("looped")
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError("layout.n_layers", f"got {n!r}; the number of layers in the stack, >= 1")
+    if not isinstance(looped, list) or not looped or any(not isinstance(i, int) for i in looped):
+        raise ConfigError("layout.looped", f"got {looped!r}; a list of layer indices such as [1, 2]")
+    lo, hi = min(looped), max(looped)
+    if lo < 0 or hi >= n:
+        raise ConfigError("layout.looped", f"layers {looped} are outside the {n}-layer stack (indices 0..{n - 1})")
+    if sorted(looped) != list(range(lo, hi + 1)):
+        raise ConfigError("layout.looped", f"layers {looped} must be contiguous")
+    model = run.setdefault("model", {})
+    model.update(n_head_layers=lo, n_mid_layers=hi - lo + 1, n_tail_layers=n - hi - 1)
+
+
+def _build(run: dict, spec: Spec, where: str) -> config_mod.RunConfig:
+    """A run dict -> validated RunConfig, scaling rules applied; errors say which grid point failed."""
+    try:
+        _apply_layout(run)
+        for knob in ("batch", "lr"):
+            if knob in spec.scaling:
+                RULES[knob](str(spec.scaling[knob]))(run)
+        cfg = config_mod.from_dict(run)
+        if "warmup" in spec.scaling:
+            RULES["warmup"](str(spec.scaling["warmup"]))(run, cfg.steps)
+            cfg = config_mod.from_dict(run)
+        return cfg
+    except ConfigError as exc:
+        raise ConfigError(exc.field, f"{str(exc).split(': ', 1)[-1]} (in grid point {where})") from None
+
+
+def expand(spec: Spec) -> list[PlannedRun]:
+    """The whole grid with matched baselines, deduplicated by hash (a baseline shared by several looped
+    configs is one run listed in each of their groups)."""
+    runs: dict[str, PlannedRun] = {}
+
+    def add(cfg: config_mod.RunConfig, axes: dict, rclass: str | None, group: dict | None) -> None:
+        pr = runs.get(cfg.hash)
+        if pr is None:
+            pr = runs[cfg.hash] = PlannedRun(cfg=cfg, slug=store.safe_slug(config_mod.slug(cfg)), axes=axes,
+                                             resource_class=rclass)
+        if group is not None and group not in pr.groups:
+            pr.groups.append(group)
+
+    for assignment in _assignments(spec):
+        run = copy.deepcopy(spec.base)
+        rclass = run.pop("resource_class", None)
+        for key, value in assignment.items():
+            if key == "resource_class":
+                rclass = value
+            else:
+                _set(run, key, value)
+        where = json.dumps(assignment, default=str) if assignment else "base"
+        axes = {k: v for k, v in assignment.items()}
+        raw = copy.deepcopy(run)
+        cfg = _build(run, spec, where)
+        if rclass is not None and rclass not in spec.resource_classes:
+            raise ConfigError("resource_class", f"{rclass!r} is not defined under resource_classes "
+                              f"({', '.join(spec.resource_classes) or 'none defined'})")
+        if not cfg.model.is_looped or not spec.baselines:
+            add(cfg, axes, rclass, None)
+            continue
+        group_id = f"{store.safe_slug(config_mod.slug(cfg))}-{cfg.hash[:8]}"
+        add(cfg, axes, rclass, {"group": group_id, "role": "looped"})
+        for b in spec.baselines:
+            braw = copy.deepcopy(raw)
+            _apply_layout(braw)
+            model = dict(cfg.model.non_looped().to_dict() if b == "same_size" else cfg.model.deeper().to_dict())
+            braw["model"] = model
+            braw.setdefault("eval", {}).pop("loops", None)
+            bcfg = _build(braw, spec, f"{where} ({b} baseline)")
+            add(bcfg, axes, rclass, {"group": group_id, "role": ROLE_OF[b]})
+    return list(runs.values())
+
+
+# -- the plan ----------------------------------------------------------------------------------------
+def plan_row(pr: PlannedRun, spec: Spec) -> dict:
+    cfg = pr.cfg
+    p = flops.param_counts(cfg.model)
+    row = {"slug": pr.slug, "hash": pr.hash[:12], "role": pr.role, "groups": [g["group"] for g in pr.groups],
+           "axes": pr.axes, "params_embedding": p.embedding, "params_nonembedding": p.nonembedding,
+           "params_effective": p.effective_nonembedding(cfg.model.expected_loops), "steps": cfg.steps,
+           "tokens": cfg.steps * cfg.tokens_per_step, "resource_class": pr.resource_class}
+    for conv in flops.CONVENTIONS:
+        per_step = cfg.flops_per_step(conv)
+        row[f"flops_per_step_{conv}"] = per_step
+        row[f"flops_{conv}"] = per_step * cfg.steps
+    rate = spec.estimate["tflops_per_gpu"] * 1e12 * spec.estimate["mfu"]  # GPU-hours do not depend on GPU count
+    row["est_gpu_hours"] = row["flops_exact"] / rate / 3600
+    return row
+
+
+def format_plan(rows: list[dict]) -> str:
+    cols = [("slug", "slug", "{}"), ("hash", "hash", "{}"), ("role", "role", "{}"),
+            ("N_emb", "params_embedding", "{:.3g}"), ("N_nonemb", "params_nonembedding", "{:.3g}"),
+            ("N_eff", "params_effective", "{:.3g}"), ("steps", "steps", "{}"), ("tokens", "tokens", "{:.3g}"),
+            ("C/step exact", "flops_per_step_exact", "{:.3g}"), ("C 6N_nonemb", "flops_6N_nonembed", "{:.3g}"),
+            ("C 6N_total", "flops_6N_total", "{:.3g}"), ("C exact", "flops_exact", "{:.3g}"),
+            ("GPU-h", "est_gpu_hours", "{:.3g}")]
+    table = [[h for h, _, _ in cols]] + [[f.format(r[k]) for _, k, f in cols] for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in table]
+    total = {k: sum(r[k] for r in rows) for k in ("flops_exact", "est_gpu_hours")}
+    lines.append(f"{len(rows)} runs; {total['flops_exact']:.3g} FLOPs (exact); ~{total['est_gpu_hours']:.3g} GPU-hours")
+    return "\n".join(lines)
+
+
+# -- running ---------------------------------------------------------------------------------------
+def run_point(config: dict, run_dir: str) -> dict:
+    """The job function (module level so submitit pickles it by reference): train, or resume, one run."""
+    from study import launch
+    from study.train import train
+
+    cfg = config_mod.from_dict(config)
+    flag = launch.PREEMPT
+    summary = train(cfg, run_dir, stop=flag.should_stop)
+    if summary.get("status") == "preempted" and flag.is_set():
+        flag.exit_for_requeue()
+    return summary
+
+
+def select(runs: list[PlannedRun], only: str | None) -> list[PlannedRun]:
+    if not only:
+        return runs
+    return [r for r in runs if fnmatch.fnmatch(r.slug, only) or r.hash.startswith(only) or
+            any(fnmatch.fnmatch(g["group"], only) for g in r.groups)]
+
+
+def statuses(study_dir: Path, runs: list[PlannedRun]) -> dict[str, store.RunStatus]:
+    found = {Path(s.run_dir).name: s for s in store.scan_study(study_dir)} if (study_dir / "runs").is_dir() else {}
+    return {r.hash: found.get(r.run_dir(study_dir).name) for r in runs}
+
+
+def to_submit(study_dir: Path, runs: list[PlannedRun], retry: bool) -> tuple[list[PlannedRun], dict[str, int]]:
+    counts: dict[str, int] = {}
+    todo = []
+    found = statuses(study_dir, runs)
+    for r in runs:
+        st = found.get(r.hash)
+        state = st.state if st is not None else "pending"
+        counts[state] = counts.get(state, 0) + 1
+        if state in ("done", "running"):
+            continue
+        if state == "failed" and not retry:
+            continue
+        todo.append(r)
+    return todo, counts
+
+
+def write_run_configs(study_dir: Path, spec: Spec, runs: list[PlannedRun]) -> None:
+    """config.yaml in every selected run dir (a run's identity on disk before it starts) and plan.json."""
+    for r in runs:
+        d = r.run_dir(study_dir)
+        if not (d / "config.yaml").is_file():
+            d.mkdir(parents=True, exist_ok=True)
+            store.atomic_write_text(d / "config.yaml", config_mod.dump_yaml(r.final_config(spec.study)))
+
+
+def write_plan(study_dir: Path, spec: Spec, runs: list[PlannedRun]) -> None:
+    study_dir.mkdir(parents=True, exist_ok=True)
+    plan = {"study": spec.study, "description": spec.description, "spec": str(spec.path) if spec.path else None,
+            "runs": [{"hash": r.hash, "slug": r.slug, "run_dir": str(r.run_dir(study_dir).relative_to(study_dir)),
+                      "groups": r.groups, "axes": r.axes, "resource_class": r.resource_class} for r in runs]}
+    store.atomic_write_json(study_dir / "plan.json", plan)
+    if spec.path is not None:
+        store.atomic_write_text(study_dir / "spec.yaml", spec.path.read_text())
+
+
+def run_locally(study_dir: Path, spec: Spec, runs: list[PlannedRun]) -> int:
+    """The local executor: one run after another in this process, Ctrl-C checkpoints and stops."""
+    from study import launch
+    from study.train import train
+
+    flag = launch.install_preemption_flag()
+    failed = 0
+    try:
+        for i, r in enumerate(runs, 1):
+            print(f"[{i}/{len(runs)}] {r.slug} ({r.role})", flush=True)
+            t0 = time.time()
+            try:
+                summary = train(r.final_config(spec.study), r.run_dir(study_dir), stop=flag.should_stop)
+            except Exception as exc:  # recorded in FAILED.json by train(); the sweep goes on
+                failed += 1
+                print(f"    failed: {exc}", file=sys.stderr, flush=True)
+                continue
+            if summary.get("status") == "preempted":
+                print("    interrupted: checkpointed; run the same command again to resume", flush=True)
+                return 3
+            finals = [f"S={e['eval_loops']}: {e['nll']:.3f}" for e in summary.get("final_eval", [])
+                      if e.get("exit_threshold") is None]
+            print(f"    done in {time.time() - t0:.0f} s; val NLL {', '.join(finals)}", flush=True)
+    finally:
+        flag.uninstall()
+    return 1 if failed else 0
+
+
+def submit_slurm(study_dir: Path, spec: Spec, runs: list[PlannedRun], resources, wait: bool) -> int:
+    from study import launch
+
+    jobs = []
+    for r in runs:
+        res = resources
+        if r.resource_class:
+            res = launch.ResourceSpec.from_dict(dict(spec.resources) | spec.resource_classes[r.resource_class])
+        cfg = r.final_config(spec.study)
+        jobs.append(launch.Job(key=r.hash[:12], name=r.slug, fn=run_point, args=(cfg.to_dict(), str(r.run_dir(study_dir))),
+                               run_dir=r.run_dir(study_dir), resources=res))
+    submitted = launch.submit(jobs, resources, study_dir / "submitit", study_dir=study_dir, check_cluster=True)
+    for s in submitted:
+        print(f"submitted {s.name} as job {s.job_id}")
+    if wait:
+        bad = 0
+        for s in submitted:
+            try:
+                s.job.result()
+            except Exception as exc:
+                bad += 1
+                print(f"{s.name}: {exc}", file=sys.stderr)
+        return 1 if bad else 0
+    return 0
+
+
+# -- CLI ------------------------------------------------------------------------------------------------
+def _study_dir(spec: Spec, out: Path | None) -> Path:
+    d = out if out is not None else Path("results") / spec.study
+    return d.resolve()
+
+
+def cmd_submit(ns, spec: Spec, runs: list[PlannedRun]) -> int:
+    from study import launch
+
+    res_dict = dict(spec.resources)
+    if ns.executor:
+        res_dict["executor"] = ns.executor
+    resources = launch.ResourceSpec.from_dict(res_dict).validate()
+    for name, over in spec.resource_classes.items():
+        launch.ResourceSpec.from_dict(res_dict | over).validate()
+    study_dir = _study_dir(spec, ns.out)
+    todo, counts = to_submit(study_dir, runs, ns.retry)
+    print(f"{spec.study}: {len(runs)} runs ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}); "
+          f"{len(todo)} to {'run' if resources.resolved_executor() != 'slurm' else 'submit'}")
+    write_plan(study_dir, spec, expand(spec) if ns.only else runs)
+    write_run_configs(study_dir, spec, todo)
+    rc = 0
+    if todo:
+        if resources.resolved_executor() == "slurm":
+            rc = submit_slurm(study_dir, spec, todo, resources, ns.wait)
+        else:
+            rc = run_locally(study_dir, spec, todo)
+    if rc in (0, 1) and ns.report and (resources.resolved_executor() != "slurm" or ns.wait):
+        rc = max(rc, cmd_report(study_dir))
+    return rc
+
+
+def cmd_report(study_dir: Path) -> int:
+    from analysis import report
+
+    print(f"collecting and reporting {study_dir} ...", flush=True)
+    report.main([str(study_dir)])
+    print(f"report: {study_dir / 'report.md'}")
+    return 0
+
+
+def cmd_status(ns, spec: Spec, runs: list[PlannedRun]) -> int:
+    study_dir = _study_dir(spec, ns.out)
+    st = statuses(study_dir, runs)
+    planned = spent = 0.0
+    rows = []
+    for r in runs:
+        s = st.get(r.hash)
+        state = s.state if s else "pending"
+        step = (s.step or 0) if s else 0
+        per_step = r.cfg.flops_per_step("exact")
+        planned += per_step * r.cfg.steps
+        spent += per_step * min(step, r.cfg.steps)
+        loss = f"{s.last_loss:.4f}" if s and s.last_loss is not None else "-"
+        rows.append((r.slug, r.hash[:12], state, f"{step}/{r.cfg.steps}", loss, (s.job_id or "") if s else ""))
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row[2]] = counts.get(row[2], 0) + 1
+    if ns.json:
+        for row in rows:
+            print(json.dumps(dict(zip(("slug", "hash", "state", "progress", "last_loss", "job"), row))))
+        return 0
+    header = ("slug", "hash", "state", "progress", "loss", "job")
+    widths = [max(len(str(x[i])) for x in rows + [header]) for i in range(len(header))]
+    for row in [header] + rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    print(f"{', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}; FLOPs (exact, expected) "
+          f"{spent:.3g} of {planned:.3g} planned ({100 * spent / max(planned, 1):.0f}%)")
+    return 0
+
+
+def cmd_collect(ns, spec: Spec, runs: list[PlannedRun]) -> int:
+    from analysis.collect import collect
+
+    study_dir = _study_dir(spec, ns.out)
+    df = collect(study_dir)
+    print(f"{len(df)} rows from {df['run'].nunique() if len(df) else 0} runs -> {study_dir / 'runs.parquet'}")
+    return 0
+
+
+VERBS = ("submit", "status", "collect", "report")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = argv.pop(0) if argv and argv[0] in VERBS else "submit"
+    ap = argparse.ArgumentParser(prog=f"python -m study.sweep {verb}", description=__doc__.splitlines()[0])
+    ap.add_argument("spec", type=Path, help="a study spec, e.g. sweeps/demo.yaml")
+    ap.add_argument("--out", type=Path, help="study directory (default results/<study>)")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan; write and submit nothing")
+    ap.add_argument("--json", action="store_true", help="with --dry-run/status: one JSON object per run")
+    ap.add_argument("--retry", action="store_true", help="resubmit failed runs too")
+    ap.add_argument("--only", help="select runs by slug/group glob or hash prefix")
+    ap.add_argument("--executor", choices=("auto", "slurm", "local", "debug"), help="override resources.executor")
+    ap.add_argument("--wait", action="store_true", help="slurm: wait for the jobs, then report")
+    ap.add_argument("--no-report", dest="report", action="store_false", help="skip collect + report after local runs")
+    ns = ap.parse_args(argv)
+    try:
+        spec = load_spec(ns.spec)
+        runs = select(expand(spec), ns.only)
+        if ns.only and not runs:
+            raise ConfigError("--only", f"{ns.only!r} matches no run of {spec.study}")
+        if verb == "submit" and ns.dry_run:
+            rows = [plan_row(r, spec) for r in runs]
+            if ns.json:
+                for row in rows:
+                    print(json.dumps(row, default=str))
+            else:
+                print(format_plan(rows))
+            return 0
+        if verb == "report":
+            return cmd_report(_study_dir(spec, ns.out))
+        return {"submit": cmd_submit, "status": cmd_status, "collect": cmd_collect}[verb](ns, spec, runs)
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Sweeps: expansion with matched baselines, the plan, validation before anything is written, local runs."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from model.config import ConfigError
+from study import store, sweep
+
+BASE = {
+    "model": {"d_model": 32, "n_heads": 4, "n_head_layers": 1, "n_mid_layers": 1, "n_tail_layers": 1, "s_max": 4},
+    "data": {"corpus": "gsm8k-synth:easy", "tokenizer": "byte", "seq_len": 32},
+    "batch": {"global_batch": 4},
+    "eval": {"points": 2, "n_seqs": 4, "n_draws": 2},
+    "system": {"log_every": 5, "ckpt_every": 100, "num_threads": 1},
+}
+
+
+def spec(**kw) -> sweep.Spec:
+    raw = {"study": "t", "base": BASE, "axes": {"budget.steps": [6, 9]}, "baselines": ["same_size", "deeper"]}
+    raw.update(kw)
+    return sweep.parse_spec(raw)
+
+
+def test_expansion_emits_matched_baselines_in_groups():
+    runs = sweep.expand(spec())
+    assert len(runs) == 6
+    by_role = {}
+    for r in runs:
+        by_role.setdefault(r.role, []).append(r)
+    assert set(by_role) == {"looped", "baseline_same", "baseline_deeper"}
+    for looped in by_role["looped"]:
+        gid = looped.groups[0]["group"]
+        members = [r for r in runs if any(g["group"] == gid for g in r.groups)]
+        assert len(members) == 3
+        same = next(r for r in members if r.role == "baseline_same")
+        deep = next(r for r in members if r.role == "baseline_deeper")
+        assert same.cfg.model.s_max == 1 and same.cfg.model.n_layers_physical == looped.cfg.model.n_layers_physical
+        # E[S] = 2.5 with one looped layer -> round(2.5) = 2 layers unrolled
+        assert deep.cfg.model.n_mid_layers == round(looped.cfg.model.expected_loops * 1)
+        assert same.cfg.steps == looped.cfg.steps  # a steps budget is shared as given
+
+
+def test_shared_baseline_is_one_run_in_two_groups():
+    s = spec(axes={"model.s_max": [2, 4]}, baselines=["same_size"], base={**BASE, "budget": {"steps": 5}})
+    runs = sweep.expand(s)
+    assert len(runs) == 3  # two looped runs share one same-size baseline
+    base = next(r for r in runs if r.role == "baseline_same")
+    assert len(base.groups) == 2
+
+
+def test_zip_and_layout():
+    s = spec(axes={}, zip=[{"layout": [{"n_layers": 6, "looped": [1, 2]}, {"n_layers": 6, "looped": [3]}]}],
+             baselines=[], base={**BASE, "budget": {"steps": 5}})
+    runs = sweep.expand(s)
+    layouts = sorted((r.cfg.model.n_head_layers, r.cfg.model.n_mid_layers, r.cfg.model.n_tail_layers) for r in runs)
+    assert layouts == [(1, 2, 3), (3, 1, 2)]
+
+
+@pytest.mark.parametrize("kw, field, words", [
+    ({"axes": {"model.d_model": []}}, "axes.model.d_model", "non-empty"),
+    ({"axes": {"model.d_modle": [32]}}, "model.d_modle", "Did you mean"),
+    ({"axes": {"budget.flops": [10.0]}}, "budget.flops", "too small for one optimizer step"),
+    ({"axes": {"layout": [{"n_layers": 4, "looped": [3, 4]}]}}, "layout.looped", "outside the 4-layer stack"),
+    ({"baselines": ["wider"]}, "baselines", "allowed"),
+    ({"scaling": {"lr": "magic"}}, "scaling.lr", "unknown rule"),
+    ({"colour": "blue"}, "colour", "unknown key"),
+    ({"zip": [{"model.d_model": [32, 64], "model.n_heads": [4]}]}, "zip[0]", "same length"),
+])
+def test_bad_specs_fail_naming_the_field(kw, field, words):
+    with pytest.raises(ConfigError) as e:
+        sweep.expand(spec(**kw))
+    assert e.value.field == field and words in str(e.value)
+
+
+def _write(tmp_path, **kw) -> Path:
+    raw = {"study": "t", "base": BASE, "axes": {"budget.steps": [6, 9]}, "baselines": ["same_size"],
+           "resources": {"executor": "local"}}
+    raw.update(kw)
+    p = tmp_path / "spec.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def test_bad_resources_fail_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "study"
+    p = _write(tmp_path, resources={"executor": "local", "gpus": 2})
+    assert sweep.main([str(p), "--out", str(out)]) == 2
+    assert "resources.gpus" in capsys.readouterr().err
+    assert not out.exists()
+    p = _write(tmp_path, resources={"executor": "local", "nodes": 2})
+    assert sweep.main([str(p), "--out", str(out)]) == 2
+    assert "resources.nodes" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_dry_run_writes_nothing_and_prints_every_run(tmp_path, capsys):
+    out = tmp_path / "study"
+    p = _write(tmp_path)
+    assert sweep.main([str(p), "--out", str(out), "--dry-run", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 4 and {r["role"] for r in rows} == {"looped", "baseline_same"}
+    for r in rows:
+        assert r["flops_exact"] > 0 and r["steps"] in (6, 9) and r["params_effective"] >= r["params_nonembedding"]
+    assert not out.exists()
+
+
+def test_local_sweep_runs_then_rerun_does_nothing(tmp_path, capsys):
+    out = tmp_path / "study"
+    p = _write(tmp_path)
+    assert sweep.main([str(p), "--out", str(out), "--no-report"]) == 0
+    states = [s.state for s in store.scan_study(out)]
+    assert states == ["done"] * 4
+    plan = json.loads((out / "plan.json").read_text())
+    assert len(plan["runs"]) == 4
+    capsys.readouterr()
+    mtimes = {d: (d / "DONE.json").stat().st_mtime for d in (out / "runs").iterdir()}
+    assert sweep.main([str(p), "--out", str(out), "--no-report"]) == 0
+    assert "0 to run" in capsys.readouterr().out
+    assert {d: (d / "DONE.json").stat().st_mtime for d in (out / "runs").iterdir()} == mtimes
+    assert sweep.main(["status", str(p), "--out", str(out)]) == 0
+    assert "4 done" in capsys.readouterr().out
+
+
+def test_only_selects_and_failed_needs_retry(tmp_path, capsys):
+    out = tmp_path / "study"
+    p = _write(tmp_path)
+    runs = sweep.expand(sweep.load_spec(p))
+    target = runs[0]
+    assert sweep.main([str(p), "--out", str(out), "--no-report", "--only", target.hash[:10]]) == 0
+    assert [s.state for s in store.scan_study(out)] == ["done"]
+    # a failed run is not resubmitted without --retry
+    other = runs[1].run_dir(out)
+    other.mkdir(parents=True)
+    (other / "config.yaml").write_text(yaml.safe_dump(runs[1].final_config("t").to_dict()))
+    store.mark_failed(other, "boom")
+    capsys.readouterr()
+    sweep.main([str(p), "--out", str(out), "--no-report", "--only", runs[1].hash[:10]])
+    assert "0 to run" in capsys.readouterr().out
+    assert sweep.main([str(p), "--out", str(out), "--no-report", "--only", runs[1].hash[:10], "--retry"]) == 0
+    assert store.read_json(other / "DONE.json") is not None
