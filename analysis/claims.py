@@ -192,6 +192,24 @@ def _crossing_draws(Ct: np.ndarray, Lt: np.ndarray, St: np.ndarray, Cb: float, L
     return point, mult(Lt_d, Lb_d), status
 
 
+def _membership(df: pd.DataFrame) -> pd.DataFrame:
+    """(group, role, run, seed) once per membership, groups with a name only."""
+    m = df[["group", "role", "run", "seed"]].drop_duplicates(["group", "run"])
+    return m[m["group"].astype(str) != ""]
+
+
+def _per_run_arrays(d: pd.DataFrame, cols: Sequence[str], order: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+    """Split a table into numpy arrays per run in one pass (pandas per-group filtering is ~100x slower)."""
+    if d.empty:
+        return {}
+    d = d.sort_values(["run", *order], kind="stable")
+    runs = d["run"].to_numpy()
+    cuts = np.flatnonzero(runs[1:] != runs[:-1]) + 1
+    arrs = {c: np.split(d[c].to_numpy(), cuts) for c in cols}
+    starts = np.concatenate([[0], cuts])
+    return {str(runs[i]): {c: arrs[c][k] for c in cols} for k, i in enumerate(starts)}
+
+
 def claim_protocol(df: pd.DataFrame, convention: str, *, loops: int | None = None, n_boot: int = 1000,
                    seed: int = 0, paper: float = PAPER_MULTIPLIER, level: float = 0.95) -> Claim:
     conv = normalise_convention(convention)
@@ -199,51 +217,52 @@ def claim_protocol(df: pd.DataFrame, convention: str, *, loops: int | None = Non
     name = f"2. multiplier by the paper's protocol (eval-point crossing, {conv})"
     statement = "LoopMDM reaches the same-size MDM's final NLL with up to 3.3x fewer training FLOPs"
     args = (key, name, statement, paper, "up to 3.3x", "x", PROTO_RULE)
-    if missing_columns(df, CORE_COLUMNS + [conv, "nll_se"]):
-        return _inconclusive(*args, f"missing columns: {', '.join(missing_columns(df, CORE_COLUMNS + [conv, 'nll_se']))}")
+    need = CORE_COLUMNS + [conv, "nll_se", "seed"]
+    if missing_columns(df, need):
+        return _inconclusive(*args, f"missing columns: {', '.join(missing_columns(df, need))}")
     if loops is None:
         loops, _ = choose_eval_loops(df)
     if loops is None:
         return _inconclusive(*args, "no final fixed-loop evaluations of LoopMDM")
     rng = derive_rng(seed, "protocol", conv)
+    mem = _membership(df)
+    fx = unique_points(fixed_loops(df[df["run"].isin(mem["run"])]))
+    fx = fx[np.isfinite(pd.to_numeric(fx[conv], errors="coerce").astype(float))]
+    loop_runs_all = set(mem.loc[mem["role"] == "looped", "run"])
+    base_runs_all = set(mem.loc[mem["role"] == "baseline_same", "run"])
+    lt_tab = fx[fx["run"].isin(loop_runs_all) & (fx["eval_loops"] == loops)]
+    bt_tab = fx[fx["run"].isin(base_runs_all) & fx["is_final"]]
+    bt_tab = bt_tab[bt_tab["eval_loops"] == bt_tab.groupby("run")["eval_loops"].transform("min")]
+    cols = [conv, "nll", "nll_se", "step"]
+    traj = _per_run_arrays(lt_tab, cols, [conv, "step"])
+    fin = _per_run_arrays(bt_tab, cols, ["step"])
+    budget_of = df.drop_duplicates("run").set_index("run")["budget_flops"]
     groups = []
     caveats: list[str] = []
-    for g, dg in df[df["group"].astype(str) != ""].groupby("group"):
-        loop_runs = dg[dg["role"] == "looped"]["run"].unique()
-        base_runs = dg[(dg["role"] == "baseline_same")]["run"].unique()
-        if len(loop_runs) == 0 or len(base_runs) == 0:
+    for g, mg in mem.groupby("group", sort=False):
+        loop_runs = [r for r in mg.loc[mg["role"] == "looped", "run"] if r in traj]
+        base_runs = [r for r in mg.loc[mg["role"] == "baseline_same", "run"] if r in fin]
+        if not loop_runs or not base_runs:
             continue
-        seeds = dg.drop_duplicates("run").set_index("run")["seed"]
-        pairs = [(lr, br) for lr in loop_runs for br in base_runs if seeds.get(lr) == seeds.get(br)]
-        if not pairs:
-            pairs = [(lr, br) for lr in loop_runs for br in base_runs]
+        seeds = dict(zip(mg["run"], mg["seed"]))
+        pairs = [(lr, br) for lr in loop_runs for br in base_runs if seeds.get(lr) == seeds.get(br)] or \
+                [(lr, br) for lr in loop_runs for br in base_runs]
         pts, draws, stats = [], [], []
         for lr, br in pairs:
-            bt = trajectory(dg, br, None, conv)
-            bfin = bt[bt["is_final"]]
-            lt = trajectory(dg, lr, loops, conv)
-            lt = lt[np.isfinite(lt[conv].to_numpy(float))]
-            if bfin.empty or len(lt) < 1:
-                continue
-            b = bfin.iloc[-1]
-            p, dr, st = _crossing_draws(lt[conv].to_numpy(float), lt["nll"].to_numpy(float),
-                                        lt["nll_se"].to_numpy(float), float(b[conv]), float(b["nll"]),
-                                        float(b["nll_se"]), rng, n_boot)
+            t, b = traj[lr], fin[br]
+            p, dr, st = _crossing_draws(t[conv].astype(float), t["nll"].astype(float), t["nll_se"].astype(float),
+                                        float(b[conv][-1]), float(b["nll"][-1]), float(b["nll_se"][-1]), rng, n_boot)
             pts.append(p)
             draws.append(dr)
             stats.append(st)
-        if not pts:
-            continue
         P, Dr = np.array(pts), np.stack(draws, axis=1)  # (n_pairs,), (n_boot, n_pairs)
         if Dr.shape[1] > 1:  # resample seed pairs within each draw
-            idx = rng.integers(0, Dr.shape[1], size=Dr.shape)
-            Dr = np.take_along_axis(Dr, idx, axis=1)
-        with np.errstate(divide="ignore"):
-            gm_draws = _geo_mean(np.maximum(Dr, 1e-12), axis=1)
+            Dr = np.take_along_axis(Dr, rng.integers(0, Dr.shape[1], size=Dr.shape), axis=1)
+        gm_draws = _geo_mean(np.maximum(Dr, 1e-12), axis=1)
         lo, hi = F.percentile_ci(gm_draws, level)
         groups.append(dict(group=str(g), value=float(_geo_mean(np.maximum(P, 1e-12))), low=lo, high=hi,
                            n_pairs=len(pts), status=sorted(set(stats)), draws=gm_draws,
-                           budget=float(pd.to_numeric(dg["budget_flops"], errors="coerce").max())))
+                           budget=float(pd.to_numeric(budget_of.get(pairs[0][1]), errors="coerce"))))
     if not groups:
         return _inconclusive(*args, "no comparison group has both a looped run (with evals at S="
                              f"{loops}) and a same-size baseline with a final eval")
@@ -299,19 +318,25 @@ def claim_deeper(df: pd.DataFrame, *, loops: int | None = None, n_boot: int = 10
     if loops is None:
         return _inconclusive(*args, "no final fixed-loop evaluations of LoopMDM")
     rng = derive_rng(seed, "deeper")
+    mem = _membership(df)
+    lp = final_points(df, "loopmdm", loops).set_index("run")
+    dp = final_points(df, "mdm_deeper").set_index("run")
     rows = []
-    for g, dg in df[df["group"].astype(str) != ""].groupby("group"):
-        lp = final_points(dg, "loopmdm", loops)
-        dp = final_points(dg, "mdm_deeper")
-        if lp.empty or dp.empty:
+    for g, mg in mem.groupby("group", sort=False):
+        la = [r for r in mg.loc[mg["role"] == "looped", "run"] if r in lp.index]
+        de = [r for r in mg.loc[mg["role"] == "baseline_deeper", "run"] if r in dp.index]
+        if not la or not de:
             continue
-        pairs = [(a, b) for _, a in lp.iterrows() for _, b in dp.iterrows() if a["seed"] == b["seed"]] or \
-                [(a, b) for _, a in lp.iterrows() for _, b in dp.iterrows()]
-        d = np.array([b["nll"] - a["nll"] for a, b in pairs])
-        se = np.array([math.hypot(np.nan_to_num(a["nll_se"]), np.nan_to_num(b["nll_se"])) for a, b in pairs])
-        fl = [(float(b.get("flops_6N_nonembed", np.nan)) / float(a.get("flops_6N_nonembed", np.nan))) for a, b in pairs]
+        pairs = [(a, b) for a in la for b in de if lp.at[a, "seed"] == dp.at[b, "seed"]] or \
+                [(a, b) for a in la for b in de]
+        d = np.array([dp.at[b, "nll"] - lp.at[a, "nll"] for a, b in pairs], float)
+        se = np.array([math.hypot(np.nan_to_num(lp.at[a, "nll_se"]), np.nan_to_num(dp.at[b, "nll_se"]))
+                       for a, b in pairs])
+        with np.errstate(all="ignore"):
+            fl = [float(dp.at[b, "flops_6N_nonembed"]) / float(lp.at[a, "flops_6N_nonembed"]) for a, b in pairs]
+        fl = [f for f in fl if np.isfinite(f)]
         rows.append(dict(group=str(g), delta=float(d.mean()), se=float(np.sqrt(np.sum(se**2)) / len(d)),
-                         n_pairs=len(d), flops_ratio_deeper_over_loop=float(np.nanmean(fl)) if fl else None))
+                         n_pairs=len(d), flops_ratio_deeper_over_loop=float(np.mean(fl)) if fl else None))
     if not rows:
         return _inconclusive(*args, f"no comparison group has a LoopMDM final eval at S={loops} and a deeper-MDM "
                                     f"final eval")
@@ -351,25 +376,26 @@ def claim_loop_scaling(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, l
         return _inconclusive(*args, "no final fixed-loop evaluations of LoopMDM")
     rng = derive_rng(seed, "loops")
     runs = []
-    for run, dr in d.groupby("run"):
-        smax = float(pd.to_numeric(dr["s_max"], errors="coerce").max())
-        dr = dr.sort_values("eval_loops")
-        inside = dr[dr["eval_loops"] <= smax] if np.isfinite(smax) else dr
-        if inside["eval_loops"].nunique() < 2:
+    per = _per_run_arrays(d, ["eval_loops", "nll", "nll_se", "s_max"], ["eval_loops"])
+    for run, a in per.items():
+        S = a["eval_loops"].astype(float)
+        smax = float(np.nanmax(pd.to_numeric(pd.Series(a["s_max"]), errors="coerce"))) if len(a["s_max"]) else np.nan
+        inside = S <= smax if np.isfinite(smax) else np.ones(S.size, bool)
+        if np.unique(S[inside]).size < 2:
             continue
-        x = np.log2(inside["eval_loops"].to_numpy(float))
-        y = inside["nll"].to_numpy(float)
-        s = np.nan_to_num(inside["nll_se"].to_numpy(float))
+        x = np.log2(S[inside])
+        y = a["nll"][inside].astype(float)
+        s = np.nan_to_num(a["nll_se"][inside].astype(float))
         xc = x - x.mean()
         slope = float(xc @ (y - y.mean()) / (xc @ xc))
         slope_se = float(np.sqrt(np.sum((xc / (xc @ xc)) ** 2 * s**2)))
         rises = np.diff(y) > 2 * np.sqrt(s[1:] ** 2 + s[:-1] ** 2)
-        beyond = dr[dr["eval_loops"] > smax] if np.isfinite(smax) else dr.iloc[0:0]
-        at_smax = inside[inside["eval_loops"] == inside["eval_loops"].max()]["nll"].mean()
+        at_smax = float(y[S[inside] == S[inside].max()].mean())
+        beyond = ~inside
         runs.append(dict(run=str(run), s_max=smax, slope=slope, slope_se=slope_se, monotone=bool(not rises.any()),
-                         n_loops=int(inside["eval_loops"].nunique()),
-                         beyond_delta=float(beyond["nll"].iloc[-1] - at_smax) if not beyond.empty else None,
-                         beyond_S=int(beyond["eval_loops"].iloc[-1]) if not beyond.empty else None))
+                         n_loops=int(np.unique(S[inside]).size),
+                         beyond_delta=float(a["nll"][beyond][-1] - at_smax) if beyond.any() else None,
+                         beyond_S=int(S[beyond][-1]) if beyond.any() else None))
     if not runs:
         return _inconclusive(*args, "no looped run has final evals at >= 2 loop counts <= s_max (no loop scan)")
     sl = np.array([r["slope"] for r in runs])
@@ -416,22 +442,23 @@ def claim_adaptive(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, margi
     ad = d[d["exit_threshold"].notna()]
     if ad.empty:
         return _inconclusive(*args, "no evaluations with exit_threshold set (no adaptive-exit runs)")
-    fx = fixed_loops(d)
+    fx = fixed_loops(d)[["run", "eval_loops", "nll", "nll_se"]]
     rng = derive_rng(seed, "adaptive")
-    rows = []
-    for _, r in ad.iterrows():
-        cap = r["eval_loops"] if pd.notna(r["eval_loops"]) else r["s_max"]
-        ref = fx[(fx["run"] == r["run"]) & (fx["eval_loops"] == cap)]
-        if ref.empty:
-            ref = fx[(fx["run"] == r["run"]) & (fx["eval_loops"] == r["s_max"])]
-            cap = r["s_max"]
-        if ref.empty or not pd.notna(r["mean_loops"]):
-            continue
-        f0 = ref.iloc[0]
-        rows.append(dict(run=r["run"], threshold=float(r["exit_threshold"]), saving=1 - float(r["mean_loops"]) / float(cap),
-                         delta=float(r["nll"] - f0["nll"]),
-                         se=math.hypot(np.nan_to_num(r["nll_se"]), np.nan_to_num(f0["nll_se"])),
-                         se_fixed=float(np.nan_to_num(f0["nll_se"])), mean_loops=float(r["mean_loops"]), cap=float(cap)))
+    a = ad[["run", "eval_loops", "s_max", "exit_threshold", "nll", "nll_se", "mean_loops"]].copy()
+    a["cap"] = a["eval_loops"].where(a["eval_loops"].notna(), a["s_max"]).astype(float)
+    ref = fx.rename(columns={"eval_loops": "cap", "nll": "nll_f", "nll_se": "se_f"})
+    ref["cap"] = ref["cap"].astype(float)
+    m = a.merge(ref, on=["run", "cap"], how="left")
+    # fall back to the fixed eval at s_max when there is none at the cap
+    miss = m["nll_f"].isna()
+    if miss.any():
+        alt = a[miss.to_numpy()].assign(cap=lambda t: t["s_max"].astype(float)).merge(ref, on=["run", "cap"], how="left")
+        m.loc[miss.to_numpy(), ["cap", "nll_f", "se_f"]] = alt[["cap", "nll_f", "se_f"]].to_numpy()
+    m = m[m["nll_f"].notna() & m["mean_loops"].notna()]
+    rows = [dict(run=r.run, threshold=float(r.exit_threshold), saving=1 - float(r.mean_loops) / float(r.cap),
+                 delta=float(r.nll - r.nll_f), se=math.hypot(np.nan_to_num(r.nll_se), np.nan_to_num(r.se_f)),
+                 se_fixed=float(np.nan_to_num(r.se_f)), mean_loops=float(r.mean_loops), cap=float(r.cap))
+            for r in m.itertuples(index=False)]
     if not rows:
         return _inconclusive(*args, "adaptive evals have no fixed-loop reference (fixed S = cap or s_max) or no "
                                     "mean_loops")

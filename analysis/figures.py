@@ -219,13 +219,10 @@ def fig_adaptive(df: pd.DataFrame, figdir: Path, formats=("png", "pdf")) -> Figu
     ad = d[d["exit_threshold"].notna()]
     if ad.empty:
         return FigureResult(name, note="no adaptive-exit evaluations (exit_threshold set)", caption=cap)
-    fx = fixed_loops(d)
-    rows = []
-    for _, r in ad.iterrows():
-        ref = fx[(fx["run"] == r["run"]) & (fx["eval_loops"] == r["eval_loops"])]
-        rows.append(dict(thr=r["exit_threshold"], ml=r["mean_loops"],
-                         dn=(r["nll"] - ref["nll"].iloc[0]) if not ref.empty else np.nan))
-    t = pd.DataFrame(rows).groupby("thr").mean()
+    fx = fixed_loops(d)[["run", "eval_loops", "nll"]].rename(columns={"nll": "nll_fixed"})
+    m = ad[["run", "eval_loops", "exit_threshold", "mean_loops", "nll"]].merge(fx, on=["run", "eval_loops"], how="left")
+    m["dn"] = m["nll"] - m["nll_fixed"]
+    t = m.groupby("exit_threshold")[["mean_loops", "dn"]].mean().rename(columns={"mean_loops": "ml"})
     with plt.rc_context(STYLE):
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.6))
         a1.plot(t.index, t["ml"], marker="o", color=COLORS["loopmdm"])

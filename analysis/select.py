@@ -25,6 +25,8 @@ def clean(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Drop rows that cannot be used and say how many; add absent optional columns as NaN."""
     notes = []
     df = df.copy()
+    # pandas deep-copies .attrs on every operation; the collect summary there made claims 10x slower
+    df.attrs = {}
     for c in BASE_COLUMNS:
         if c not in df.columns:
             df[c] = np.nan
