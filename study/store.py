@@ -432,11 +432,12 @@ def run_status(run_dir: PathLike, *, queue: Queue | None = _AUTO, known: Mapping
                stale_after_s: float = STALE_AFTER_S, now: float | None = None) -> RunStatus:
     """The state of one run, from its files (and the scheduler where it can be asked).
 
-    Order of evidence: DONE wins; a live process (its heartbeat is the newest record and its job is still
-    in the queue, or, without a queue to ask, the heartbeat is fresh and its pid alive on this host) is
-    running; a job of ours still queued for it (ledger, ``known`` by 12-digit hash) is running, so nobody
-    resubmits it; otherwise the newest of FAILED / PREEMPTED / a dead heartbeat with a checkpoint decides;
-    nothing resumable is pending."""
+    Order of evidence: DONE wins. Running: the heartbeat's SLURM job is still in the queue (even after
+    PREEMPTED.json: that is the requeued attempt waiting), or, with no scheduler to ask, the heartbeat is
+    fresh, newer than any marker, and its pid alive if it came from this host; or the ledger (``known``,
+    by 12-digit hash) has a job for it still in the queue, so a queued job is never resubmitted. Otherwise
+    the newest of FAILED.json / PREEMPTED.json / a dead heartbeat with a checkpoint decides, and a run with
+    nothing to resume from is pending. A FAILED.json newer than the heartbeat beats a lingering job."""
     rd = Path(run_dir)
     now = time.time() if now is None else now
     if queue is _AUTO:
