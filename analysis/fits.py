@@ -444,7 +444,8 @@ class FrontierFit:
         with np.errstate(divide="ignore", invalid="ignore"):
             x = (a - np.log(np.where(ex > 0, ex, np.nan))) / np.where(al > 0, al, np.nan)
             out = np.exp(x + x0)
-        return np.where(ex > 0, out, np.inf)
+        out = np.where(ex > 0, out, np.inf)
+        return np.where(np.isnan(theta).any(axis=1, keepdims=True), np.nan, out)  # failed replicate: unknown
 
     def invert(self, L: Any) -> np.ndarray:
         """FLOPs needed to reach loss L (inf when L is at or below the fitted irreducible loss E)."""
@@ -762,6 +763,19 @@ def _wquad(x: np.ndarray, y: np.ndarray, W: np.ndarray) -> np.ndarray:
     return out
 
 
+def _wild_quad(x: np.ndarray, y: np.ndarray, coef: np.ndarray, se: np.ndarray | None, rng: np.random.Generator,
+               n_boot: int) -> np.ndarray:
+    """Parabola coefficients for ``n_boot`` wild-bootstrap replicates (Rademacher signs)."""
+    X = np.stack([np.ones_like(x), x, x * x], axis=1)
+    P = np.linalg.pinv(X)  # (3, n)
+    h = np.clip(np.einsum("ij,ji->i", X, P), 0, 0.999)
+    r = (y - X @ coef) / np.sqrt(1 - h)
+    scale = np.abs(r) if se is None else np.maximum(np.abs(r), se)
+    v = rng.choice(np.array([-1.0, 1.0]), size=(n_boot, x.size))
+    Ys = (X @ coef)[None, :] + v * scale[None, :]
+    return Ys @ P.T
+
+
 def fit_isoflop(
     budget: Sequence[float],
     N: Sequence[float],
@@ -770,10 +784,12 @@ def fit_isoflop(
     *,
     clusters: Sequence[Any] | None = None,
     C: dict[str, Sequence[float]] | None = None,
+    se: Sequence[float] | None = None,
     n_boot: int = 1000,
     seed: int | np.random.Generator = 0,
     level: float = LEVEL,
     family: str | None = None,
+    bootstrap: str = "wild",
 ) -> IsoFlopFit:
     """Per budget: parabola of loss in log N, optimum N*, D* (read off the budget's own N-D relation,
     so any FLOPs convention works), L*. Then N*(C), D*(C) power laws over trusted budgets. Bootstrap
@@ -781,11 +797,18 @@ def fit_isoflop(
 
     ``C`` maps FLOPs-convention names to per-run FLOPs; the FLOPs at each optimum are then read off the
     budget's own N-C relation (a nominal budget in one convention is a slightly different FLOP count in
-    another)."""
+    another).
+
+    Bootstrap: ``"wild"`` (default) keeps every run and perturbs each loss by its leverage-corrected
+    parabola residual times a random sign (floored by its MC standard error ``se``); ``"runs"`` resamples
+    runs within the budget. With the usual 5-8 sizes per budget, resampling runs leaves fewer than 3
+    distinct sizes in a sizeable share of replicates and the parabola is undefined there, so the wild
+    bootstrap is the default for IsoFLOP (as Porian et al. perturb losses rather than drop runs)."""
     budget = budget_keys(budget)
     N, D, loss = (np.asarray(a, float) for a in (N, D, loss))
     good = np.isfinite(budget) & np.isfinite(N) & np.isfinite(D) & np.isfinite(loss) & (N > 0) & (D > 0)
     Cs = {k: np.asarray(v, float)[good] for k, v in (C or {}).items()}
+    se = None if se is None else np.nan_to_num(np.asarray(se, float)[good])
     budget, N, D, loss = budget[good], N[good], D[good], loss[good]
     clusters = np.arange(N.size) if clusters is None else np.asarray(clusters)[good]
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
@@ -822,8 +845,10 @@ def fit_isoflop(
             note = "optimum at the edge of the sizes tried: extend the grid"
         bN = bL = None
         if n_boot > 0:
-            Wb = bootstrap_weights(rng, clusters[m], n_boot)
-            cb = _wquad(x, yy, Wb)
+            if bootstrap == "runs":
+                cb = _wquad(x, yy, bootstrap_weights(rng, clusters[m], n_boot))
+            else:
+                cb = _wild_quad(x, yy, coef, None if se is None else se[m], rng, n_boot)
             with np.errstate(all="ignore"):
                 valid = cb[:, 2] > 0
                 xsb = np.where(valid, -cb[:, 1] / (2 * cb[:, 2]), np.nan)

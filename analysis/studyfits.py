@@ -90,7 +90,7 @@ def fit_study(
         iso = None
         if has_budget:
             Cmap = {c: d[c].to_numpy(float) for c in conventions if c in d.columns}
-            iso = F.fit_isoflop(budget, N, D, L, clusters=runs, C=Cmap, n_boot=n_boot,
+            iso = F.fit_isoflop(budget, N, D, L, clusters=runs, C=Cmap, se=d["nll_se"].to_numpy(float), n_boot=n_boot,
                                 seed=derive_rng(seed, "isoflop", fam), family=fam)
             out.isoflop[fam] = iso
         else:

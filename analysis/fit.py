@@ -1,0 +1,133 @@
+"""``python -m analysis.fit DATA.csv``: refit a scaling law on anyone's (N, D or C, loss) points.
+
+CSV columns: ``loss`` and either ``N`` and ``D`` or ``C`` (FLOPs); optional ``family`` (one fit per
+family), ``budget`` (IsoFLOP grouping; defaults to C), ``run`` (bootstrap cluster; defaults to the row),
+``se`` (MC standard error of the loss, used with ``--weighted``). Missing C is taken as 6·N·D, missing D
+as C/(6·N).
+
+    python -m analysis.fit points.csv --law parametric --bootstrap 1000 --out fit.json
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import fits as F
+from ._util import atomic_write_text, dumps, fmt
+
+LAWS = ("frontier", "parametric", "isoflop")
+
+
+def prepare(df: pd.DataFrame, law: str) -> tuple[pd.DataFrame, list[str]]:
+    """Normalise column names and derive C/D where the law needs them; return problems found."""
+    cols = {c.lower(): c for c in df.columns}
+    ren = {cols[k]: k for k in ("loss", "family", "budget", "run", "se") if k in cols}
+    ren.update({cols[k]: k.upper() for k in ("n", "d", "c") if k in cols})
+    df = df.rename(columns=ren).copy()
+    problems = []
+    if "loss" not in df:
+        problems.append("no 'loss' column")
+    if "C" not in df and {"N", "D"} <= set(df.columns):
+        df["C"] = 6.0 * df["N"] * df["D"]
+    if "D" not in df and {"N", "C"} <= set(df.columns):
+        df["D"] = df["C"] / (6.0 * df["N"])
+    need = {"frontier": ["C"], "parametric": ["N", "D"], "isoflop": ["N", "D"]}[law]
+    if law == "isoflop" and "budget" not in df and "C" not in df:
+        need = need + ["budget or C"]
+    problems += [f"no '{c}' column" for c in need if c not in df]
+    if "family" not in df:
+        df["family"] = "all"
+    if "run" not in df:
+        df["run"] = np.arange(len(df))
+    if law == "isoflop" and "budget" not in df and "C" in df:
+        df["budget"] = df["C"]
+    return df, problems
+
+
+def run_fit(df: pd.DataFrame, law: str, n_boot: int = 1000, seed: int = 0, weighted: bool = False,
+            envelope: bool = True) -> dict[str, Any]:
+    """One fit per family; returns {family: fit object}."""
+    out: dict[str, Any] = {}
+    for fam, d in df.groupby("family", sort=True):
+        w = F.mc_weights(d["loss"].to_numpy(float), d["se"].to_numpy(float)) if weighted and "se" in d else None
+        rng = np.random.default_rng(seed)
+        if law == "frontier":
+            out[str(fam)] = F.fit_frontier(d["C"].to_numpy(float), d["loss"].to_numpy(float), clusters=d["run"].to_numpy(),
+                                           weights=w, envelope=envelope, n_boot=n_boot, seed=rng, family=str(fam))
+        elif law == "parametric":
+            out[str(fam)] = F.fit_parametric(d["N"].to_numpy(float), d["D"].to_numpy(float), d["loss"].to_numpy(float),
+                                             clusters=d["run"].to_numpy(), weights=w, n_boot=n_boot, seed=rng,
+                                             family=str(fam))
+        else:
+            out[str(fam)] = F.fit_isoflop(d["budget"].to_numpy(float), d["N"].to_numpy(float), d["D"].to_numpy(float),
+                                          d["loss"].to_numpy(float), clusters=d["run"].to_numpy(), n_boot=n_boot,
+                                          seed=rng, family=str(fam))
+    return out
+
+
+def _iv(x: F.Interval | None) -> str:
+    return "—" if x is None else f"{fmt(x.estimate, 4)} [{fmt(x.low)}, {fmt(x.high)}]"
+
+
+def format_table(results: dict[str, Any], law: str) -> str:
+    lines = []
+    for fam, r in results.items():
+        lines.append(f"== {fam}: {r.message}")
+        if law == "frontier" and r.ok:
+            d = r.diagnostics
+            lines += [f"  L(C) = E + A*C^-alpha   ({r.n_fit_points} {r.method} points)",
+                      f"  E     {_iv(r.E)}", f"  A     {_iv(r.A)}", f"  alpha {_iv(r.alpha)}",
+                      f"  converged={d.converged} starts agree {d.n_starts_agree}/{d.n_starts} "
+                      f"RMSE(log)={fmt(d.rmse_log)} R2={fmt(d.r2_log)} boot ok {d.n_boot_ok}/{d.n_boot}"]
+        elif law == "parametric" and r.ok:
+            d = r.diagnostics
+            lines += [f"  L(N,D) = E + A/N^alpha + B/D^beta   ({r.n_points} points)",
+                      *(f"  {k:<6}{_iv(getattr(r, k))}" for k in ("E", "A", "B", "alpha", "beta")),
+                      f"  N* ~ C^{_iv(r.N_exponent)}   D* ~ C^{_iv(r.D_exponent)}",
+                      f"  converged={d.converged} ({d.optimizer_message}) grad={fmt(d.grad_norm)} starts agree "
+                      f"{d.n_starts_agree}/{d.n_starts} RMSE(log)={fmt(d.rmse_log)} R2={fmt(d.r2_log)} "
+                      f"boot ok {d.n_boot_ok}/{d.n_boot}"]
+        elif law == "isoflop":
+            for b in r.budgets:
+                lines.append(f"  C={fmt(b.budget)}: N*={_iv(b.N_star)} L*={_iv(b.L_star)} "
+                             f"{'trusted' if b.trusted else 'NOT trusted'} {b.note}")
+            if r.N_opt is not None:
+                lines.append(f"  N* = k C^a: a={_iv(r.N_opt.exponent)}   D* = k C^b: b={_iv(r.D_opt.exponent)}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m analysis.fit", description=__doc__.split("\n\n")[0])
+    ap.add_argument("csv")
+    ap.add_argument("--law", choices=LAWS, default="parametric")
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--weighted", action="store_true", help="weight by 1/se^2 (needs an 'se' column)")
+    ap.add_argument("--all-points", action="store_true", help="frontier: fit all points, not the lower envelope")
+    ap.add_argument("--out", default=None, help="write the fits as JSON here")
+    a = ap.parse_args(argv)
+    try:
+        raw = pd.read_csv(a.csv)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        print(f"error: cannot read {a.csv}: {e}", file=sys.stderr)
+        return 2
+    df, problems = prepare(raw, a.law)
+    if problems:
+        print(f"error: {a.csv}: {'; '.join(problems)} (columns present: {', '.join(raw.columns)})", file=sys.stderr)
+        return 2
+    res = run_fit(df, a.law, a.bootstrap, a.seed, a.weighted, envelope=not a.all_points)
+    print(format_table(res, a.law))
+    if a.out:
+        atomic_write_text(Path(a.out), dumps({"law": a.law, "csv": str(a.csv), "n_boot": a.bootstrap,
+                                              "fits": {k: v.to_dict() for k, v in res.items()}}))
+        print(f"wrote {a.out}")
+    return 0 if all(r.ok for r in res.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,233 @@
+"""Claims on synthetic tidy tables get the right verdicts; missing inputs give 'inconclusive' with a caveat."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import claims as CL
+from analysis.collect import BASE_COLUMNS
+from analysis.select import choose_eval_loops
+from analysis.studyfits import fit_study
+from analysis.synthetic import frontier_pair_table
+
+NB = 200  # bootstrap resamples in tests (the report default is 1000)
+
+
+def row(**kw):
+    base = dict(study="t", slug=None, d_model=64, n_heads=1, n_head_layers=2, n_mid_layers=4, n_tail_layers=2,
+                n_layers=8, params_embedding=1e5, params_nonembedding=1e6, params_total=1.1e6,
+                params_effective=1.1e6, seq_len=256, global_batch=64, budget_flops=1e16,
+                budget_convention="6N_nonembed", step=1000, tokens=1e9, flops_6N_nonembed=1e16,
+                flops_6N_total=1.1e16, flops_exact=1.2e16, exit_threshold=np.nan, nll_se=0.002, is_final=True,
+                done=True, seed=0, s_max=8, eval_loops=1, mean_loops=None)
+    base.update(kw)
+    if base["mean_loops"] is None:
+        base["mean_loops"] = float(base["eval_loops"])
+    if base["slug"] is None:
+        base["slug"] = base["run"]
+    return base
+
+
+def table(rows):
+    df = pd.DataFrame(rows)
+    return df[[c for c in BASE_COLUMNS if c in df.columns]]
+
+
+# ------------------------------------------------------------------ 1 + 2: multiplier (fitted, protocol)
+@pytest.fixture(scope="module")
+def pair33():
+    df = frontier_pair_table(3.3)
+    return df, fit_study(df, n_boot=NB, conventions=["flops_6N_nonembed"])
+
+
+def test_fitted_multiplier_recovers_3p3(pair33):
+    df, fits = pair33
+    c = CL.claim_multiplier(fits, "6N_nonembed")
+    assert c.verdict == CL.SUPPORTED
+    assert c.ci_low <= 3.3 <= c.ci_high and c.ci_low > 1
+    assert abs(c.measured - 3.3) < 0.15
+    assert any("covers the paper" in cv for cv in c.caveats)
+    curve = c.details["curve"]
+    assert len(curve["loss_levels"]) > 5 and all(abs(e - 3.3) < 0.3 for e in curve["estimate"])
+
+
+def test_protocol_multiplier_recovers_3p3():
+    df = frontier_pair_table(3.3, eval_fracs=tuple(np.linspace(0.05, 1.0, 40)), budgets=(1e15, 1e16))
+    c = CL.claim_protocol(df, "flops_6N_nonembed", loops=8, n_boot=NB)
+    assert c.verdict == CL.SUPPORTED
+    assert abs(c.measured - 3.3) / 3.3 < 0.03
+    assert c.details["n_groups"] == 12
+
+
+@pytest.mark.parametrize("m,verdict", [(1.0, CL.INCONCLUSIVE), (0.5, CL.NOT_SUPPORTED)])
+def test_fitted_multiplier_no_or_negative_effect(m, verdict):
+    df = frontier_pair_table(m)
+    fits = fit_study(df, n_boot=NB, conventions=["flops_6N_nonembed"])
+    c = CL.claim_multiplier(fits, "flops_6N_nonembed")
+    assert c.verdict == verdict, (c.measured, c.ci_low, c.ci_high)
+    p = CL.claim_protocol(df, "flops_6N_nonembed", n_boot=NB)
+    if m < 1:
+        assert p.verdict == CL.NOT_SUPPORTED
+    else:
+        assert p.ci_low <= 1.0 + 0.05
+
+
+def test_disagreement_between_fitted_and_protocol_is_reported():
+    a = CL.Claim("multiplier[flops_exact]", "", "", 3.3, "", 3.3, 3.1, 3.5, "x", CL.SUPPORTED, "")
+    b = CL.Claim("protocol[flops_exact]", "", "", 3.3, "", 2.0, 1.8, 2.2, "x", CL.SUPPORTED, "")
+    assert CL.multiplier_disagreements([a, b])
+    b.ci_high = 3.2
+    assert not CL.multiplier_disagreements([a, b])
+
+
+# ----------------------------------------------------------------------------------- 3: deeper
+def deeper_table(delta, n_groups=8, se=0.002, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in range(n_groups):
+        base = 3.0 - 0.1 * g
+        rows.append(row(run=f"L{g}", group=f"g{g}", role="looped", family="loopmdm", eval_loops=8,
+                        nll=base + rng.normal(0, se), nll_se=se))
+        rows.append(row(run=f"D{g}", group=f"g{g}", role="baseline_deeper", family="mdm_deeper", s_max=1,
+                        eval_loops=1, nll=base + delta + rng.normal(0, se), nll_se=se))
+    return table(rows)
+
+
+@pytest.mark.parametrize("delta,verdict", [(0.05, CL.SUPPORTED), (0.0, CL.INCONCLUSIVE), (-0.05, CL.NOT_SUPPORTED)])
+def test_deeper_mdm_verdicts(delta, verdict):
+    c = CL.claim_deeper(deeper_table(delta), n_boot=NB)
+    assert c.verdict == verdict, (c.measured, c.ci_low, c.ci_high)
+    assert abs(c.measured - delta) < 0.01
+    assert c.details["eval_loops"] == 8
+
+
+# ----------------------------------------------------------------------------------- 4: loops
+def loops_table(slope, n_runs=6, se=0.002, beyond=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for r in range(n_runs):
+        for S in (1, 2, 4, 8, 16):
+            x = np.log2(min(S, 8))
+            nll = 3.0 + slope * x + (beyond if S > 8 else 0.0) + rng.normal(0, se)
+            rows.append(row(run=f"L{r}", group=f"g{r}", role="looped", family="loopmdm", eval_loops=S, nll=nll,
+                            nll_se=se))
+    return table(rows)
+
+
+@pytest.mark.parametrize("slope,verdict", [(-0.03, CL.SUPPORTED), (0.0, CL.INCONCLUSIVE), (0.03, CL.NOT_SUPPORTED)])
+def test_loop_scaling_verdicts(slope, verdict):
+    c = CL.claim_loop_scaling(loops_table(slope, beyond=0.02), n_boot=NB)
+    assert c.verdict == verdict
+    assert abs(c.measured - slope) < 0.005
+    assert c.details["mean_beyond_delta"] == pytest.approx(0.02, abs=0.005)  # S=16 vs S=s_max=8
+
+
+# ---------------------------------------------------------------------------------- 5: adaptive
+def adaptive_table(extra_nll, mean_loops=5.0, n_runs=6, se=0.002, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for r in range(n_runs):
+        f = 3.0 - 0.05 * r
+        rows.append(row(run=f"L{r}", group=f"g{r}", role="looped", family="loopmdm", eval_loops=8,
+                        nll=f + rng.normal(0, se), nll_se=se))
+        rows.append(row(run=f"L{r}", group=f"g{r}", role="looped", family="loopmdm", eval_loops=8,
+                        exit_threshold=0.05, mean_loops=mean_loops, nll=f + extra_nll + rng.normal(0, se), nll_se=se))
+    return table(rows)
+
+
+def test_adaptive_saves_at_equal_quality():
+    c = CL.claim_adaptive(adaptive_table(0.0), n_boot=NB)
+    assert c.verdict == CL.SUPPORTED
+    assert c.measured == pytest.approx(100 * (1 - 5 / 8))
+
+
+def test_adaptive_clearly_worse_is_not_supported():
+    c = CL.claim_adaptive(adaptive_table(0.05), n_boot=NB)
+    assert c.verdict == CL.NOT_SUPPORTED
+    assert c.measured is None
+
+
+# ------------------------------------------------------------------------------------ 6: tasks
+def tasks_table(delta_pts, n=1319, seed=0, ids=False):
+    rng = np.random.default_rng(seed)
+    u = rng.random(n)
+    base = (u < 0.30).astype(float)
+    loop = (u < 0.30 + delta_pts / 100).astype(float)
+    rows = []
+    for fam, role, loops, ps in (("mdm", "baseline_same", 1, base), ("loopmdm", "looped", 8, loop),
+                                 ("loopmdm", "looped", 4, base)):
+        rows.append(dict(run=fam, group="g", role=role, family=fam, s_max=8 if fam == "loopmdm" else 1,
+                         params_total=1e8, budget_flops=1e18, seed=0, task="gsm8k", metric="exact_match", loops=loops,
+                         exit_threshold=None, step=100, score=ps.mean(), n=n, per_sample=ps,
+                         sample_ids=[f"q{i}" for i in range(n)] if ids else None, file=f"{fam}{loops}"))
+    return pd.DataFrame(rows)
+
+
+def test_gsm8k_delta_covers_paper_value():
+    c = CL.claim_task_delta(tasks_table(8.5), "gsm8k", n_boot=NB)
+    assert c.verdict == CL.SUPPORTED and c.paper_value == 8.5
+    assert c.ci_low <= 8.5 <= c.ci_high
+    assert c.details["groups"][0]["loops"] == 8  # largest S >= 6 within s_max
+
+
+def test_gsm8k_no_difference_is_inconclusive_and_pairing_by_ids():
+    t = tasks_table(0.0, ids=True)
+    # shuffle the loop model's problem order: pairing must follow sample_ids
+    perm = np.random.default_rng(1).permutation(1319)
+    i = t.index[(t["family"] == "loopmdm") & (t["loops"] == 8)][0]
+    t.at[i, "per_sample"] = t.at[i, "per_sample"][perm]
+    t.at[i, "sample_ids"] = [t.at[i, "sample_ids"][k] for k in perm]
+    c = CL.claim_task_delta(t, "gsm8k", n_boot=NB)
+    assert c.verdict == CL.INCONCLUSIVE
+    assert c.measured == pytest.approx(0.0)
+    assert c.ci_high - c.ci_low < 1e-9  # identical per-problem outcomes once paired
+
+
+def test_task_arrays_that_cannot_be_paired():
+    t = tasks_table(5.0)
+    i = t.index[(t["family"] == "loopmdm") & (t["loops"] == 8)][0]
+    t.at[i, "per_sample"] = t.at[i, "per_sample"][:-10]
+    c = CL.claim_task_delta(t, "gsm8k", n_boot=NB)
+    assert c.verdict == CL.INCONCLUSIVE and any("cannot be paired" in cv for cv in c.caveats)
+
+
+# ------------------------------------------------------------------------------------- missing
+def test_missing_inputs_give_inconclusive_with_caveats():
+    empty = pd.DataFrame(columns=BASE_COLUMNS)
+    fits = fit_study(empty, n_boot=10)
+    cs = CL.evaluate_claims(empty, fits, None, n_boot=10)
+    assert {c.key.split("[")[0] for c in cs} == {"multiplier", "protocol", "deeper", "loop_scaling", "adaptive", "task"}
+    for c in cs:
+        assert c.verdict == CL.INCONCLUSIVE and c.measured is None
+        assert c.caveats and all(isinstance(x, str) and x for x in c.caveats)
+        assert "internal error" not in " ".join(c.caveats)
+
+
+def test_no_baseline_family():
+    df = frontier_pair_table(3.3)
+    df = df[df["family"] != "mdm"]
+    fits = fit_study(df, n_boot=20, conventions=["flops_6N_nonembed"])
+    c = CL.claim_multiplier(fits, "flops_6N_nonembed")
+    assert c.verdict == CL.INCONCLUSIVE and "mdm (baseline)" in c.caveats[0]
+    p = CL.claim_protocol(df, "flops_6N_nonembed", n_boot=20)
+    assert p.verdict == CL.INCONCLUSIVE and "same-size baseline" in p.caveats[0]
+    d = CL.claim_deeper(df, n_boot=20)
+    assert d.verdict == CL.INCONCLUSIVE and "mdm_deeper" in d.caveats[0]
+
+
+def test_missing_columns_named():
+    df = frontier_pair_table(3.3).drop(columns=["nll_se"])
+    c = CL.claim_protocol(df, "flops_6N_nonembed", n_boot=10)
+    assert c.verdict == CL.INCONCLUSIVE and "nll_se" in c.caveats[0]
+
+
+def test_choose_eval_loops_rule():
+    rows = [row(run=f"L{r}", group="g", role="looped", family="loopmdm", eval_loops=S, nll=3.0)
+            for r in range(2) for S in (1, 4, 6, 8, 12)]
+    rows += [row(run="L9", group="g", role="looped", family="loopmdm", eval_loops=S, nll=3.0) for S in (1, 4, 6, 12)]
+    S, note = choose_eval_loops(table(rows))
+    assert S == 6 and "largest S >= 6" in note  # 8 missing in one run; 12 > s_max
+    rows = [row(run="L0", group="g", role="looped", family="loopmdm", eval_loops=S, nll=3.0) for S in (1, 2, 4)]
+    S, note = choose_eval_loops(table(rows))
+    assert S == 4 and "no S >= 6" in note
