@@ -39,6 +39,15 @@ other ranks) and lose everything since the last periodic checkpoint. Our coopera
    evaluation), SIGALRM hands over to submitit's handler as if we had never intervened: an immediate
    requeue, resuming from the newest complete checkpoint.
 
+Seen on SLURM 22.05 (tests/test_launch_slurm.py exercises both paths for real): a requeued job waits
+``cred_expire`` (AuthInfo, default 120 s) before it may start again; ``scancel --signal`` on a running array
+task while other tasks of that array are still pending fails with "Job can not be altered now" (the signal
+is delivered anyway, and scancel retries for ~20 s), and ``--signal TERM`` there kills the task, so
+``SlurmJob._interrupt()`` is only reliable on arrays without pending tasks. A SIGTERM to a step marks it
+cancelled and srun kills it after KillWait: that (or the preemption GraceTime) is all the time a bare
+SIGTERM leaves for the checkpoint. With a time limit of 10 min or less submitit counts every preemption
+as a timeout (threshold min(0.8 * limit, limit - 10 min)), which only spends ``max_timeouts``.
+
 Code snapshot: `submit` copies the importable packages (model/, study/, analysis/) into
 ``study_dir/.snapshots/<content hash>/`` and the job's shell setup puts that first on PYTHONPATH and
 ``cd``s into it (``python -m`` puts the working directory ahead of PYTHONPATH), so queued and requeued jobs
@@ -241,9 +250,10 @@ class PreemptionFlag(threading.Event):
         self._installed = False
 
     # -- installation ------------------------------------------------------------------------------
-    def install(self, grace_s: float | None = None) -> "PreemptionFlag":
-        """Take over the preemption signal and SIGTERM (idempotent). Only the main thread can set signal
-        handlers; elsewhere this is a no-op and the flag is never set."""
+    def install(self, grace_s: float | None = None, interactive: bool = False) -> "PreemptionFlag":
+        """Take over the preemption signal and SIGTERM (idempotent); ``interactive`` also Ctrl-C (SIGINT),
+        for foreground runs: the first checkpoints and stops, a second one interrupts at once. Only the main
+        thread can set signal handlers; elsewhere this is a no-op and the flag is never set."""
         if grace_s is None:
             grace_s = float(os.environ.get(ENV_GRACE, self.grace_s))
         self.grace_s = grace_s
@@ -252,7 +262,7 @@ class PreemptionFlag(threading.Event):
         if threading.current_thread() is not threading.main_thread():
             log.warning("preemption flag not installed: not in the main thread")
             return self
-        for sig in {_preempt_signal(), signal.SIGTERM}:
+        for sig in {_preempt_signal(), signal.SIGTERM} | ({signal.SIGINT} if interactive else set()):
             self._chained[sig] = signal.getsignal(sig)
             signal.signal(sig, self._on_signal)
         self._chained[signal.SIGALRM] = signal.getsignal(signal.SIGALRM)
@@ -274,12 +284,14 @@ class PreemptionFlag(threading.Event):
 
     # -- signal side -------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self.signals.append(signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT and "SIGINT" in self.signals:
+            raise KeyboardInterrupt  # a second Ctrl-C means now
+        self.signals.append(name)
         if not self.is_set():
-            log.warning("caught %s: will checkpoint at the next step boundary (watchdog %.0f s)",
-                        signal.Signals(signum).name, self.grace_s)
+            log.warning("caught %s: will checkpoint at the next step boundary", name)
             self.set()
-            if self.grace_s > 0:
+            if self.grace_s > 0 and signum != signal.SIGINT:  # at a terminal, a second Ctrl-C is the watchdog
                 signal.alarm(max(1, int(round(self.grace_s))))
 
     def _on_watchdog(self, signum: int, frame: Any) -> None:
@@ -336,10 +348,10 @@ class PreemptionFlag(threading.Event):
 PREEMPT = PreemptionFlag()
 
 
-def install_preemption_flag(grace_s: float | None = None) -> PreemptionFlag:
-    """The process-wide `PREEMPT` flag, wired to the preemption signal and SIGTERM. `ResumableRun` does
-    this for submitted jobs; a trainer started some other way may call it itself."""
-    return PREEMPT.install(grace_s)
+def install_preemption_flag(grace_s: float | None = None, interactive: bool = False) -> PreemptionFlag:
+    """The process-wide `PREEMPT` flag, wired to the preemption signal and SIGTERM (and Ctrl-C when
+    ``interactive``). `ResumableRun` does this for submitted jobs; a foreground run calls it itself."""
+    return PREEMPT.install(grace_s, interactive)
 
 
 # --------------------------------------------------------------------------------------------- jobs

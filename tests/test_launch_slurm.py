@@ -123,6 +123,21 @@ def test_preemption_flag_sets_and_restores_handlers() -> None:
     assert not flag.is_set()
 
 
+def test_interactive_ctrl_c_twice_interrupts() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    flag = launch.PreemptionFlag().install(interactive=True)
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        assert flag.should_stop() and flag.signals == ["SIGINT"]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    finally:
+        flag.uninstall()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_exit_after_bare_sigterm_does_not_requeue() -> None:
     """SIGTERM alone (scancel, or SLURM preempting with its own requeue): checkpoint, then just exit."""
     flag = launch.PreemptionFlag().install(grace_s=0)
