@@ -21,7 +21,7 @@ import yaml
 from ._util import atomic_write_text
 
 # A small-scale law in the Chinchilla form, in nats/token.
-LAW = dict(E=1.9, A=400.0, B=1200.0, alpha=0.34, beta=0.30)
+LAW = dict(E=1.9, A=60.0, B=150.0, alpha=0.34, beta=0.30)
 
 
 def law_loss(N: Any, D: Any, law: dict[str, float] = LAW) -> np.ndarray:
