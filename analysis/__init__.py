@@ -1,6 +1,8 @@
 """Tables -> numbers -> figures -> report for the LoopMDM study.
 
-Modules: ``collect`` (run dirs -> tidy table), ``fits`` (scaling-law math, pure),
+Modules: ``collect`` (run dirs -> tidy table, ``python -m analysis.collect``), ``select`` (which rows
+each analysis may use), ``fits`` (scaling-law math, pure), ``studyfits`` (every fit a study needs),
 ``claims`` (paper claims -> verdicts), ``figures``, ``report`` (``python -m analysis.report``),
-``fit`` (CLI to refit any CSV), ``synthetic`` (studies drawn from known laws, for tests and benchmarks).
+``fit`` (``python -m analysis.fit``: refit any CSV), ``synthetic`` (studies drawn from known laws, for
+tests and benchmarks).
 """

@@ -142,7 +142,14 @@ def claim_multiplier(fits: StudyFits, convention: str, *, paper: float = PAPER_M
         caveats.append("the baseline's fitted frontier never reaches this loss (infinite FLOPs): the multiplier is "
                        "unbounded at this level")
     caveats.append(f"LoopMDM evaluated at {fits.loops_note}")
-    details = dict(convention=conv, eval_loops=fits.loops, curve=m.to_dict(),
+    caveats.append(f"frontiers fitted on {base.method} points ({base.n_fit_points} MDM, {loop.n_fit_points} LoopMDM)")
+    robust = None
+    ab, al = fits.frontier_alt.get(f"mdm|{conv}"), fits.frontier_alt.get(f"loopmdm|{conv}")
+    if ab is not None and al is not None and ab.ok and al.ok and ab.method == al.method:
+        ra = F.efficiency_multiplier(ab, al, L_star).value
+        robust = dict(method=ab.method, value=ra.to_dict())
+        caveats.append(f"robustness ({ab.method} frontiers): {fmt(ra.estimate)}x [{fmt(ra.low)}, {fmt(ra.high)}]")
+    details = dict(convention=conv, eval_loops=fits.loops, curve=m.to_dict(), robustness=robust,
                    baseline_frontier={k: getattr(base, k).to_dict() for k in ("E", "A", "alpha")},
                    loopmdm_frontier={k: getattr(loop, k).to_dict() for k in ("E", "A", "alpha")},
                    baseline_points=base.n_fit_points, loopmdm_points=loop.n_fit_points,

@@ -420,7 +420,8 @@ class FrontierFit:
     # -- evaluation (point fit, and every bootstrap replicate for bands) --
     def _log_pred(self, theta: np.ndarray, C: np.ndarray) -> np.ndarray:
         x = np.log(np.asarray(C, float)) - self.x0
-        return _FrontierModel().pred_jac(np.atleast_2d(theta), (np.atleast_1d(x),))[0]
+        with np.errstate(invalid="ignore"):  # failed bootstrap replicates are NaN rows
+            return _FrontierModel().pred_jac(np.atleast_2d(theta), (np.atleast_1d(x),))[0]
 
     def predict(self, C: Any) -> np.ndarray:
         return np.exp(self._log_pred(self.theta, C)[0])

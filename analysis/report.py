@@ -167,6 +167,8 @@ def _diagnostics_md(fits: StudyFits | None) -> list[str]:
                          f"{'yes' if b.trusted else 'no'} | {_cell(b.note)} |")
         L.append("")
     L += ["### Parametric L(N, D) = E + A/N^α + B/D^β (Chinchilla approach 3)", "",
+          "N = non-embedding parameters (physical: a looped model's shared weights count once), D = training "
+          "tokens; one final point per run.", "",
           "| family | points | E | A | B | α | β | N* ∝ C^a | converged | grad | starts agree | RMSE(log) | R² | note |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for fam, p in fits.parametric.items():
