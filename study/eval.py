@@ -1,0 +1,346 @@
+"""Evaluate trained runs: lm-eval tasks, loop scans of validation NLL, attention statistics.
+
+    python -m study.eval TARGET [--tasks gsm8k-local,gsm8k-synth,...] [--loops 1,4,12] [--exit-thresholds 0.01]
+                                [--limit N] [--scan] [--attention] [--executor local|slurm]
+
+TARGET is a run directory, or a study directory (every finished run under ``runs/``). Each (task, loop
+setting) result is a JSON file ``run_dir/evals/<task>-<eval_hash>.json``, where ``eval_hash`` is a hash of
+(run hash, checkpoint step, evaluation config): every knob that can change a score is in the config, so an
+evaluation already on disk is never recomputed (``--force`` to redo one), and a changed knob is a new file.
+Batch size and device are recorded but not hashed: they change speed, not scores.
+
+The result file (read by analysis/):
+``{"task", "metric", "score", "loops", "exit_threshold", "per_sample": [0/1 per problem in doc order], "n",
+"run_hash", "ckpt_step", "eval_hash", "config": {...}, "versions": {...}, "device", ...}``
+plus every metric lm-eval reported (``metrics``), its per-sample values for each (``per_sample_metrics``),
+the loops the mid block actually ran on average (``mean_loops``: < loops under adaptive exit) and timings.
+
+``--scan`` appends loop-scan rows to ``evals.jsonl`` (``study.evaluate.loop_scan``); ``--attention`` writes
+``evals/attention-<hash>.json`` (``study.evaluate.attention_stats``). Both are idempotent too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from study import store
+from study.evaluate import (DEFAULT_ATTENTION_TS, DEFAULT_SCAN_LOOPS, EVALS_DIR, EvalError, attention_stats,
+                            check_loops, check_thresholds, checkpoint_identity, device_name, load_run, loop_scan,
+                            run_config, short_hash, versions)
+
+EXECUTORS = ("local", "slurm", "debug")
+
+
+@dataclass
+class EvalRequest:
+    """What to evaluate on each run (picklable: it travels to SLURM jobs)."""
+
+    tasks: list[str] = field(default_factory=list)
+    loops: list[int] | None = None  # None: the model's s_max for tasks, DEFAULT_SCAN_LOOPS for --scan
+    exit_thresholds: list[float] = field(default_factory=list)  # adaptive exit, S capped at max(loops)
+    limit: int | None = None
+    ckpt: str = "latest"
+    num_fewshot: int | None = None  # None: the task's default (0 for the local GSM8K tasks)
+    model_args: dict[str, Any] = field(default_factory=dict)  # mc_num, gen_length, steps, ... (see resolve_knobs)
+    batch_size: int = 16
+    device: str = "auto"
+    gsm8k_dir: str | None = None
+    cache_dir: str | None = None
+    metric: str | None = None  # 'metric,filter' to report as the score; None: the task's primary
+    force: bool = False
+    scan: bool = False
+    scan_draws: int | None = None
+    attention: bool = False
+    ts: list[float] = field(default_factory=lambda: list(DEFAULT_ATTENTION_TS))
+    attention_loops: int | None = None
+    quiet: bool = False
+
+    def settings(self, s_max: int) -> list[tuple[int, float | None]]:
+        """(loops, exit_threshold) pairs for the tasks: each fixed S, then each threshold capped at max S."""
+        loops = self.loops or [s_max]
+        return [(s, None) for s in loops] + [(max(loops), eps) for eps in self.exit_thresholds]
+
+
+def cache_dir(req: EvalRequest) -> Path:
+    from study.data import default_cache_dir
+
+    return Path(req.cache_dir).expanduser() if req.cache_dir else default_cache_dir()
+
+
+def _offline_if_local(task_specs) -> None:
+    """Local tasks need no hub: say so before `datasets` is imported, so it never waits on the network."""
+    if task_specs and all(t.local for t in task_specs):
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def task_manager(task_specs, include_path: Path | None):
+    """A TaskManager over our local YAMLs only when nothing else is asked (milliseconds instead of the ~12 s
+    lm-eval takes to index its own ~10,000 YAMLs); one per process and folder."""
+    need_defaults = any(not t.local for t in task_specs)
+    return _task_manager(str(include_path) if include_path else None, need_defaults)
+
+
+@functools.lru_cache(maxsize=8)
+def _task_manager(include_path: str | None, include_defaults: bool):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path, include_defaults=include_defaults)
+
+
+def _primary(results: dict, wanted: str | None) -> str:
+    keys = [k for k in results if "," in k and "_stderr" not in k]
+    if wanted and wanted in keys:
+        return wanted
+    if wanted:
+        raise EvalError("metric", f"{wanted!r} is not among the task's metrics: {', '.join(keys)}")
+    for k in ("acc,none", "exact_match,strict-match", "exact_match,none"):
+        if k in keys:
+            return k
+    return keys[0]
+
+
+def _per_sample(samples: list[dict], metric_key: str) -> list:
+    metric, _, filt = metric_key.partition(",")
+    rows = sorted((s for s in samples if s.get("filter", "none") == filt and metric in s), key=lambda s: s["doc_id"])
+    out = []
+    for s in rows:
+        v = float(s[metric])
+        out.append(int(v) if v in (0.0, 1.0) else v)
+    return out
+
+
+def run_task(lm, task, tm, req: EvalRequest) -> dict:
+    """One task through lm-eval's simple_evaluate; returns lm-eval's numbers for it (not yet filed)."""
+    import lm_eval
+
+    lm.stats.clear()
+    t0 = time.perf_counter()
+    r = lm_eval.simple_evaluate(model=lm, tasks=[task.name], limit=req.limit, num_fewshot=req.num_fewshot,
+                                task_manager=tm, log_samples=True, bootstrap_iters=1000, verbosity="WARNING")
+    wall = time.perf_counter() - t0
+    results = {k: v for k, v in r["results"][task.name].items() if k not in ("name", "alias")}
+    metric = _primary(results, req.metric or task.primary_metric)
+    samples = r["samples"][task.name]
+    metric_keys = [k for k in results if "," in k and "_stderr" not in k]
+    per_sample_metrics = {k: _per_sample(samples, k) for k in metric_keys}
+    return {"metric": metric, "score": float(results[metric]),
+            "stderr": results.get(metric.replace(",", "_stderr,", 1)),
+            "per_sample": per_sample_metrics[metric], "n": len(per_sample_metrics[metric]),
+            "metrics": {k: results[k] for k in metric_keys}, "per_sample_metrics": per_sample_metrics,
+            "num_fewshot": r.get("n-shot", {}).get(task.name), "mean_loops": lm.mean_loops,
+            "forwards": int(lm.stats["forwards"]), "wall_s": wall,
+            "lm_eval": {"results": r["results"][task.name], "task_config": r["configs"].get(task.name),
+                        "task_version": r.get("versions", {}).get(task.name)}}
+
+
+def evaluate_tasks(run_dir: str | Path, req: EvalRequest) -> list[dict]:
+    """Every (task, loop setting) of ``req`` on one run; results already on disk are read, not recomputed.
+    Everything that can be checked without weights is checked before any are loaded."""
+    from study import tasks as tasks_mod
+    from study.lm_eval_model import LoopMDMLM, resolve_knobs
+
+    run_dir = Path(run_dir)
+    cfg, run_hash, ckpt, meta, weights = checkpoint_identity(run_dir, req.ckpt)
+    step = int(meta["step"])
+    specs, include = tasks_mod.prepare(req.tasks, cache_dir(req), req.gsm8k_dir, req.num_fewshot or 0)
+    if req.limit is not None and req.limit < 1:
+        raise EvalError("limit", f"got {req.limit}; must be >= 1 (or left out for the whole task)")
+    plan = []  # (task, knobs, config, eval_hash, path)
+    for loops, eps in req.settings(cfg.model.s_max):
+        knobs = resolve_knobs(cfg.model, weights=weights, loops=loops, exit_threshold=eps, **req.model_args)
+        for t in specs:
+            config = {"task": t.name, "task_kind": t.kind, "task_data": t.fingerprint, "limit": req.limit,
+                      "num_fewshot": req.num_fewshot, "metric": req.metric or t.primary_metric, **knobs}
+            eval_hash = short_hash({"run_hash": run_hash, "ckpt_step": step, "config": config})
+            plan.append((t, knobs, config, eval_hash, run_dir / EVALS_DIR / f"{store.safe_slug(t.name)}-{eval_hash}.json"))
+    out, todo = [], []
+    for item in plan:
+        done = store.read_json(item[4]) if not req.force else None
+        if done is not None:
+            out.append(done | {"cached": True})
+        else:
+            todo.append(item)
+    if not todo:
+        return out
+    _offline_if_local(specs)
+    tm = task_manager(specs, include)
+    tasks_mod.check_exist(specs, tm)
+    loaded = load_run(run_dir, ckpt.name.split("_")[-1], req.device, prefer_ema=(weights == "ema"))
+    lm_by_knobs: dict[str, LoopMDMLM] = {}
+    for t, knobs, config, eval_hash, path in todo:
+        key = short_hash(knobs)
+        if key not in lm_by_knobs:
+            lm_by_knobs[key] = LoopMDMLM(loaded=loaded, batch_size=req.batch_size,
+                                         **{k: v for k, v in knobs.items() if k != "weights"})
+        res = run_task(lm_by_knobs[key], t, tm, req)
+        record = {"task": t.name, "metric": res.pop("metric"), "score": res.pop("score"), "loops": knobs["loops"],
+                  "exit_threshold": knobs["exit_threshold"], "per_sample": res.pop("per_sample"), "n": res.pop("n"),
+                  "run_hash": run_hash, "ckpt_step": step, "eval_hash": eval_hash, "config": config,
+                  "config_hash": short_hash(config), "versions": versions(), "device": device_name(loaded.device),
+                  "batch_size": req.batch_size, "run_dir": str(run_dir), "task_spec": t.spec, **res}
+        store.atomic_write_json(path, record)
+        if not req.quiet:
+            print(f"[{run_dir.name}] {t.name} S={knobs['loops']}"
+                  f"{'' if knobs['exit_threshold'] is None else ' eps=' + str(knobs['exit_threshold'])}: "
+                  f"{record['metric']} = {record['score']:.4f} (n={record['n']}, {res['wall_s']:.1f} s)", flush=True)
+        out.append(record | {"cached": False})
+    return out
+
+
+def evaluate_run(run_dir: str | Path, req: EvalRequest) -> dict[str, Any]:
+    """Everything ``req`` asks of one run (the function a SLURM job runs)."""
+    out: dict[str, Any] = {"run_dir": str(run_dir)}
+    if req.tasks:
+        out["tasks"] = evaluate_tasks(run_dir, req)
+    if req.scan:
+        out["scan"] = loop_scan(run_dir, loops=req.loops or DEFAULT_SCAN_LOOPS, exit_thresholds=req.exit_thresholds,
+                                ckpt=req.ckpt, n_draws=req.scan_draws, device=req.device, quiet=req.quiet)
+    if req.attention:
+        out["attention"] = attention_stats(run_dir, ts=req.ts, loops=req.attention_loops, ckpt=req.ckpt,
+                                           device=req.device, force=req.force)
+    return out
+
+
+def targets(target: str | Path) -> list[Path]:
+    """A run directory, or every finished run of a study directory."""
+    target = Path(target)
+    if (target / "config.yaml").is_file():
+        return [target]
+    if (target / store.RUNS_DIR).is_dir():
+        runs = [rd for rd in store.list_run_dirs(target) if (rd / store.DONE).is_file()]
+        if not runs:
+            raise EvalError("target", f"study {target} has no finished run yet (no runs/*/DONE.json)")
+        return runs
+    raise EvalError("target", f"{target} is neither a run directory (config.yaml) nor a study directory (runs/)")
+
+
+def submit(runs: list[Path], req: EvalRequest, ns: argparse.Namespace) -> list:
+    """One job per run through study.launch (SLURM, or 'debug': submitit in this process)."""
+    try:
+        from study import launch
+    except ImportError as exc:
+        raise EvalError("executor", f"study.launch is not available ({exc}); use --executor local") from exc
+    res = launch.ResourceSpec(executor=ns.executor, partition=ns.partition, gpus_per_node=ns.gpus_per_node,
+                              cpus_per_task=ns.cpus_per_task, time_min=ns.time_min)
+    base = Path(ns.target).resolve()
+    folder = base / "eval_jobs"
+    jobs = []
+    for rd in runs:
+        _, run_hash = run_config(rd)
+        jobs.append(launch.Job(key=f"eval-{run_hash[:16]}", name=f"eval-{rd.name}", fn=evaluate_run,
+                               kwargs={"run_dir": str(rd.resolve()), "req": req}))
+    # the eval jobs keep their own ledger beside their logs: the study's ledger tracks training runs by hash
+    return launch.submit(jobs, res, folder, study_dir=folder)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _list(text: str | None, conv, arg: str) -> list | None:
+    if text is None:
+        return None
+    try:
+        return [conv(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise EvalError(arg, f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def build_request(ns: argparse.Namespace) -> EvalRequest:
+    loops = _list(ns.loops, float, "loops")
+    if loops is not None:
+        loops = check_loops(loops, "loops")
+    thresholds = check_thresholds(_list(ns.exit_thresholds, float, "exit_thresholds") or [], "exit_thresholds")
+    model_args = {k: getattr(ns, k) for k in ("mc_num", "gen_length", "steps", "block_length", "remasking",
+                                              "temperature", "seed") if getattr(ns, k) is not None}
+    tasks = [t for t in (ns.tasks or "").split(",") if t.strip()]
+    if not (tasks or ns.scan or ns.attention):
+        raise EvalError("tasks", "nothing to do: give --tasks, --scan and/or --attention")
+    return EvalRequest(tasks=tasks, loops=loops, exit_thresholds=thresholds, limit=ns.limit, ckpt=ns.ckpt,
+                       num_fewshot=ns.num_fewshot, model_args=model_args, batch_size=ns.batch_size, device=ns.device,
+                       gsm8k_dir=ns.gsm8k_dir, cache_dir=ns.cache_dir, metric=ns.metric, force=ns.force,
+                       scan=ns.scan, scan_draws=ns.scan_draws, attention=ns.attention,
+                       ts=_list(ns.ts, float, "ts") or list(DEFAULT_ATTENTION_TS), attention_loops=ns.attention_loops,
+                       quiet=ns.quiet)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m study.eval", description=__doc__.splitlines()[0])
+    ap.add_argument("target", help="a run directory, or a study directory (all finished runs)")
+    ap.add_argument("--tasks", help="comma-separated: gsm8k-local, gsm8k-synth[:DIFF[:N]], gsm8k-synth-mc[:DIFF[:N]], "
+                                    "or lm-eval task names")
+    ap.add_argument("--loops", help="comma-separated inference S (default: s_max for tasks; 1,2,4,6,8,12,16,24 for --scan)")
+    ap.add_argument("--exit-thresholds", help="comma-separated adaptive-exit thresholds (S capped at max --loops)")
+    ap.add_argument("--limit", type=int, help="first N problems of each task")
+    ap.add_argument("--ckpt", default="latest", help="checkpoint step, or 'latest'")
+    ap.add_argument("--num-fewshot", type=int, help="default: the task's own (0 for the local GSM8K tasks)")
+    ap.add_argument("--mc-num", type=int, help="Monte-Carlo draws per loglikelihood (default 32)")
+    ap.add_argument("--gen-length", type=int, help="generated tokens (default 128)")
+    ap.add_argument("--steps", type=int, help="denoising steps (default gen_length)")
+    ap.add_argument("--block-length", type=int, help="semi-autoregressive block (default gen_length)")
+    ap.add_argument("--remasking", help="low_confidence | random | ancestral")
+    ap.add_argument("--temperature", type=float)
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--metric", help="lm-eval 'metric,filter' key to report as the score")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--gsm8k-dir", help="folder with GSM8K test.jsonl (+ train.jsonl); default $LOOPMDM_GSM8K_DIR")
+    ap.add_argument("--cache-dir", help="where generated task data and YAMLs go (default $LOOPMDM_CACHE)")
+    ap.add_argument("--force", action="store_true", help="recompute results already on disk")
+    ap.add_argument("--scan", action="store_true", help="loop scan of validation NLL into evals.jsonl")
+    ap.add_argument("--scan-draws", type=int, help="noise draws per sequence in the scan (default: the run's)")
+    ap.add_argument("--attention", action="store_true", help="masked-to-masked attention shares per layer and loop")
+    ap.add_argument("--ts", help="noise levels for --attention (default 0.25,0.5,0.75)")
+    ap.add_argument("--attention-loops", type=int, help="S for --attention (default s_max)")
+    ap.add_argument("--executor", default="local", choices=EXECUTORS,
+                    help="local: here, one run after another; slurm: one job per run (study.launch)")
+    ap.add_argument("--partition")
+    ap.add_argument("--gpus-per-node", type=int, default=1)
+    ap.add_argument("--cpus-per-task", type=int)
+    ap.add_argument("--time-min", type=int, default=120)
+    ap.add_argument("--quiet", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parser().parse_args(argv)
+    from model.config import ConfigError
+    from study.data import DataError
+    from study.tasks import TaskError
+
+    try:
+        req = build_request(ns)
+        runs = targets(ns.target)
+        if ns.executor != "local":
+            for sub in submit(runs, req, ns):
+                print(f"submitted {sub.name}: job {sub.job_id} ({sub.executor})")
+            return 0
+        failed = 0
+        for rd in runs:
+            try:
+                res = evaluate_run(rd, req)
+            except (EvalError, TaskError, DataError, ConfigError) as exc:
+                if len(runs) == 1:
+                    raise
+                print(f"[{rd.name}] skipped: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            for r in res.get("tasks", []):
+                if r.get("cached") and not ns.quiet:
+                    print(f"[{rd.name}] {r['task']} S={r['loops']}: {r['metric']} = {r['score']:.4f} "
+                          f"(n={r['n']}, already done)")
+            if res.get("attention") and not ns.quiet:
+                print(f"[{rd.name}] attention: {rd / EVALS_DIR}/attention-{res['attention']['attention_hash']}.json")
+    except (EvalError, TaskError, DataError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

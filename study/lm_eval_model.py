@@ -1,0 +1,306 @@
+"""LoopMDM as an lm-eval model: ``lm_eval ... --model loopmdm --model_args run=RUN_DIR,loops=12``.
+
+lm-eval 0.4.13 has no plugin discovery (its model registry is filled by ``lm_eval.models``' own table and by
+``@register_model`` at import time), so this module must be imported before lm-eval looks the name up:
+``python -m study.lm_eval_cli`` (lm-eval's CLI with this module imported) or ``import study.lm_eval_model``
+before ``lm_eval.simple_evaluate(model="loopmdm", ...)``.
+
+How a masked diffusion LM answers lm-eval's three questions (the approach of LLaDA's ``eval_llada.py``):
+
+* ``loglikelihood(context, continuation)``: a diffusion LM has no exact likelihood, only a bound. We use the
+  Monte-Carlo estimate of the masked-diffusion ELBO on the continuation with the context never masked:
+  draw l ~ U{1..n} (n = continuation length), mask l random continuation positions, and score
+  (n / l) * sum of log p(x_i | unmasked) over the masked positions; average ``mc_num`` draws. The draws are
+  stratified over l and seeded by the request itself, so a score does not depend on batching or order.
+  ``is_greedy`` is the argmax of one pass with the whole continuation masked (the diffusion analogue).
+* ``loglikelihood_rolling``: the same bound over the whole text, in windows of the model's length, later
+  windows conditioned on the tokens just before them (never masked); every token is scored once.
+* ``generate_until``: the sampler (``model.diffusion.sample``) fills ``gen_length`` masked positions after
+  the prompt; the text is cut at the first eos token and then at the first ``until`` string (the sampler
+  cannot stop early: all positions are decoded together).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+from collections import defaultdict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+from tqdm import tqdm
+
+from model import sample
+from model.diffusion import REMASKING
+from study.evaluate import EvalError, LoadedRun, check_loops, load_run
+
+
+def _opt_float(value: Any, arg: str) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise EvalError(arg, f"got {value!r}; expected a number") from None
+
+
+def _int(value: Any, arg: str, minimum: int = 1) -> int:
+    try:
+        f = float(value)
+        if not f.is_integer():
+            raise ValueError
+    except (TypeError, ValueError):
+        raise EvalError(arg, f"got {value!r}; expected an integer >= {minimum}") from None
+    if int(f) < minimum:
+        raise EvalError(arg, f"got {int(f)}; must be >= {minimum}")
+    return int(f)
+
+
+def _no_bar(disable: bool) -> bool:
+    """Progress bars only on a terminal: in job logs and test output they are noise."""
+    return disable or not sys.stderr.isatty()
+
+
+def request_seed(base: int, *parts: Any) -> int:
+    """A seed that depends only on the request's content: scores do not change with batch size or order."""
+    h = hashlib.sha256(repr((base, parts)).encode()).digest()
+    return int.from_bytes(h[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def resolve_knobs(cfg, weights: str = "model", loops: Any = None, exit_threshold: Any = None, mc_num: Any = 32,
+                  gen_length: Any = 128, steps: Any = None, block_length: Any = None,
+                  remasking: str = "low_confidence", temperature: Any = 0.0, seed: Any = 1234) -> dict[str, Any]:
+    """Every setting that can change a score, validated and with defaults filled in from the model config
+    (``cfg``: a ModelConfig). Used by the model and by study.eval, which must know an evaluation's identity
+    before it loads any weights, to skip one already done."""
+    loops = check_loops([loops if loops is not None else cfg.s_max], "loops")[0]
+    eps = _opt_float(exit_threshold, "exit_threshold")
+    if eps is not None and not (math.isfinite(eps) and eps > 0):
+        raise EvalError("exit_threshold", f"got {eps}; must be > 0 (or none for fixed loops)")
+    gen_length = _int(gen_length, "gen_length")
+    if gen_length >= cfg.max_seq_len:
+        raise EvalError("gen_length", f"{gen_length} leaves no room for a prompt in the model's "
+                                      f"{cfg.max_seq_len} positions; lower gen_length")
+    block_length = _int(block_length if block_length is not None else gen_length, "block_length")
+    if gen_length % block_length:
+        raise EvalError("block_length", f"{block_length} must divide gen_length={gen_length}")
+    n_blocks = gen_length // block_length
+    steps = _int(steps if steps is not None else gen_length, "steps")
+    if steps % n_blocks:
+        raise EvalError("steps", f"{steps} must be a multiple of the number of blocks ({n_blocks} = "
+                                 f"gen_length / block_length)")
+    if remasking not in REMASKING:
+        raise EvalError("remasking", f"{remasking!r} unknown; allowed: {', '.join(REMASKING)}")
+    temperature = _opt_float(temperature, "temperature") or 0.0
+    if temperature < 0:
+        raise EvalError("temperature", f"got {temperature}; must be >= 0 (0 = argmax)")
+    return {"loops": loops, "exit_threshold": eps, "mc_num": _int(mc_num, "mc_num"), "gen_length": gen_length,
+            "steps": steps, "block_length": block_length, "remasking": remasking, "temperature": temperature,
+            "seed": int(seed), "weights": weights}
+
+
+@register_model("loopmdm")
+class LoopMDMLM(LM):
+    """A LoopMDM checkpoint behind lm-eval's LM interface. Knobs (all also valid as ``--model_args``):
+
+    run: run directory; ckpt: step or 'latest'; loops: mid-block repetitions S (default: the model's s_max);
+    exit_threshold: adaptive exit (S then caps the loops); mc_num: Monte-Carlo draws per loglikelihood;
+    gen_length / steps / block_length / remasking / temperature: the sampler; batch_size: rows per forward;
+    device: auto | cpu | cuda[:N]; seed: base seed of the MC draws and of sampling; ema: prefer EMA weights.
+    """
+
+    def __init__(self, run: str | None = None, ckpt: str | int = "latest", loops: int | None = None,
+                 exit_threshold: float | None = None, mc_num: int = 32, gen_length: int = 128,
+                 steps: int | None = None, block_length: int | None = None, remasking: str = "low_confidence",
+                 temperature: float = 0.0, batch_size: int | str | None = 16, device: str | None = "auto",
+                 seed: int = 1234, ema: bool = True, max_batch_size: int | None = None,
+                 loaded: LoadedRun | None = None, **unused: Any) -> None:
+        super().__init__()
+        if loaded is None:
+            if not run:
+                raise EvalError("run", "missing: pass model_args run=RUN_DIR (a trained run directory)")
+            loaded = load_run(run, ckpt, device, prefer_ema=bool(ema))
+        self.loaded = loaded
+        self.model = loaded.model
+        self.cfg = loaded.cfg.model
+        self.tok = loaded.tokenizer
+        self._device = loaded.device
+        self.mask_id = self.cfg.mask_id
+        self.max_length = self.cfg.max_seq_len
+        k = resolve_knobs(self.cfg, weights=loaded.weights, loops=loops, exit_threshold=exit_threshold,
+                          mc_num=mc_num, gen_length=gen_length, steps=steps, block_length=block_length,
+                          remasking=remasking, temperature=temperature, seed=seed)
+        self.knobs = k
+        self.loops, self.exit_threshold, self.mc_num = k["loops"], k["exit_threshold"], k["mc_num"]
+        self.gen_length, self.steps, self.block_length = k["gen_length"], k["steps"], k["block_length"]
+        self.remasking, self.temperature, self.seed = k["remasking"], k["temperature"], k["seed"]
+        if batch_size is None or str(batch_size).startswith("auto"):
+            batch_size = 16
+        self.batch_size = _int(batch_size, "batch_size")
+        self.stats: dict[str, float] = defaultdict(float)  # forward passes and loops actually used
+
+    # -- plumbing --------------------------------------------------------------------------------
+    @property
+    def mean_loops(self) -> float | None:
+        n = self.stats["rows"]
+        return self.stats["loops"] / n if n else None
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits, stats = self.model(x, t, loops=self.loops, exit_threshold=self.exit_threshold, return_stats=True)
+        self.stats["rows"] += x.shape[0]
+        self.stats["forwards"] += 1
+        self.stats["loops"] += stats.loops_used.sum().item()
+        logits = logits.float()
+        logits[..., self.mask_id] = float("-inf")  # the model never predicts the mask (SUBS)
+        return logits
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Tokens of context and continuation as lm-eval's HF model splits them: trailing context spaces move
+        to the continuation, and the continuation is what the whole string adds beyond the context."""
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:
+            continuation = context[-n_spaces:] + continuation
+            context = context[:-n_spaces]
+        whole = self.tok.encode(context + continuation)
+        ctx = self.tok.encode(context)
+        if whole[:len(ctx)] != ctx:  # a merge across the boundary: fall back to separate encodings
+            return ctx, self.tok.encode(continuation)
+        return ctx, whole[len(ctx):]
+
+    # -- loglikelihood -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def _score(self, pairs: list[tuple[list[int], list[int]]], desc: str = "") -> list[tuple[float, bool]]:
+        """ELBO estimate of log p(continuation | context) for token pairs, batched across requests."""
+        rows = []  # (pair index, tokens, n masked, masked positions or None for the greedy row)
+        for i, (ctx, cont) in enumerate(pairs):
+            n = len(cont)
+            if n == 0:
+                continue
+            if n > self.max_length:
+                raise EvalError("task", f"a continuation of {n} tokens does not fit the model's {self.max_length} "
+                                        f"positions; this task needs a longer-context model")
+            room = self.max_length - n  # the context loses its start, as in lm-eval's HF model
+            ctx = ctx[len(ctx) - room:] if len(ctx) > room else ctx
+            seq = torch.tensor(ctx + cont, dtype=torch.long)
+            g = torch.Generator().manual_seed(request_seed(self.seed, ctx, cont))
+            u0 = torch.rand(1, generator=g).item()
+            for k in range(self.mc_num):
+                l = 1 + int(((u0 + k / self.mc_num) % 1.0) * n)  # stratified over 1..n
+                pos = len(ctx) + torch.randperm(n, generator=g)[:l]
+                rows.append((i, seq, l, n, pos))
+            rows.append((i, seq, n, n, None))  # all continuation masked: the greedy check
+        by_len = defaultdict(list)
+        for r in rows:
+            by_len[len(r[1])].append(r)
+        total = [0.0] * len(pairs)
+        greedy = [True] * len(pairs)
+        bar = tqdm(total=len(rows), desc=desc or "loglikelihood", disable=_no_bar(len(rows) < 256), leave=False)
+        for length in sorted(by_len):
+            group = by_len[length]
+            for start in range(0, len(group), self.batch_size):
+                chunk = group[start:start + self.batch_size]
+                x = torch.stack([r[1] for r in chunk])
+                target = x.clone()
+                masked = torch.zeros_like(x, dtype=torch.bool)
+                for b, (i, seq, l, n, pos) in enumerate(chunk):
+                    if pos is None:
+                        masked[b, len(seq) - n:] = True
+                    else:
+                        masked[b, pos] = True
+                x = torch.where(masked, torch.full_like(x, self.mask_id), x)
+                t = torch.tensor([l / n for (_, _, l, n, _) in chunk])
+                logits = self._forward(x.to(self.device), t.to(self.device))
+                logp = F.log_softmax(logits, -1).gather(-1, target.to(self.device)[..., None]).squeeze(-1).cpu()
+                argmax = logits.argmax(-1).cpu()
+                for b, (i, seq, l, n, pos) in enumerate(chunk):
+                    if pos is None:
+                        greedy[i] = bool((argmax[b, len(seq) - n:] == target[b, len(seq) - n:]).all())
+                    else:
+                        total[i] += (n / l) * logp[b][masked[b]].sum().item() / self.mc_num
+                bar.update(len(chunk))
+        bar.close()
+        return [(total[i], greedy[i]) for i in range(len(pairs))]
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        pairs = [self._encode_pair(*req.args) for req in requests]
+        out = self._score(pairs)
+        for req, res in zip(requests, out):
+            self.cache_hook.add_partial("loglikelihood", req.args, res)
+        return out
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """Windows: the first covers up to ``max_length`` tokens with no context; each later one scores the
+        next half-window, conditioned on the tokens right before it."""
+        out = []
+        half = max(1, self.max_length // 2)
+        for req in requests:
+            ids = self.tok.encode(req.args[0])
+            pairs = [([], ids[:self.max_length])]
+            pos = self.max_length
+            while pos < len(ids):
+                pairs.append((ids[max(0, pos - (self.max_length - half)):pos], ids[pos:pos + half]))
+                pos += half
+            ll = sum(s for s, _ in self._score([p for p in pairs if p[1]], desc="rolling"))
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, ll)
+            out.append(ll)
+        return out
+
+    # -- generation --------------------------------------------------------------------------------
+    def _decode(self, ids: list[int], until: list[str]) -> str:
+        eos = getattr(self.tok, "eos_id", None)
+        if eos is not None and eos in ids:
+            ids = ids[:ids.index(eos)]
+        text = self.tok.decode(ids)
+        for stop in until:
+            if stop:
+                text = text.split(stop, 1)[0]
+        return text
+
+    @torch.no_grad()
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Prompts of equal token length are batched (padding would change what a bidirectional model sees,
+        so a result would depend on its batch); longer prompts lose their start to fit ``gen_length``."""
+        room = self.max_length - self.gen_length
+        items = []
+        for idx, req in enumerate(requests):
+            context, gen_kwargs = req.args
+            until = gen_kwargs.get("until", []) if isinstance(gen_kwargs, dict) else []
+            until = [until] if isinstance(until, str) else list(until or [])
+            items.append((idx, self.tok.encode(context)[-room:], until, req))
+        groups = defaultdict(list)
+        for item in items:
+            groups[len(item[1])].append(item)
+        out: list[str | None] = [None] * len(requests)
+        bar = tqdm(total=len(items), desc="generate", disable=_no_bar(disable_tqdm or len(items) < 8), leave=False)
+        for length in sorted(groups):
+            group = groups[length]
+            for start in range(0, len(group), self.batch_size):
+                chunk = group[start:start + self.batch_size]
+                prompt = torch.tensor([c[1] for c in chunk], dtype=torch.long)
+                gen = torch.Generator().manual_seed(request_seed(self.seed, chunk[0][1]))
+                res = sample(self.model, prompt, gen_length=self.gen_length, steps=self.steps,
+                             block_length=self.block_length, remasking=self.remasking, loops=self.loops,
+                             exit_threshold=self.exit_threshold, temperature=self.temperature, generator=gen)
+                self.stats["rows"] += res.loops_per_step.numel()
+                self.stats["forwards"] += res.nfe
+                self.stats["loops"] += res.loops_per_step.sum().item()
+                for b, (idx, ids, until, req) in enumerate(chunk):
+                    text = self._decode(res.tokens[b, length:].tolist(), until)
+                    out[idx] = text
+                    self.cache_hook.add_partial("generate_until", req.args, text)
+                bar.update(len(chunk))
+        bar.close()
+        return [o if o is not None else "" for o in out]
+
+    # lm-eval asks for these in some code paths (chat templates, request caching)
+    @property
+    def tokenizer_name(self) -> str:
+        return str(self.loaded.cfg.data.tokenizer)
+
+    def __repr__(self) -> str:
+        return f"LoopMDMLM(run={self.loaded.run_dir}, step={self.loaded.step}, {self.knobs})"
+

@@ -1,0 +1,192 @@
+"""lm-eval end to end, offline, on a tiny model fine-tuned here: the multiple-choice and GSM8K-format tasks,
+the real GSM8K file when present, reproducibility, idempotence, and the loglikelihood estimator itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers_eval import tiny_runs
+from study import eval as eval_mod
+from study import tasks as tasks_mod
+from study.eval import EvalRequest, evaluate_tasks
+from study.evaluate import EvalError, load_run
+from study.lm_eval_model import LoopMDMLM
+
+ROOT = Path(__file__).resolve().parents[1]
+GSM8K_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
+CONTRACT = {"task", "metric", "score", "loops", "exit_threshold", "per_sample", "n", "run_hash", "ckpt_step",
+            "eval_hash", "config", "versions", "device"}
+MC_N = 100  # problems in the above-chance check
+MC_PASS = 0.35  # P(acc >= 0.35 | n=100, chance 0.25) = 1.5 %; this model scores ~0.45 (deterministic here)
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory) -> tuple[Path, Path]:
+    return tiny_runs(tmp_path_factory.getbasetemp() / "eval_runs")
+
+
+@pytest.fixture(scope="session")
+def sft_lm(runs) -> LoopMDMLM:
+    return LoopMDMLM(loaded=load_run(runs[1], device="cpu"), mc_num=4, gen_length=32, steps=16)
+
+
+def request(tmp: Path, **kw) -> EvalRequest:
+    base = dict(cache_dir=str(tmp), model_args={"mc_num": 3, "gen_length": 48, "steps": 24}, quiet=True)
+    return EvalRequest(**(base | kw))
+
+
+def test_multiple_choice_beats_chance_reproducibly_and_is_filed(runs, tmp_path_factory):
+    _, sft = runs
+    cache = tmp_path_factory.getbasetemp() / "eval_cache"
+    [res] = evaluate_tasks(sft, request(cache, tasks=["gsm8k-synth-mc:easy"], limit=MC_N))
+    assert CONTRACT <= set(res) and not res["cached"]
+    assert res["task"] == "gsm8k-synth-mc-easy-500" and res["metric"] == "acc,none" and res["n"] == MC_N
+    assert set(res["per_sample"]) <= {0, 1} and res["score"] == pytest.approx(sum(res["per_sample"]) / MC_N)
+    assert res["score"] >= MC_PASS, f"accuracy {res['score']:.3f} on n={MC_N} is not above chance (0.25)"
+    assert res["loops"] == 3 and res["exit_threshold"] is None and res["mean_loops"] == 3
+    assert res["versions"]["torch"] == torch.__version__ and res["versions"]["lm_eval"]
+    assert res["config"]["mc_num"] == 3 and res["device"].startswith("cpu")
+    path = sft / "evals" / f"gsm8k-synth-mc-easy-500-{res['eval_hash']}.json"
+    assert json.loads(path.read_text())["per_sample"] == res["per_sample"]
+    # same numbers again, from scratch, whatever the batch size: the MC draws are seeded by each request
+    again = evaluate_tasks(sft, request(cache, tasks=["gsm8k-synth-mc:easy"], limit=20, batch_size=5))[0]
+    assert again["per_sample"] == res["per_sample"][:20]
+    assert again["per_sample_metrics"]["acc_norm,none"] == res["per_sample_metrics"]["acc_norm,none"][:20]
+
+
+def test_generation_task_in_gsm8k_format_and_adaptive_exit(runs, tmp_path_factory):
+    _, sft = runs
+    cache = tmp_path_factory.getbasetemp() / "eval_cache"
+    req = request(cache, tasks=["gsm8k-synth:easy"], limit=6, loops=[3], exit_thresholds=[0.05])
+    fixed, adaptive = evaluate_tasks(sft, req)
+    for res in (fixed, adaptive):
+        assert res["n"] == 6 and set(res["per_sample"]) <= {0, 1}
+        assert set(res["metrics"]) == {"exact_match,strict-match", "exact_match,flexible-extract"}
+        assert res["metric"] == "exact_match,strict-match"
+        filters = [f["name"] for f in res["lm_eval"]["task_config"]["filter_list"]]
+        assert filters == ["strict-match", "flexible-extract"]  # lm-eval's own gsm8k configuration
+    assert fixed["exit_threshold"] is None and fixed["mean_loops"] == 3
+    assert adaptive["exit_threshold"] == 0.05 and adaptive["loops"] == 3 and 1 <= adaptive["mean_loops"] <= 3
+    assert adaptive["eval_hash"] != fixed["eval_hash"]
+
+
+def test_an_evaluation_on_disk_is_not_recomputed(runs, tmp_path_factory, monkeypatch):
+    _, sft = runs
+    cache = tmp_path_factory.getbasetemp() / "eval_cache"
+    req = request(cache, tasks=["gsm8k-synth-mc:easy"], limit=8)
+    [first] = evaluate_tasks(sft, req)
+    path = sft / "evals" / f"gsm8k-synth-mc-easy-500-{first['eval_hash']}.json"
+    mtime = path.stat().st_mtime_ns
+
+    def no_loading(*a, **k):
+        raise AssertionError("weights loaded for an evaluation already on disk")
+
+    monkeypatch.setattr(eval_mod, "load_run", no_loading)
+    [second] = evaluate_tasks(sft, req)
+    assert second["cached"] and second["per_sample"] == first["per_sample"]
+    assert path.stat().st_mtime_ns == mtime
+    # a knob that changes scores is a different evaluation
+    with pytest.raises(AssertionError, match="weights loaded"):
+        evaluate_tasks(sft, dataclasses.replace(req, model_args={"mc_num": 5}))
+
+
+@pytest.mark.skipif(not (GSM8K_DIR / "test.jsonl").is_file(), reason="real GSM8K not in ../shared/data/gsm8k")
+def test_real_gsm8k_through_lm_eval_by_model_name(runs, tmp_path):
+    """lm-eval's simple_evaluate finds the model by its registered name and runs lm-eval's gsm8k config on
+    the real test file; a few problems, so exact match itself is not checked, only lm-eval's output."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    _, sft = runs
+    specs, include = tasks_mod.prepare(["gsm8k-local"], tmp_path, GSM8K_DIR)
+    tm = TaskManager(include_path=str(include), include_defaults=False)
+    out = lm_eval.simple_evaluate(model="loopmdm", model_args=f"run={sft},loops=2,gen_length=32,steps=16,device=cpu",
+                                  tasks=["gsm8k-local"], limit=3, task_manager=tm, log_samples=True)
+    res = out["results"]["gsm8k-local"]
+    assert {"exact_match,strict-match", "exact_match,flexible-extract"} <= set(res)
+    assert out["configs"]["gsm8k-local"]["dataset_kwargs"]["data_files"]["test"] == str(GSM8K_DIR / "test.jsonl")
+    assert len(out["samples"]["gsm8k-local"]) == 3 * 2  # 3 problems x 2 filters
+    assert out["n-shot"]["gsm8k-local"] == 0
+
+
+def test_lm_eval_cli_wrapper_registers_the_model():
+    code = "import study.lm_eval_cli; from lm_eval.api.registry import get_model; print(get_model('loopmdm').__name__)"
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "LoopMDMLM"
+
+
+def test_bad_task_loops_and_run_fail_before_any_work(runs, tmp_path, monkeypatch):
+    _, sft = runs
+
+    def no_loading(*a, **k):
+        raise AssertionError("weights loaded before the arguments were checked")
+
+    monkeypatch.setattr(eval_mod, "load_run", no_loading)
+    with pytest.raises(tasks_mod.TaskError, match="task 'no-such-task' does not exist"):
+        evaluate_tasks(sft, request(tmp_path, tasks=["no-such-task"], limit=2))
+    with pytest.raises(tasks_mod.TaskError, match="gsm8k-synth"):
+        evaluate_tasks(sft, request(tmp_path, tasks=["gsm8k-synth:impossible"], limit=2))
+    with pytest.raises(EvalError, match="^loops: got 0"):
+        evaluate_tasks(sft, request(tmp_path, tasks=["gsm8k-synth-mc"], loops=[0]))
+    with pytest.raises(EvalError, match="^gen_length: "):
+        evaluate_tasks(sft, request(tmp_path, tasks=["gsm8k-synth"], model_args={"gen_length": 500}))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.yaml").write_text((sft / "config.yaml").read_text())
+    with pytest.raises(EvalError, match="^run: .*no complete checkpoint"):
+        LoopMDMLM(run=str(bare))
+    with pytest.raises(EvalError, match="^run: "):
+        LoopMDMLM.create_from_arg_string("loops=2")
+    assert eval_mod.main([str(sft), "--tasks", "no-such-task", "--quiet", "--cache-dir", str(tmp_path)]) == 2
+
+
+# -- the estimator -----------------------------------------------------------------------------------
+def test_loglikelihood_is_exact_for_one_token_and_independent_of_batching(sft_lm):
+    lm = sft_lm
+    ctx, cont = lm._encode_pair("Question: Ann has 3 apples.\nAnswer:", " 7")
+    assert lm.tok.decode(cont) == " 7"
+    # one-token continuation: every draw masks that token, so the bound is log p(token | context)
+    one = lm._score([(ctx + cont[:1], cont[1:])])[0][0]
+    x = torch.tensor([ctx + cont[:1] + [lm.mask_id]])
+    with torch.no_grad():
+        logits = lm.model(x, torch.ones(1), loops=lm.loops).float()
+    logits[..., lm.mask_id] = float("-inf")
+    exact = torch.log_softmax(logits[0, -1], -1)[cont[1]].item()
+    assert one == pytest.approx(exact, abs=1e-5)
+    pairs = [lm._encode_pair(f"Question: x = {i}\nAnswer:", f" {i * 7}") for i in range(6)]
+    a = lm._score(pairs)
+    lm.batch_size = 1
+    try:
+        b = lm._score(pairs[::-1])[::-1]
+    finally:
+        lm.batch_size = 16
+    assert [s for s, _ in a] == pytest.approx([s for s, _ in b], abs=1e-5)
+    assert all(s < 0 and math.isfinite(s) for s, _ in a)
+
+
+def test_generation_stops_at_eos_and_until_strings(sft_lm):
+    lm = sft_lm
+    ids = lm.tok.encode(" 12 apples\nQuestion: more") + [lm.tok.eos_id] + lm.tok.encode("junk")
+    assert lm._decode(ids, ["Question:"]) == " 12 apples\n"
+    assert lm._decode(ids, []) == " 12 apples\nQuestion: more"
+
+
+def test_rolling_loglikelihood_covers_text_longer_than_the_model(sft_lm):
+    class Req:
+        def __init__(self, text):
+            self.args = (text,)
+
+    text = "Sofia has 20 eggs. " * 30  # 570 bytes > 208 positions
+    [a] = sft_lm.loglikelihood_rolling([Req(text)])
+    assert math.isfinite(a) and a < 0 and sft_lm.loglikelihood_rolling([Req(text)]) == [a]
+    short = sft_lm.loglikelihood_rolling([Req(text[:100])])[0]
+    assert a < short  # more text, more nats
