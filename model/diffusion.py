@@ -106,6 +106,8 @@ class NLLEstimate:
     n_seqs: int
     n_draws: int
     mean_loops: float
+    per_seq: list[float] | None = None  # each sequence's NLL (mean over draws): for paired comparisons
+
 
     @property
     def bits(self) -> float:
@@ -118,7 +120,7 @@ class NLLEstimate:
     def to_dict(self) -> dict:
         return {"nll": self.nats, "nll_bits": self.bits, "ppl": self.ppl, "nll_se": self.se_nats,
                 "nll_data_se": self.data_se_nats, "n_seqs": self.n_seqs, "n_draws": self.n_draws,
-                "mean_loops": self.mean_loops}
+                "mean_loops": self.mean_loops, "nll_per_seq": self.per_seq}
 
 
 @torch.no_grad()
@@ -155,7 +157,8 @@ def validation_nll(model, tokens: torch.Tensor, loops: int | None = None, n_draw
     mc_var = per.var(1, unbiased=True).mean().item() if n_draws > 1 else float("nan")
     return NLLEstimate(nats=per.mean().item(), se_nats=math.sqrt(mc_var / (N * n_draws)),
                        data_se_nats=(seq_mean.std().item() / math.sqrt(N)) if N > 1 else float("nan"),
-                       n_seqs=N, n_draws=n_draws, mean_loops=loops_sum / max(loops_n, 1))
+                       n_seqs=N, n_draws=n_draws, mean_loops=loops_sum / max(loops_n, 1),
+                       per_seq=[round(v, 6) for v in seq_mean.tolist()])
 
 
 # -- sampling -------------------------------------------------------------------------------------

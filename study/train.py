@@ -337,7 +337,10 @@ class Trainer:
             for row in self._eval(progress, final=False):  # the untrained point anchors every curve
                 store.append_jsonl(evals_path, row)
         status = "done"
-        window_t0, window_tokens, window_flops = time.perf_counter(), 0, 0.0
+        # the throughput window counts training steps only (not evals or checkpoints), and the loss stays on
+        # the device until a log line needs it: one host sync per log interval, not per step
+        window_s, window_tokens, window_flops, window_steps = 0.0, 0, 0.0, 0
+        loss_acc = torch.zeros((), device=self.device)
         run_t0 = time.perf_counter() - progress.wall_s
         module = self.engine.module
         while progress.step < steps:
@@ -345,11 +348,11 @@ class Trainer:
             if self._should_stop():
                 status = "preempted"
                 break
+            t_step = time.perf_counter()
             lr = cfg.lr_at(step)
             for group in self.opt.param_groups:
                 group["lr"] = lr
             loops = train_loops(cfg.model, cfg.seed, step)
-            loss_sum = 0.0
             for micro in range(self.accum):
                 stream = (step * self.world + self.rank) * self.accum + micro
                 gen = torch.Generator().manual_seed(hash((cfg.seed, stream, 0xD1FF)) & 0x7FFF_FFFF_FFFF_FFFF)
@@ -361,15 +364,10 @@ class Trainer:
                     x = self.data_mod.get_batch(self.train_tokens, self.micro, seq_len, cfg.seed, step,
                                                 rank=self.rank * self.accum + micro)
                 x = x.to(self.device, non_blocking=True)
-                with self._autocast():
-                    loss, _ = masked_diffusion_loss(self.engine, x, loops=loops, generator=gen, keep=keep)
+                loss, _ = masked_diffusion_loss(self.engine, x, loops=loops, generator=gen, keep=keep)
                 self.engine.backward(loss)
                 self.engine.step()
-                loss_sum += loss.detach().float().item()
-            loss_val = loss_sum / self.accum
-            if not math.isfinite(loss_val):
-                raise Diverged(f"loss became {loss_val} at step {step} (S={loops}, lr={lr:.3g}); lower optim.lr, "
-                               f"raise optim.warmup_steps or set optim.grad_clip")
+                loss_acc += loss.detach().float() / self.accum
             if self.ema is not None:
                 with torch.no_grad():
                     for k, v in module.state_dict().items():
@@ -380,15 +378,28 @@ class Trainer:
             for conv in flops.CONVENTIONS:
                 f = tokens * flops.train_flops_per_token(cfg.model, seq_len, loops, conv)
                 setattr(progress, f"flops_{conv}", getattr(progress, f"flops_{conv}") + f)
+            if self.device.type == "cuda" and progress.step % cfg.system.log_every == 0:
+                torch.cuda.synchronize()
+            window_s += time.perf_counter() - t_step
             window_tokens += tokens
             window_flops += tokens * flops.train_flops_per_token(cfg.model, seq_len, loops, "exact")
+            window_steps += 1
             progress.wall_s = time.perf_counter() - run_t0
+            is_last = progress.step == steps
+            do_log = progress.step % cfg.system.log_every == 0 or is_last
+            do_eval = progress.step in eval_steps and cfg.kind == "pretrain"
+            do_ckpt = is_last or progress.step % cfg.system.ckpt_every == 0
+            if do_log or do_eval or do_ckpt:  # never log, evaluate or save weights a NaN has reached
+                loss_val = loss_acc.item() / window_steps
+                if not math.isfinite(loss_val):
+                    raise Diverged(f"loss became {loss_val} by step {progress.step} (last S={loops}, lr={lr:.3g}); "
+                                   f"lower optim.lr, raise optim.warmup_steps or set optim.grad_clip")
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_val:.3f}", S=loops)
-            is_last = progress.step == steps
-            if self.rank == 0 and (progress.step % cfg.system.log_every == 0 or is_last):
-                dt = max(time.perf_counter() - window_t0, 1e-9)
+                if do_log:
+                    bar.set_postfix(loss=f"{loss_val:.3f}", S=loops)
+            if self.rank == 0 and do_log:
+                dt = max(window_s, 1e-9)
                 row = {"step": progress.step, "tokens": progress.tokens, "loops": loops, "loss": loss_val, "lr": lr,
                        "grad_norm": _grad_norm(self.engine), "tokens_per_s": window_tokens / dt,
                        "mfu": window_flops / dt / peak if peak else None, "wall_s": progress.wall_s, **progress.flops()}
@@ -397,11 +408,13 @@ class Trainer:
                 if bar is None and not self.quiet:
                     print(f"[{self.run_dir.name}] step {progress.step}/{steps} loss {loss_val:.4f} S={loops} "
                           f"lr {lr:.2e} {row['tokens_per_s']:.0f} tok/s", flush=True)
-                window_t0, window_tokens, window_flops = time.perf_counter(), 0, 0.0
-            if self.rank == 0 and progress.step in eval_steps and cfg.kind == "pretrain":
+            if do_log:
+                window_s, window_tokens, window_flops, window_steps = 0.0, 0, 0.0, 0
+                loss_acc.zero_()
+            if self.rank == 0 and do_eval:
                 for row in self._eval(progress, final=is_last):
                     store.append_jsonl(evals_path, row)
-            if is_last or progress.step % cfg.system.ckpt_every == 0:
+            if do_ckpt:
                 self._save(progress)
         if bar is not None:
             bar.close()
@@ -425,10 +438,6 @@ class Trainer:
             flag = flag.to(self.device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
-
-    def _autocast(self):
-        # DeepSpeed's bf16 mode keeps the module in bf16 itself; autocast only helps fp32 modules on CUDA.
-        return contextlib.nullcontext()
 
 
 def _grad_norm(engine) -> float | None:

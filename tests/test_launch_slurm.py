@@ -20,27 +20,13 @@ import helpers_jobs  # noqa: E402
 
 from study import launch, store  # noqa: E402
 from study.launch import Job, ResourceError, ResourceSpec  # noqa: E402
+from conftest import slurm_unusable, wait_for  # noqa: E402
 
 # the toy job lives in tests/, which a job process cannot import: ship its code, not a reference
 cloudpickle.register_pickle_by_value(helpers_jobs)
 
 
-def _slurm_unusable() -> str | None:
-    """Why the real-SLURM tests cannot run here, or None."""
-    for exe in ("sbatch", "srun", "sacct", "squeue", "scontrol"):
-        if shutil.which(exe) is None:
-            return f"no `{exe}` on PATH (start one with: bash scripts/slurm.sh start)"
-    for cmd in (["sinfo", "-h", "-o", "%T"], ["sacct", "-n", "-X", "-j", "1"]):
-        try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=15)
-        except (subprocess.SubprocessError, OSError) as e:
-            return f"`{' '.join(cmd)}` failed: {e}"
-        if r.returncode != 0:
-            return f"`{' '.join(cmd)}` failed: {r.stderr.strip()[:200]} (bash scripts/slurm.sh start)"
-    return None
-
-
-SLURM_SKIP = _slurm_unusable()
+SLURM_SKIP = slurm_unusable()
 
 
 def _key(i: int) -> str:
@@ -202,16 +188,6 @@ def test_local_executor_timeout_requeue(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ real SLURM
-def _wait(cond, timeout_s: float, what: str, every: float = 0.1):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
 def _fake_preemption(job_id: str) -> None:
     """What submitit's `SlurmJob._interrupt()` does (SIGTERM, then the preemption signal), keeping scancel's
     output for the failure message.
@@ -253,19 +229,19 @@ def test_slurm_array_preempted_and_requeued(tmp_path: Path) -> None:
         return not any(e.job_id.startswith(f"{array_id}_") and e.state == "PENDING" for e in q.values())
 
     try:
-        _wait(lambda: at_step(2, 5) and at_step(3, 5) and none_pending(), 90, "runs 2 and 3 to reach step 5")
+        wait_for(lambda: at_step(2, 5) and at_step(3, 5) and none_pending(), 90, "runs 2 and 3 to reach step 5")
         _fake_preemption(subs[2].job_id)
         subprocess.run(["scontrol", "requeue", subs[3].job_id], check=True, timeout=60)
 
         # while waiting to start again the jobs are still ours: status must say running, not resubmittable
-        _wait(lambda: (rds[2] / store.PREEMPTED).exists() and (rds[3] / store.PREEMPTED).exists(), 30,
+        wait_for(lambda: (rds[2] / store.PREEMPTED).exists() and (rds[3] / store.PREEMPTED).exists(), 30,
               "PREEMPTED.json from runs 2 and 3")
-        queue = _wait(lambda: (q := store.slurm_queue()) and subs[2].job_id in q and
+        queue = wait_for(lambda: (q := store.slurm_queue()) and subs[2].job_id in q and
                       q[subs[2].job_id].state == "PENDING" and q, 30, "run 2 to be pending again")
         st = store.run_status(rds[2], queue=queue)
         assert st.state == "running" and "PENDING" in st.detail, st
 
-        _wait(lambda: all(s.job.done() for s in subs), 120, "all four jobs to finish", every=1.0)
+        wait_for(lambda: all(s.job.done() for s in subs), 120, "all four jobs to finish", every=1.0)
     finally:
         for s in subs:
             if not s.job.done():
