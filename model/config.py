@@ -8,6 +8,7 @@ Keeping all three in one shape is what lets the FLOPs module and the analysis tr
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -22,7 +23,7 @@ class ConfigError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
-def reject_unknown_keys(section: str, given: dict, allowed: list[str]) -> None:
+def reject_unknown_keys(section: str, given: dict, allowed) -> None:
     """Fail on keys a dataclass does not have, suggesting the closest real one (typos are the usual cause)."""
     for key in given:
         if key not in allowed:
@@ -30,6 +31,11 @@ def reject_unknown_keys(section: str, given: dict, allowed: list[str]) -> None:
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"{section}.{key}" if section else str(key),
                               f"unknown key.{hint} Allowed: {', '.join(sorted(allowed))}")
+
+
+@functools.lru_cache(maxsize=None)
+def field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        reject_unknown_keys("model", d, [f.name for f in fields(cls)])
+        reject_unknown_keys("model", d, field_names(cls))
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:

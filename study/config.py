@@ -8,7 +8,6 @@ size) are listed in ``NON_SEMANTIC`` and left out of the hash.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import hashlib
@@ -22,7 +21,7 @@ from typing import Any
 import yaml
 
 from model import flops
-from model.config import ConfigError, ModelConfig, reject_unknown_keys
+from model.config import ConfigError, ModelConfig, field_names, reject_unknown_keys
 
 SCHEDULES = ("constant", "cosine", "wsd")
 KINDS = ("pretrain", "sft")
@@ -214,7 +213,17 @@ class RunConfig:
 
     # -- (de)serialisation and identity ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        """Plain data (tuples as lists) for YAML/JSON. Sections are flat dataclasses, so a shallow walk is
+        exact, and ~10x faster than dataclasses.asdict when planning 10,000 runs."""
+        out: dict[str, Any] = {}
+        for name in field_names(RunConfig):
+            value = getattr(self, name)
+            if dataclasses.is_dataclass(value):
+                value = {k: list(v) if type(v) is tuple else v for k, v in value.__dict__.items()}
+            elif isinstance(value, dict):
+                value = copy_tree(value)
+            out[name] = value
+        return out
 
     def semantic_dict(self) -> dict[str, Any]:
         d = self.to_dict()
@@ -235,14 +244,13 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _plain(obj: Any) -> Any:
-    """Tuples -> lists, canonical floats, so the YAML/JSON forms are stable."""
+def copy_tree(obj: Any) -> Any:
+    """A deep copy of plain YAML data (dicts, lists, scalars): what copy.deepcopy does, without its
+    memo bookkeeping, which dominated planning large grids."""
     if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, float) and obj.is_integer() and abs(obj) < 2**53:
-        return float(obj)
+        return {k: copy_tree(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [copy_tree(v) for v in obj]
     return obj
 
 
@@ -251,13 +259,18 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "bat
             "budget": BudgetConfig, "eval": EvalConfig, "system": SystemConfig}
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def _coerce(section: str, cls: type, raw: dict) -> Any:
     """Build a section dataclass, coercing YAML scalars to the declared types (1 -> 1.0 for floats, '1e18'
     -> 1e18), so that equal configs hash equally however they were written."""
     if not isinstance(raw, dict):
         raise ConfigError(section, f"expected a mapping, got {type(raw).__name__}")
-    reject_unknown_keys(section, raw, [f.name for f in fields(cls)])
-    hints = typing.get_type_hints(cls)
+    reject_unknown_keys(section, raw, field_names(cls))
+    hints = _hints(cls)
     out = {}
     for name, value in raw.items():
         out[name] = _coerce_value(f"{section}.{name}", hints[name], value)
@@ -269,7 +282,12 @@ def _coerce(section: str, cls: type, raw: dict) -> Any:
         raise ConfigError(section, str(exc)) from exc
 
 
+_SIMPLE = {int: int, float: float, str: str, bool: bool}
+
+
 def _coerce_value(fld: str, hint: Any, value: Any) -> Any:
+    if _SIMPLE.get(hint) is type(value):  # already the declared type: the common case, kept fast
+        return value
     args = typing.get_args(hint)
     if value is None:
         if type(None) in args or hint is Any:
@@ -311,8 +329,8 @@ def tokenizer_vocab(spec: str) -> tuple[int, int]:
 def from_dict(raw: dict[str, Any]) -> RunConfig:
     """A validated RunConfig from a nested dict (as in YAML). The model's vocabulary comes from the tokenizer
     unless given, and its max_seq_len from data.seq_len unless given."""
-    raw = copy.deepcopy(raw or {})
-    reject_unknown_keys("", raw, [f.name for f in fields(RunConfig)])
+    raw = copy_tree(raw or {})
+    reject_unknown_keys("", raw, field_names(RunConfig))
     raw.setdefault("budget", {"steps": 100})
     sections = {name: _coerce(name, cls, raw.pop(name, {}) or {}) for name, cls in SECTIONS.items() if name != "model"}
     model_raw = dict(raw.pop("model", {}) or {})
@@ -325,13 +343,13 @@ def from_dict(raw: dict[str, Any]) -> RunConfig:
     top = {}
     for f in fields(RunConfig):
         if f.name in raw:
-            top[f.name] = raw[f.name] if f.name == "meta" else _coerce_value(f.name, typing.get_type_hints(RunConfig)[f.name], raw[f.name])
+            top[f.name] = raw[f.name] if f.name == "meta" else _coerce_value(f.name, _hints(RunConfig)[f.name], raw[f.name])
     return RunConfig(model=model, **sections, **top).validate()
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``key.sub=value`` strings (values parsed as YAML) applied to a nested dict."""
-    raw = copy.deepcopy(raw or {})
+    raw = copy_tree(raw or {})
     for item in overrides:
         if "=" not in item:
             raise ConfigError(item, "an override must look like key.sub=value (e.g. optim.lr=1e-3)")

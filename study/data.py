@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
-import torch
 
 from model.config import ConfigError
 from study import gsm8k_synth
@@ -672,6 +671,7 @@ def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, step
               rank: int = 0) -> torch.Tensor:
     """`batch_size` random windows of `seq_len` tokens, a pure function of (seed, step, rank): a run resumed
     at step k draws exactly what an uninterrupted run drew at step k, and ranks draw different windows."""
+    import torch  # late: planning a sweep resolves tokenizers without loading torch
     n = len(tokens)
     if n < seq_len:
         raise DataError("data.seq_len", f"{seq_len} is longer than the {n} training tokens available; lower "
@@ -685,6 +685,7 @@ def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, step
 def eval_batches(tokens: np.ndarray, n_seqs: int, seq_len: int) -> torch.Tensor:
     """`n_seqs` non-overlapping windows spread evenly over the validation split: every evaluation of every
     run scores the same tokens, and spreading them covers the whole held-out text, not just its start."""
+    import torch  # late: planning a sweep resolves tokenizers without loading torch
     n = len(tokens)
     if n_seqs < 1:
         raise DataError("eval.n_seqs", f"got {n_seqs}; must be >= 1")
@@ -763,6 +764,7 @@ def load_qa_rows(source: str, split: str = "train", limit: int | None = None) ->
 def prepare_qa(source: str, tokenizer: str | Tokenizer, seq_len: int, split: str = "train",
                limit: int | None = None) -> QAData:
     """Tokenise question/answer rows into (tokens, prompt_mask) of exactly `seq_len`, padded with eos."""
+    import torch  # late: planning a sweep resolves tokenizers without loading torch
     tok = get_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     rows = load_qa_rows(source, split, limit)
     prompts = _encode_many(tok, [format_prompt(r["question"]) for r in rows])
@@ -807,6 +809,7 @@ def _encode_many(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
 def get_qa_batch(qa: QAData, batch_size: int, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Examples for one step, a pure function of (seed, step): one shuffled pass per epoch, a fresh
     permutation for each epoch, so every example is seen once per epoch and a resumed run replays exactly."""
+    import torch  # late: planning a sweep resolves tokenizers without loading torch
     n = len(qa)
     positions = step * batch_size + np.arange(batch_size)
     epochs, offsets = positions // n, positions % n

@@ -188,11 +188,16 @@ def evaluate_tasks(run_dir: str | Path, req: EvalRequest) -> list[dict]:
                   "batch_size": req.batch_size, "run_dir": str(run_dir), "task_spec": t.spec, **res}
         store.atomic_write_json(path, record)
         if not req.quiet:
-            print(f"[{run_dir.name}] {t.name} S={knobs['loops']}"
-                  f"{'' if knobs['exit_threshold'] is None else ' eps=' + str(knobs['exit_threshold'])}: "
-                  f"{record['metric']} = {record['score']:.4f} (n={record['n']}, {res['wall_s']:.1f} s)", flush=True)
+            print(describe(run_dir, record, f"{res['wall_s']:.1f} s"), flush=True)
         out.append(record | {"cached": False})
     return out
+
+
+def describe(run_dir: Path, record: dict, note: str) -> str:
+    eps = record["exit_threshold"]
+    setting = f"S={record['loops']}" + ("" if eps is None else f" eps={eps} (mean loops {record['mean_loops']:.2f})")
+    return f"[{Path(run_dir).name}] {record['task']} {setting}: {record['metric']} = {record['score']:.4f} " \
+           f"(n={record['n']}, {note})"
 
 
 def evaluate_run(run_dir: str | Path, req: EvalRequest) -> dict[str, Any]:
@@ -303,6 +308,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--gpus-per-node", type=int, default=1)
     ap.add_argument("--cpus-per-task", type=int)
     ap.add_argument("--time-min", type=int, default=120)
+    ap.add_argument("--wait", action="store_true", help="with --executor slurm: wait for the jobs and print results")
     ap.add_argument("--quiet", action="store_true")
     return ap
 
@@ -317,8 +323,13 @@ def main(argv: list[str] | None = None) -> int:
         req = build_request(ns)
         runs = targets(ns.target)
         if ns.executor != "local":
-            for sub in submit(runs, req, ns):
+            subs = submit(runs, req, ns)
+            for sub in subs:
                 print(f"submitted {sub.name}: job {sub.job_id} ({sub.executor})")
+            if ns.wait or ns.executor == "debug":  # debug jobs run in this process, when asked for their result
+                for sub in subs:
+                    for r in sub.job.result().get("tasks", []):
+                        print(describe(Path(r["run_dir"]), r, "already done" if r.get("cached") else "done"))
             return 0
         failed = 0
         for rd in runs:
@@ -332,8 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for r in res.get("tasks", []):
                 if r.get("cached") and not ns.quiet:
-                    print(f"[{rd.name}] {r['task']} S={r['loops']}: {r['metric']} = {r['score']:.4f} "
-                          f"(n={r['n']}, already done)")
+                    print(describe(rd, r, "already done"))
             if res.get("attention") and not ns.quiet:
                 print(f"[{rd.name}] attention: {rd / EVALS_DIR}/attention-{res['attention']['attention_hash']}.json")
     except (EvalError, TaskError, DataError, ConfigError) as exc:
@@ -343,4 +353,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run from the importable module, not __main__: jobs pickle evaluate_run and EvalRequest by reference
+    from study.eval import main as _main
+
+    sys.exit(_main())

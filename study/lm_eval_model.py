@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
+import warnings
 from collections import defaultdict
 from typing import Any
 
@@ -123,6 +124,10 @@ class LoopMDMLM(LM):
         if loaded is None:
             if not run:
                 raise EvalError("run", "missing: pass model_args run=RUN_DIR (a trained run directory)")
+            if str(device).startswith("cuda") and not torch.cuda.is_available():
+                # lm-eval's CLI passes device=cuda:0 unless told otherwise, as its HF model assumes a GPU
+                warnings.warn(f"device={device} asked for but no CUDA device is visible: running on the CPU")
+                device = "cpu"
             loaded = load_run(run, ckpt, device, prefer_ema=bool(ema))
         self.loaded = loaded
         self.model = loaded.model

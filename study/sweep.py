@@ -17,13 +17,16 @@ Spec keys:
   resources: {executor, partition, gpus_per_node, time_min, ...}   # study/launch.py ResourceSpec
   resource_classes: {NAME: {overrides}}  # chosen per run by the axis/base key `resource_class`
   estimate: {tflops_per_gpu: 989, mfu: 0.4}   # for the plan's GPU-hours column
+  finetune: {corpus: SOURCE, roles: [looped, baseline_same], budget: {steps: N}, optim: {...}}
+                              # a second stage: each selected pretraining run gets a fine-tuned child
+                              # (kind: sft, init_from: its parent), submitted after the parent (SLURM
+                              # dependency afterok) and evaluated with `python -m study.eval`
 The run-dict key ``layout: {n_layers: 12, looped: [1, 2]}`` is a readable way to place the looped block.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import fnmatch
 import itertools
 import json
@@ -42,7 +45,8 @@ from study import store
 from study.scaling import RULES
 
 SPEC_KEYS = ["study", "description", "base", "axes", "zip", "baselines", "scaling", "resources",
-             "resource_classes", "estimate"]
+             "resource_classes", "estimate", "finetune"]
+ROLES = ("looped", "baseline_same", "baseline_deeper", "single")
 BASELINES = ("same_size", "deeper")
 ROLE_OF = {"same_size": "baseline_same", "deeper": "baseline_deeper"}
 
@@ -54,6 +58,7 @@ class PlannedRun:
     groups: list[dict] = field(default_factory=list)
     axes: dict = field(default_factory=dict)
     resource_class: str | None = None
+    parent: "PlannedRun | None" = None  # a fine-tuning run's pretrained parent
 
     @property
     def hash(self) -> str:
@@ -68,7 +73,7 @@ class PlannedRun:
 
     def final_config(self, study: str) -> config_mod.RunConfig:
         meta = {"study": study, "slug": self.slug, "hash": self.hash, "groups": self.groups, "axes": self.axes,
-                "resource_class": self.resource_class, "steps": self.cfg.steps,
+                "resource_class": self.resource_class, "steps": self.cfg.steps, "stage": self.cfg.kind,
                 "params": flops.param_counts(self.cfg.model).to_dict(self.cfg.model.expected_loops)}
         return self.cfg.replace(meta=meta)
 
@@ -85,6 +90,7 @@ class Spec:
     resources: dict
     resource_classes: dict
     estimate: dict
+    finetune: dict | None = None
     path: Path | None = None
 
 
@@ -130,9 +136,18 @@ def parse_spec(raw: dict, path: Path | None = None) -> Spec:
     classes = raw.get("resource_classes") or {}
     estimate = {"tflops_per_gpu": 989.0, "mfu": 0.4} | (raw.get("estimate") or {})
     reject_unknown_keys("estimate", estimate, ["tflops_per_gpu", "mfu"])
+    finetune = raw.get("finetune")
+    if finetune is not None:
+        if not isinstance(finetune, dict) or not finetune.get("corpus"):
+            raise ConfigError("finetune", "needs at least `corpus:` (a GSM8K-style jsonl, gsm8k-synth[:difficulty], "
+                              "hf:openai/gsm8k:main) and a budget, e.g. budget: {steps: 500}")
+        roles = finetune.get("roles", ["looped", "baseline_same"])
+        bad = [r for r in roles if r not in ROLES]
+        if bad:
+            raise ConfigError("finetune.roles", f"{bad} unknown; allowed: {', '.join(ROLES)}")
     return Spec(study=str(study), description=str(raw.get("description", "")), base=raw.get("base") or {},
                 axes=axes, zip=zips, baselines=baselines, scaling=scaling, resources=raw.get("resources") or {},
-                resource_classes=classes, estimate=estimate, path=path)
+                resource_classes=classes, estimate=estimate, finetune=finetune, path=path)
 
 
 # -- expansion ---------------------------------------------------------------------------------------
@@ -153,7 +168,7 @@ def _set(run: dict, dotted: str, value: Any) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(dotted, f"'{p}' is not a section")
-    node[parts[-1]] = copy.deepcopy(value)
+    node[parts[-1]] = config_mod.copy_tree(value)
 
 
 def _apply_layout(run: dict) -> None:
@@ -176,7 +191,18 @@ def _apply_layout(run: dict) -> None:
     model.update(n_head_layers=lo, n_mid_layers=hi - lo + 1, n_tail_layers=n - hi - 1)
 
 
-def _build(run: dict, spec: Spec, where: str) -> config_mod.RunConfig:
+class Where:
+    """Names a grid point in error messages; formatted only when an error is raised."""
+
+    def __init__(self, assignment: dict, note: str = ""):
+        self.assignment, self.note = assignment, note
+
+    def __str__(self) -> str:
+        text = json.dumps(self.assignment, default=str) if self.assignment else "base"
+        return f"{text} {self.note}".strip()
+
+
+def _build(run: dict, spec: Spec, where) -> config_mod.RunConfig:
     """A run dict -> validated RunConfig, scaling rules applied; errors say which grid point failed."""
     try:
         _apply_layout(run)
@@ -206,16 +232,16 @@ def expand(spec: Spec) -> list[PlannedRun]:
             pr.groups.append(group)
 
     for assignment in _assignments(spec):
-        run = copy.deepcopy(spec.base)
+        run = config_mod.copy_tree(spec.base)
         rclass = run.pop("resource_class", None)
         for key, value in assignment.items():
             if key == "resource_class":
                 rclass = value
             else:
                 _set(run, key, value)
-        where = json.dumps(assignment, default=str) if assignment else "base"
-        axes = {k: v for k, v in assignment.items()}
-        raw = copy.deepcopy(run)
+        where = Where(assignment)
+        axes = dict(assignment)
+        raw = config_mod.copy_tree(run) if spec.baselines else None
         cfg = _build(run, spec, where)
         if rclass is not None and rclass not in spec.resource_classes:
             raise ConfigError("resource_class", f"{rclass!r} is not defined under resource_classes "
@@ -226,14 +252,41 @@ def expand(spec: Spec) -> list[PlannedRun]:
         group_id = f"{store.safe_slug(config_mod.slug(cfg))}-{cfg.hash[:8]}"
         add(cfg, axes, rclass, {"group": group_id, "role": "looped"})
         for b in spec.baselines:
-            braw = copy.deepcopy(raw)
+            braw = config_mod.copy_tree(raw)
             _apply_layout(braw)
             model = dict(cfg.model.non_looped().to_dict() if b == "same_size" else cfg.model.deeper().to_dict())
             braw["model"] = model
             braw.setdefault("eval", {}).pop("loops", None)
-            bcfg = _build(braw, spec, f"{where} ({b} baseline)")
+            bcfg = _build(braw, spec, Where(assignment, f"({b} baseline)"))
             add(bcfg, axes, rclass, {"group": group_id, "role": ROLE_OF[b]})
-    return list(runs.values())
+    pretrain = list(runs.values())
+    return pretrain + (_finetune_children(spec, pretrain) if spec.finetune else [])
+
+
+def _finetune_children(spec: Spec, parents: list[PlannedRun]) -> list[PlannedRun]:
+    """One fine-tuning run per selected parent: the parent's network and tokenizer, its weights through a
+    study-relative ``init_from``, the finetune section's data, budget and optimisation."""
+    ft = dict(spec.finetune)
+    corpus = ft.pop("corpus")
+    roles = set(ft.pop("roles", ["looped", "baseline_same"]))
+    children = []
+    for parent in parents:
+        if not ({g["role"] for g in parent.groups} or {"single"}) & roles:
+            continue
+        raw = parent.cfg.to_dict()
+        raw.pop("meta", None)
+        raw["eval"] = {**raw["eval"], "points": 1}
+        raw["budget"] = {}
+        for key, value in ft.items():
+            raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
+        raw.update(kind="sft", init_from=str(Path("runs") / parent.run_dir(Path(".")).name))
+        raw["data"] = {**raw["data"], "corpus": corpus}
+        if not raw["budget"]:
+            raise ConfigError("finetune.budget", "give the fine-tuning length, e.g. budget: {steps: 500}")
+        cfg = _build(raw, spec, f"fine-tuning {parent.slug}")
+        children.append(PlannedRun(cfg=cfg, slug=store.safe_slug(config_mod.slug(cfg)), groups=list(parent.groups),
+                                   axes=parent.axes, resource_class=parent.resource_class, parent=parent))
+    return children
 
 
 # -- the plan ----------------------------------------------------------------------------------------
@@ -360,15 +413,33 @@ def run_locally(study_dir: Path, spec: Spec, runs: list[PlannedRun]) -> int:
 def submit_slurm(study_dir: Path, spec: Spec, runs: list[PlannedRun], resources, wait: bool) -> int:
     from study import launch
 
-    jobs = []
-    for r in runs:
+    def job(r: PlannedRun, depends_on: str | None = None):
         res = resources
         if r.resource_class:
             res = launch.ResourceSpec.from_dict(dict(spec.resources) | spec.resource_classes[r.resource_class])
+        if depends_on:  # a fine-tuning run starts only once its parent finished
+            res = launch.ResourceSpec.from_dict(res.to_dict() | {
+                "additional": dict(res.additional) | {"dependency": f"afterok:{depends_on}"}})
         cfg = r.final_config(spec.study)
-        jobs.append(launch.Job(key=r.hash[:12], name=r.slug, fn=run_point, args=(cfg.to_dict(), str(r.run_dir(study_dir))),
-                               run_dir=r.run_dir(study_dir), resources=res))
-    submitted = launch.submit(jobs, resources, study_dir / "submitit", study_dir=study_dir, check_cluster=True)
+        return launch.Job(key=r.hash[:12], name=r.slug, fn=run_point, args=(cfg.to_dict(), str(r.run_dir(study_dir))),
+                          run_dir=r.run_dir(study_dir), resources=res)
+
+    first = [r for r in runs if r.parent is None]
+    submitted = launch.submit([job(r) for r in first], resources, study_dir / "submitit", study_dir=study_dir,
+                              check_cluster=True) if first else []
+    children = [r for r in runs if r.parent is not None]
+    if children:
+        known = {k: j.job_id for k, j in store.known_jobs(study_dir).items() if j.queued and j.job_id}
+        deps = []
+        for r in children:
+            if store.read_json(r.parent.run_dir(study_dir) / store.DONE) is not None:
+                deps.append(job(r))
+            elif r.parent.hash[:12] in known:
+                deps.append(job(r, known[r.parent.hash[:12]]))
+            else:
+                print(f"skipping {r.slug}: its parent {r.parent.slug} is neither done nor queued "
+                      f"(it failed? resubmit with --retry)", file=sys.stderr)
+        submitted += launch.submit(deps, resources, study_dir / "submitit", study_dir=study_dir, check_cluster=True)
     for s in submitted:
         print(f"submitted {s.name} as job {s.job_id}")
     if wait:

@@ -124,6 +124,17 @@ def load_weights(ckpt: Path, model: torch.nn.Module, prefer_ema: bool = True) ->
     return meta
 
 
+def resolve_parent(init_from: str, run_dir: Path) -> Path:
+    """A sweep writes ``init_from`` relative to its study directory (``runs/<slug>-<hash>``), so a fine-tuned
+    run's identity does not depend on where the study lives; a user may also pass any path."""
+    p = Path(init_from)
+    if not p.is_absolute():
+        in_study = Path(run_dir).resolve().parent.parent / p
+        if in_study.is_dir():
+            return in_study
+    return p
+
+
 @dataclass
 class Progress:
     """What the loop carries between steps (and through a checkpoint, as DeepSpeed client state)."""
@@ -183,7 +194,7 @@ class Trainer:
 
         cfg = self.cfg
         if cfg.init_from:
-            self.parent_ckpt = latest_checkpoint(Path(cfg.init_from))
+            self.parent_ckpt = latest_checkpoint(resolve_parent(cfg.init_from, self.run_dir))
             if self.parent_ckpt is None:
                 raise RunError(f"init_from={cfg.init_from} has no complete checkpoint; train that run first")
         cache = Path(cfg.data.cache_dir or os.environ.get("LOOPMDM_CACHE", Path.home() / ".cache" / "loopmdm"))
