@@ -207,6 +207,11 @@ class Trainer:
                                          max_tokens=cfg.data.max_tokens)
             self.train_tokens = td.train
             self.eval_tokens = data_mod.eval_batches(td.val, cfg.eval.n_seqs, cfg.data.seq_len)
+        tok = data_mod.get_tokenizer(cfg.data.tokenizer)
+        if (tok.vocab_size, tok.mask_id) != (cfg.model.vocab_size, cfg.model.mask_id):
+            raise RunError(f"model.vocab_size={cfg.model.vocab_size} (mask id {cfg.model.mask_id}) does not match "
+                           f"tokenizer {cfg.data.tokenizer!r} ({tok.vocab_size} tokens, mask id {tok.mask_id}); "
+                           f"leave model.vocab_size out to take the tokenizer's")
         self.data_mod = data_mod
 
     def _build_engine(self) -> None:
