@@ -116,15 +116,21 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def plain_stack(self, n_layers: int) -> "ModelConfig":
+        """A non-looped MDM of ``n_layers``, written canonically (all layers in the 'mid' slot, S = 1): where a
+        looped block sat makes no difference once nothing loops, so baselines of different placements are
+        one and the same run (and, as blocks are built in order, the same initial weights)."""
+        return self.replace(n_head_layers=0, n_mid_layers=n_layers, n_tail_layers=0, s_max=1, loop_dist="fixed")
+
     def non_looped(self) -> "ModelConfig":
-        """The same-size MDM: identical weights' shapes, mid block applied once."""
-        return self.replace(s_max=1, loop_dist="fixed")
+        """The same-size MDM: the same layers, the mid block applied once."""
+        return self.plain_stack(self.n_layers_physical)
 
     def deeper(self, loops: float | None = None) -> "ModelConfig":
         """The non-looped MDM whose depth equals the looped model's at ``loops`` (default E[S]): the mid block
         unrolled into round(loops * n_mid_layers) distinct layers (E[S]=6.5 with 2 looped layers -> 13)."""
         k = self.expected_loops if loops is None else loops
-        return self.replace(n_mid_layers=max(1, int(round(k * self.n_mid_layers))), s_max=1, loop_dist="fixed")
+        return self.plain_stack(self.n_head_layers + max(1, int(round(k * self.n_mid_layers))) + self.n_tail_layers)
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return type(self)(**{**asdict(self), **changes})

@@ -166,8 +166,10 @@ def test_deeper_mdm_has_flops_of_looped_at_k():
         for conv in flops.CONVENTIONS:
             assert flops.train_flops_per_token(deep, 32, 1, conv) == pytest.approx(
                 flops.train_flops_per_token(cfg, 32, k, conv))
-    assert cfg.deeper().n_mid_layers == round(cfg.expected_loops * cfg.n_mid_layers)
+    assert cfg.deeper().n_layers_physical == 1 + round(cfg.expected_loops * cfg.n_mid_layers) + 1
     assert tiny(s_max=12).deeper().n_layers_physical == 1 + 13 + 1  # E[S] = 6.5 with 2 looped layers
+    # the same-size baseline holds the same layers, so the same parameters
+    assert flops.param_counts(cfg.non_looped()).total == flops.param_counts(cfg).total
 
 
 def test_conventions_and_expectations():

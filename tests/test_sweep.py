@@ -38,8 +38,8 @@ def test_expansion_emits_matched_baselines_in_groups():
         same = next(r for r in members if r.role == "baseline_same")
         deep = next(r for r in members if r.role == "baseline_deeper")
         assert same.cfg.model.s_max == 1 and same.cfg.model.n_layers_physical == looped.cfg.model.n_layers_physical
-        # E[S] = 2.5 with one looped layer -> round(2.5) = 2 layers unrolled
-        assert deep.cfg.model.n_mid_layers == round(looped.cfg.model.expected_loops * 1)
+        # E[S] = 2.5 with one looped layer -> round(2.5) = 2 layers unrolled: 1 + 2 + 1
+        assert deep.cfg.model.n_layers_physical == 4 and deep.cfg.model.s_max == 1
         assert same.cfg.steps == looped.cfg.steps  # a steps budget is shared as given
 
 
@@ -49,6 +49,13 @@ def test_shared_baseline_is_one_run_in_two_groups():
     assert len(runs) == 3  # two looped runs share one same-size baseline
     base = next(r for r in runs if r.role == "baseline_same")
     assert len(base.groups) == 2
+
+
+def test_baselines_of_different_placements_are_one_run():
+    s = spec(axes={"layout": [{"n_layers": 4, "looped": [1]}, {"n_layers": 4, "looped": [2]}]},
+             baselines=["same_size"], base={**BASE, "budget": {"steps": 5}})
+    runs = sweep.expand(s)
+    assert len(runs) == 3 and len(next(r for r in runs if r.role == "baseline_same").groups) == 2
 
 
 def test_zip_and_layout():
