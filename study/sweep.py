@@ -281,6 +281,8 @@ def _finetune_children(spec: Spec, parents: list[PlannedRun]) -> list[PlannedRun
             raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
         raw.update(kind="sft", init_from=str(Path("runs") / parent.run_dir(Path(".")).name))
         raw["data"] = {**raw["data"], "corpus": corpus}
+        # RoPE tables are not weights: a longer fine-tuning context only raises the model's limit
+        raw["model"]["max_seq_len"] = max(raw["model"]["max_seq_len"], raw["data"]["seq_len"])
         if not raw["budget"]:
             raise ConfigError("finetune.budget", "give the fine-tuning length, e.g. budget: {steps: 500}")
         cfg = _build(raw, spec, f"fine-tuning {parent.slug}")

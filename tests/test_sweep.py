@@ -148,3 +148,24 @@ def test_only_selects_and_failed_needs_retry(tmp_path, capsys):
     assert "0 to run" in capsys.readouterr().out
     assert sweep.main([str(p), "--out", str(out), "--no-report", "--only", runs[1].hash[:10], "--retry"]) == 0
     assert store.read_json(other / "DONE.json") is not None
+
+
+def test_finetune_stage_runs_after_its_parents(tmp_path, capsys):
+    """Two stages in one spec: each looped/same-size pretraining run gets a fine-tuned child that starts
+    from its weights (init_from relative to the study, so the child's identity does not depend on where
+    the study lives)."""
+    ft = {"corpus": "gsm8k-synth:easy", "roles": ["looped"], "budget": {"steps": 3}, "optim": {"lr": 1e-3},
+          "data": {"seq_len": 160}}
+    p = _write(tmp_path, axes={"budget.steps": [4]}, finetune=ft)
+    runs = sweep.expand(sweep.load_spec(p))
+    children = [r for r in runs if r.parent is not None]
+    assert len(runs) == 3 and len(children) == 1
+    child = children[0]
+    assert child.cfg.kind == "sft" and child.parent.role == "looped"
+    assert child.cfg.init_from == f"runs/{child.parent.run_dir(tmp_path).name}"
+    assert child.cfg.model == child.parent.cfg.model.replace(max_seq_len=160)
+    out = tmp_path / "study"
+    assert sweep.main([str(p), "--out", str(out), "--no-report"]) == 0
+    assert [s.state for s in store.scan_study(out)] == ["done"] * 3
+    with pytest.raises(ConfigError, match="finetune.budget"):
+        sweep.expand(sweep.parse_spec({**yaml.safe_load(p.read_text()), "finetune": {"corpus": "gsm8k-synth"}}))
