@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from . import fits as F
+from . import paired as PA
 from ._util import CONVENTIONS, derive_rng, fmt, jsonable, normalise_convention
 from .select import (CORE_COLUMNS, choose_eval_loops, final_points, fixed_loops, missing_columns,
                      schedule_note, trajectory, unique_points)
@@ -66,6 +67,12 @@ class Claim:
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(dataclasses.asdict(self))
+
+
+def _ensure_columns(df: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
+    """Optional columns (per-sequence NLLs, eval-set keys, ...) as None when a table lacks them."""
+    miss = [c for c in cols if c not in df.columns]
+    return df.assign(**{c: None for c in miss}) if miss else df
 
 
 def _inconclusive(key: str, name: str, statement: str, paper_value: float | None, paper_text: str, unit: str,
@@ -160,43 +167,60 @@ def claim_multiplier(fits: StudyFits, convention: str, *, paper: float = PAPER_M
 
 # -------------------------------------------------------------------------- 2. paper's own protocol
 PROTO_RULE = ("per comparison group: baseline total FLOPs / FLOPs at which LoopMDM (fixed S) first reaches the "
-              "baseline's final NLL along its eval points (log-FLOPs interpolation); CI from a parametric "
-              "bootstrap of every eval point with its MC standard error, and resampling of seeds and groups. "
+              "baseline's final NLL along its eval points (log-FLOPs interpolation); CI from a bootstrap of the "
+              "eval noise — paired, resampling the shared eval sequences (nll_per_seq) for every point of both "
+              "runs at once, or, without per-sequence NLLs, drawing each point from its MC standard error — and "
+              "resampling of seeds and groups. "
               "Headline = geometric mean over groups: supported if its 95% CI lies above 1, not supported if "
               "below 1, else inconclusive")
 
 
+def _crossing(Ct: np.ndarray, Cb: float, L: np.ndarray, lb: np.ndarray) -> np.ndarray:
+    """Multiplier Cb / C* for each row of ``L`` (draws x eval points) against the baseline loss ``lb``
+    (one per draw). C* = first crossing of the trajectory below lb, linear in log C between eval points.
+    Censored cases are made conservative: never reached -> 0 (no saving shown); reached at the first
+    eval point -> Cb / C_first (a lower bound). ``Ct`` must be > 0."""
+    L = np.atleast_2d(L)
+    lb = np.atleast_1d(lb)[:, None]
+    cond = L <= lb
+    reached = cond.any(axis=1)
+    k = np.argmax(cond, axis=1)
+    lc = np.log(Ct)
+    out = np.zeros(L.shape[0])
+    first = reached & (k == 0)
+    out[first] = Cb / Ct[0]
+    mid = reached & (k > 0)
+    if mid.any():
+        kk = k[mid]
+        l0, l1 = L[mid, kk - 1], L[mid, kk]
+        step = l1 - l0
+        safe = np.where(step != 0, step, -1.0)
+        t = np.clip((lb[mid, 0] - l0) / safe, 0, 1)
+        out[mid] = Cb / np.exp(lc[kk - 1] + t * (lc[kk] - lc[kk - 1]))
+    return out
+
+
 def _crossing_draws(Ct: np.ndarray, Lt: np.ndarray, St: np.ndarray, Cb: float, Lb: float, Sb: float,
-                    rng: np.random.Generator, n_boot: int) -> tuple[float, np.ndarray, str]:
-    """Multiplier Cb / C* (point and draws). C* = first crossing of the trajectory below Lb, linear in
-    log C between eval points. Censored cases are made conservative: never reached -> 0 (no saving
-    shown); reached at the first eval point -> Cb / C_first (a lower bound)."""
+                    rng: np.random.Generator, n_boot: int, *, paired: tuple[np.ndarray, np.ndarray] | None = None,
+                    weights: np.ndarray | None = None) -> tuple[float, np.ndarray, str]:
+    """Multiplier (point and ``n_boot`` draws) and its censoring status.
 
-    def mult(L: np.ndarray, lb: np.ndarray) -> np.ndarray:
-        L = np.atleast_2d(L)
-        lb = np.atleast_1d(lb)[:, None]
-        cond = L <= lb
-        reached = cond.any(axis=1)
-        k = np.argmax(cond, axis=1)
-        lc = np.log(Ct)
-        out = np.zeros(L.shape[0])
-        first = reached & (k == 0)
-        out[first] = Cb / Ct[0]
-        mid = reached & (k > 0)
-        if mid.any():
-            kk = k[mid]
-            l0, l1 = L[mid, kk - 1], L[mid, kk]
-            t = np.clip((lb[mid, 0] - l0) / np.where(l1 != l0, l1 - l0, -1e-300), 0, 1)
-            out[mid] = Cb / np.exp(lc[kk - 1] + t * (lc[kk] - lc[kk - 1]))
-        return out
-
-    point = float(mult(Lt[None, :], np.array([Lb]))[0])
+    Paired (``paired`` = (per-sequence NLLs of the trajectory (K, N), of the baseline (N,)) and
+    ``weights`` (n_boot, N) from ``paired.bootstrap_weights``): every draw resamples the same eval
+    sequences for all trajectory points and the baseline, so the shared sequence difficulty and masking
+    noise cancel in the comparison. Otherwise each point is drawn independently with its MC s.e."""
+    point = float(_crossing(Ct, Cb, Lt[None, :], np.array([Lb]))[0])
     status = "reached" if np.any(Lt <= Lb) else "not reached"
     if status == "reached" and Lt[0] <= Lb:
         status = "reached at the first eval point (lower bound)"
-    Lt_d = Lt[None, :] + rng.standard_normal((n_boot, Lt.size)) * np.nan_to_num(St, nan=0.0)[None, :]
-    Lb_d = Lb + rng.standard_normal(n_boot) * (0.0 if not np.isfinite(Sb) else Sb)
-    return point, mult(Lt_d, Lb_d), status
+    if paired is not None and weights is not None:
+        Pt, pb = paired
+        Lt_d = weights @ Pt.T
+        Lb_d = weights @ pb
+    else:
+        Lt_d = Lt[None, :] + rng.standard_normal((n_boot, Lt.size)) * np.nan_to_num(St, nan=0.0)[None, :]
+        Lb_d = Lb + rng.standard_normal(n_boot) * (0.0 if not np.isfinite(Sb) else Sb)
+    return point, _crossing(Ct, Cb, Lt_d, Lb_d), status
 
 
 def _membership(df: pd.DataFrame) -> pd.DataFrame:
@@ -232,6 +256,7 @@ def claim_protocol(df: pd.DataFrame, convention: str, *, loops: int | None = Non
     if loops is None:
         return _inconclusive(*args, "no final fixed-loop evaluations of LoopMDM")
     rng = derive_rng(seed, "protocol", conv)
+    df = _ensure_columns(df, ["nll_per_seq", "eval_set"])
     mem = _membership(df)
     fx = unique_points(fixed_loops(df[df["run"].isin(mem["run"])]))
     fx = fx[np.isfinite(pd.to_numeric(fx[conv], errors="coerce").astype(float))]
@@ -240,9 +265,14 @@ def claim_protocol(df: pd.DataFrame, convention: str, *, loops: int | None = Non
     lt_tab = fx[fx["run"].isin(loop_runs_all) & (fx["eval_loops"] == loops)]
     bt_tab = fx[fx["run"].isin(base_runs_all) & fx["is_final"]]
     bt_tab = bt_tab[bt_tab["eval_loops"] == bt_tab.groupby("run")["eval_loops"].transform("min")]
-    cols = [conv, "nll", "nll_se", "step"]
+    # a point at 0 FLOPs (the step-0 eval) has no place on a log-FLOPs axis
+    lt_tab = lt_tab[pd.to_numeric(lt_tab[conv], errors="coerce").astype(float) > 0]
+    cols = [conv, "nll", "nll_se", "step", "nll_per_seq", "eval_set"]
     traj = _per_run_arrays(lt_tab, cols, [conv, "step"])
     fin = _per_run_arrays(bt_tab, cols, ["step"])
+    weights: dict[int, np.ndarray] = {}
+    methods: list[str] = []
+    n_paired: list[int] = []
     budget_of = df.drop_duplicates("run").set_index("run")["budget_flops"]
     groups = []
     caveats: list[str] = []
@@ -257,8 +287,19 @@ def claim_protocol(df: pd.DataFrame, convention: str, *, loops: int | None = Non
         pts, draws, stats = [], [], []
         for lr, br in pairs:
             t, b = traj[lr], fin[br]
+            S = PA.stack(list(t["nll_per_seq"]) + [b["nll_per_seq"][-1]],
+                        list(t["eval_set"]) + [b["eval_set"][-1]])
+            paired = w = None
+            if S is not None:
+                paired, n = (S[:-1], S[-1]), S.shape[1]
+                if n not in weights:
+                    weights[n] = PA.bootstrap_weights(n, n_boot, rng)
+                w = weights[n]
+            methods.append(PA.PAIRED if S is not None else PA.UNPAIRED)
+            n_paired.append(S.shape[1] if S is not None else 0)
             p, dr, st = _crossing_draws(t[conv].astype(float), t["nll"].astype(float), t["nll_se"].astype(float),
-                                        float(b[conv][-1]), float(b["nll"][-1]), float(b["nll_se"][-1]), rng, n_boot)
+                                        float(b[conv][-1]), float(b["nll"][-1]), float(b["nll_se"][-1]), rng, n_boot,
+                                        paired=paired, weights=w)
             pts.append(p)
             draws.append(dr)
             stats.append(st)
@@ -296,18 +337,23 @@ def claim_protocol(df: pd.DataFrame, convention: str, *, loops: int | None = Non
                        "the loss it would reach): the tidy table does not record the schedule")
     elif "cos" in sched.lower():
         caveats.append(f"schedule axis says '{sched}': mid-schedule points of cosine runs are biased; prefer claim 1")
+    caveats.append(PA.method_note(methods, n_paired, "LoopMDM/baseline pairs", kind="eval noise in the bootstrap"))
     if len(groups) == 1:
         caveats.append("a single comparison group: the CI reflects eval noise (and seeds) only")
     if all(gr["n_pairs"] == 1 for gr in groups):
         caveats.append("one seed per config: training-seed variance is not in the CI")
     details = dict(convention=conv, eval_loops=loops, groups=[{k: v for k, v in gr.items() if k != "draws"}
-                                                              for gr in groups], n_groups=len(groups))
+                                                              for gr in groups], n_groups=len(groups),
+                   eval_noise=dict(paired_pairs=methods.count(PA.PAIRED), unpaired_pairs=methods.count(PA.UNPAIRED),
+                                   n_seqs=sorted(set(n for n in n_paired if n))))
     return Claim(key, name, statement, paper, "up to 3.3x", pooled, lo, hi, "x", verdict, PROTO_RULE, caveats, details)
 
 
 # ------------------------------------------------------------------------------------ 3. deeper MDM
 DEEPER_RULE = ("ΔNLL = NLL(deeper MDM) − NLL(LoopMDM at S), final evals, paired by comparison group (and seed); "
-               "mean over groups with a 95% CI from MC standard errors and resampling groups: supported if the "
+               "mean over groups with a 95% CI from each group's standard error (paired over the shared eval "
+               "sequences when nll_per_seq is there, else the two MC errors combined) and resampling groups: "
+               "supported if the "
                "CI lies above 0 (LoopMDM better), not supported if below 0, else inconclusive")
 
 
@@ -325,6 +371,7 @@ def claim_deeper(df: pd.DataFrame, *, loops: int | None = None, n_boot: int = 10
     if loops is None:
         return _inconclusive(*args, "no final fixed-loop evaluations of LoopMDM")
     rng = derive_rng(seed, "deeper")
+    df = _ensure_columns(df, ["nll_per_seq", "eval_set"])
     mem = _membership(df)
     lp = final_points(df, "loopmdm", loops).set_index("run")
     dp = final_points(df, "mdm_deeper").set_index("run")
@@ -337,13 +384,18 @@ def claim_deeper(df: pd.DataFrame, *, loops: int | None = None, n_boot: int = 10
         pairs = [(a, b) for a in la for b in de if lp.at[a, "seed"] == dp.at[b, "seed"]] or \
                 [(a, b) for a in la for b in de]
         d = np.array([dp.at[b, "nll"] - lp.at[a, "nll"] for a, b in pairs], float)
-        se = np.array([math.hypot(np.nan_to_num(lp.at[a, "nll_se"]), np.nan_to_num(dp.at[b, "nll_se"]))
-                       for a, b in pairs])
-        with np.errstate(all="ignore"):
-            fl = [float(dp.at[b, "flops_6N_nonembed"]) / float(lp.at[a, "flops_6N_nonembed"]) for a, b in pairs]
-        fl = [f for f in fl if np.isfinite(f)]
+        ses = [PA.diff_se(dp.at[b, "nll_per_seq"], lp.at[a, "nll_per_seq"], dp.at[b, "nll_se"], lp.at[a, "nll_se"],
+                          dp.at[b, "eval_set"], lp.at[a, "eval_set"]) for a, b in pairs]
+        se = np.array([x[0] for x in ses])
+        fl = []
+        for a, b in pairs:
+            num, den = float(dp.at[b, "flops_6N_nonembed"]), float(lp.at[a, "flops_6N_nonembed"])
+            if np.isfinite(num) and np.isfinite(den) and num > 0 and den > 0:
+                fl.append(num / den)
+        method = PA.PAIRED if all(x[1] == PA.PAIRED for x in ses) else PA.UNPAIRED
         rows.append(dict(group=str(g), delta=float(d.mean()), se=float(np.sqrt(np.sum(se**2)) / len(d)),
-                         n_pairs=len(d), flops_ratio_deeper_over_loop=float(np.mean(fl)) if fl else None))
+                         se_method=method, n_seqs=min(x[2] for x in ses), n_pairs=len(d),
+                         flops_ratio_deeper_over_loop=float(np.mean(fl)) if fl else None))
     if not rows:
         return _inconclusive(*args, f"no comparison group has a LoopMDM final eval at S={loops} and a deeper-MDM "
                                     f"final eval")
@@ -353,7 +405,8 @@ def claim_deeper(df: pd.DataFrame, *, loops: int | None = None, n_boot: int = 10
     if dlt.size > 1:
         draws = np.take_along_axis(draws, rng.integers(0, dlt.size, size=draws.shape), axis=1)
     lo, hi = F.percentile_ci(draws.mean(axis=1), level)
-    caveats = [f"LoopMDM at S={loops}; the deeper MDM's inference cost matches E[S] loops, not S"]
+    caveats = [f"LoopMDM at S={loops}; the deeper MDM's inference cost matches E[S] loops, not S",
+               PA.method_note([r["se_method"] for r in rows], [r["n_seqs"] for r in rows], "groups")]
     if dlt.size == 1:
         caveats.append("a single comparison group: the CI reflects eval noise only")
     fr = [r["flops_ratio_deeper_over_loop"] for r in rows if r["flops_ratio_deeper_over_loop"] is not None]
@@ -367,8 +420,9 @@ def claim_deeper(df: pd.DataFrame, *, loops: int | None = None, n_boot: int = 10
 
 
 # ------------------------------------------------------------------------------ 4. inference loops
-LOOPS_RULE = ("slope of final NLL vs log2(S) for S <= s_max, per looped run, averaged over runs (95% CI from MC "
-              "standard errors and resampling runs): supported if the CI lies below 0 (more loops, lower NLL), "
+LOOPS_RULE = ("slope of final NLL vs log2(S) for S <= s_max, per looped run, averaged over runs (95% CI from each "
+              "run's slope standard error — paired over the shared eval sequences when nll_per_seq is there, else "
+              "from the MC errors — and resampling runs): supported if the CI lies below 0 (more loops, lower NLL), "
               "not supported if above 0, else inconclusive; monotonicity (no rise beyond 2 MC s.e.) reported")
 
 
@@ -383,7 +437,8 @@ def claim_loop_scaling(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, l
         return _inconclusive(*args, "no final fixed-loop evaluations of LoopMDM")
     rng = derive_rng(seed, "loops")
     runs = []
-    per = _per_run_arrays(d, ["eval_loops", "nll", "nll_se", "s_max"], ["eval_loops"])
+    d = _ensure_columns(d, ["nll_per_seq", "eval_set"])
+    per = _per_run_arrays(d, ["eval_loops", "nll", "nll_se", "s_max", "nll_per_seq", "eval_set"], ["eval_loops"])
     for run, a in per.items():
         S = a["eval_loops"].astype(float)
         smax = float(np.nanmax(pd.to_numeric(pd.Series(a["s_max"]), errors="coerce"))) if len(a["s_max"]) else np.nan
@@ -395,11 +450,20 @@ def claim_loop_scaling(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, l
         s = np.nan_to_num(a["nll_se"][inside].astype(float))
         xc = x - x.mean()
         slope = float(xc @ (y - y.mean()) / (xc @ xc))
-        slope_se = float(np.sqrt(np.sum((xc / (xc @ xc)) ** 2 * s**2)))
-        rises = np.diff(y) > 2 * np.sqrt(s[1:] ** 2 + s[:-1] ** 2)
+        Y = PA.stack(list(a["nll_per_seq"][inside]), list(a["eval_set"][inside]))
+        if Y is not None:  # paired: every S of a run sees the same sequences and noise
+            n = Y.shape[1]
+            slope_se = float(((xc @ Y) / (xc @ xc)).std(ddof=1) / math.sqrt(n))
+            step_se = np.diff(Y, axis=0).std(axis=1, ddof=1) / math.sqrt(n)
+        else:
+            n = 0
+            slope_se = float(np.sqrt(np.sum((xc / (xc @ xc)) ** 2 * s**2)))
+            step_se = np.sqrt(s[1:] ** 2 + s[:-1] ** 2)
+        rises = np.diff(y) > 2 * step_se
         at_smax = float(y[S[inside] == S[inside].max()].mean())
         beyond = ~inside
-        runs.append(dict(run=str(run), s_max=smax, slope=slope, slope_se=slope_se, monotone=bool(not rises.any()),
+        runs.append(dict(run=str(run), s_max=smax, slope=slope, slope_se=slope_se,
+                         se_method=PA.PAIRED if Y is not None else PA.UNPAIRED, n_seqs=n, monotone=bool(not rises.any()),
                          n_loops=int(np.unique(S[inside]).size),
                          beyond_delta=float(a["nll"][beyond][-1] - at_smax) if beyond.any() else None,
                          beyond_S=int(S[beyond][-1]) if beyond.any() else None))
@@ -412,7 +476,8 @@ def claim_loop_scaling(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, l
         draws = np.take_along_axis(draws, rng.integers(0, sl.size, size=draws.shape), axis=1)
     lo, hi = F.percentile_ci(draws.mean(axis=1), level)
     mono = float(np.mean([r["monotone"] for r in runs]))
-    caveats = [f"{mono:.0%} of {len(runs)} looped runs improve monotonically up to s_max (within 2 MC s.e.)"]
+    caveats = [f"{mono:.0%} of {len(runs)} looped runs improve monotonically up to s_max (within 2 MC s.e.)",
+               PA.method_note([r["se_method"] for r in runs], [r["n_seqs"] for r in runs], "looped runs")]
     bd = [r["beyond_delta"] for r in runs if r["beyond_delta"] is not None]
     if bd:
         caveats.append(f"beyond s_max (S up to {max(r['beyond_S'] for r in runs if r['beyond_S'])}): mean ΔNLL "
@@ -431,7 +496,8 @@ def claim_loop_scaling(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, l
 
 # ---------------------------------------------------------------------------------- 5. adaptive exit
 ADAPT_RULE = ("per exit threshold, over looped runs' final evals: saving = 1 − mean loops used / S cap, "
-              "ΔNLL = NLL(adaptive) − NLL(fixed S cap); 'equal quality' if the upper 95% CI bound of the mean ΔNLL "
+              "ΔNLL = NLL(adaptive) − NLL(fixed S cap) (its error paired over the shared eval sequences when nll_per_seq "
+              "is there, else the two MC errors combined); 'equal quality' if the upper 95% CI bound of the mean ΔNLL "
               "is within the margin (default 2 x median MC s.e.). Supported if an equal-quality threshold has a "
               "saving CI above 0; not supported if every saving threshold is clearly worse (ΔNLL CI above the "
               "margin); else inconclusive. Measured = the largest equal-quality saving")
@@ -449,23 +515,25 @@ def claim_adaptive(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, margi
     ad = d[d["exit_threshold"].notna()]
     if ad.empty:
         return _inconclusive(*args, "no evaluations with exit_threshold set (no adaptive-exit runs)")
-    fx = fixed_loops(d)[["run", "eval_loops", "nll", "nll_se"]]
+    d, ad = (_ensure_columns(x, ["nll_per_seq", "eval_set"]) for x in (d, ad))
     rng = derive_rng(seed, "adaptive")
-    a = ad[["run", "eval_loops", "s_max", "exit_threshold", "nll", "nll_se", "mean_loops"]].copy()
-    a["cap"] = a["eval_loops"].where(a["eval_loops"].notna(), a["s_max"]).astype(float)
-    ref = fx.rename(columns={"eval_loops": "cap", "nll": "nll_f", "nll_se": "se_f"})
-    ref["cap"] = ref["cap"].astype(float)
-    m = a.merge(ref, on=["run", "cap"], how="left")
-    # fall back to the fixed eval at s_max when there is none at the cap
-    miss = m["nll_f"].isna()
-    if miss.any():
-        alt = a[miss.to_numpy()].assign(cap=lambda t: t["s_max"].astype(float)).merge(ref, on=["run", "cap"], how="left")
-        m.loc[miss.to_numpy(), ["cap", "nll_f", "se_f"]] = alt[["cap", "nll_f", "se_f"]].to_numpy()
-    m = m[m["nll_f"].notna() & m["mean_loops"].notna()]
-    rows = [dict(run=r.run, threshold=float(r.exit_threshold), saving=1 - float(r.mean_loops) / float(r.cap),
-                 delta=float(r.nll - r.nll_f), se=math.hypot(np.nan_to_num(r.nll_se), np.nan_to_num(r.se_f)),
-                 se_fixed=float(np.nan_to_num(r.se_f)), mean_loops=float(r.mean_loops), cap=float(r.cap))
-            for r in m.itertuples(index=False)]
+    cols = ["run", "eval_loops", "s_max", "exit_threshold", "nll", "nll_se", "mean_loops", "nll_per_seq", "eval_set"]
+    ref = {(r[0], float(r[1])): r for r in fixed_loops(d)[cols].itertuples(index=False, name=None)
+           if r[1] is not None and np.isfinite(float(r[1]))}
+    rows = []
+    for r in ad[cols].itertuples(index=False):
+        cap = float(r.eval_loops) if pd.notna(r.eval_loops) else float(r.s_max)
+        # the fixed eval at the cap, else at s_max
+        f = ref.get((r.run, cap))
+        if f is None and pd.notna(r.s_max):
+            cap = float(r.s_max)
+            f = ref.get((r.run, cap))
+        if f is None or not pd.notna(r.mean_loops):
+            continue
+        se, method, n = PA.diff_se(r.nll_per_seq, f[7], r.nll_se, f[5], r.eval_set, f[8])
+        rows.append(dict(run=r.run, threshold=float(r.exit_threshold), saving=1 - float(r.mean_loops) / cap,
+                         delta=float(r.nll - f[4]), se=se, se_method=method, n_seqs=n,
+                         se_fixed=float(np.nan_to_num(f[5])), mean_loops=float(r.mean_loops), cap=cap))
     if not rows:
         return _inconclusive(*args, "adaptive evals have no fixed-loop reference (fixed S = cap or s_max) or no "
                                     "mean_loops")
@@ -487,9 +555,11 @@ def claim_adaptive(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, margi
         per.append(dict(threshold=float(thr), n_runs=int(dl.size), saving=float(sv.mean()), saving_low=slo,
                         saving_high=shi, delta=float(dl.mean()), delta_low=dlo, delta_high=dhi,
                         mean_loops=float(dt["mean_loops"].mean()), cap=float(dt["cap"].mean()),
+                        se_method=PA.PAIRED if (dt["se_method"] == PA.PAIRED).all() else PA.UNPAIRED,
                         equal_quality=bool(dhi is not None and dhi <= margin)))
     eq = [p for p in per if p["equal_quality"] and p["saving"] > 0]
-    caveats = [f"equivalence margin {margin:.4g} nats"]
+    caveats = [f"equivalence margin {margin:.4g} nats",
+               PA.method_note(list(t["se_method"]), list(t["n_seqs"]), "adaptive-vs-fixed comparisons")]
     if eq:
         best = max(eq, key=lambda p: p["saving"])
         verdict = SUPPORTED if (best["saving_low"] is not None and best["saving_low"] > 0) else INCONCLUSIVE

@@ -17,6 +17,7 @@ deliberately does not import ``model/`` so it runs where torch is not installed.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import math
@@ -44,14 +45,20 @@ BASE_COLUMNS = [
     "seq_len", "global_batch", "budget_flops", "budget_convention",
     "step", "tokens", "flops_6N_nonembed", "flops_6N_total", "flops_exact",
     "eval_loops", "exit_threshold", "nll", "nll_se", "mean_loops", "is_final", "done", "seed",
+    # for paired comparisons (analysis.paired): the spread over sequences, how many, each sequence's NLL
+    # (a list column; None for runs written before it existed) and which eval set produced them
+    "nll_data_se", "n_seqs", "nll_per_seq", "eval_set",
 ]
 EVAL_FIELDS = ["step", "tokens", "flops_6N_nonembed", "flops_6N_total", "flops_exact", "eval_loops",
-               "exit_threshold", "nll", "nll_se", "mean_loops", "is_final"]
+               "exit_threshold", "nll", "nll_se", "mean_loops", "is_final", "nll_data_se", "n_seqs", "nll_per_seq"]
 FLOAT_COLUMNS = ["params_embedding", "params_nonembedding", "params_total", "params_effective", "budget_flops",
                  "tokens", "flops_6N_nonembed", "flops_6N_total", "flops_exact", "exit_threshold", "nll",
-                 "nll_se", "mean_loops"]
+                 "nll_se", "mean_loops", "nll_data_se"]
 INT_COLUMNS = ["d_model", "n_heads", "n_head_layers", "n_mid_layers", "n_tail_layers", "s_max", "n_layers",
-               "seq_len", "global_batch", "step", "eval_loops", "seed"]
+               "seq_len", "global_batch", "step", "eval_loops", "seed", "n_seqs"]
+#: config sections that decide which eval sequences and which masking noise a run's evals see
+EVAL_SET_KEYS = {"data": None, "eval": ("n_seqs", "n_draws", "seed")}
+EVAL_SET_SKIP = {"cache_dir"}
 
 
 def _num(x: Any) -> float:
@@ -67,6 +74,27 @@ def _axis_value(v: Any) -> Any:
     if isinstance(v, (list, dict)):
         return json.dumps(v, sort_keys=True)
     return v
+
+
+def eval_set_key(cfg: dict[str, Any]) -> str | None:
+    """A short fingerprint of the settings that fix the eval sequences and noise (``data`` minus paths,
+    ``eval.n_seqs/n_draws/seed``): two runs' ``nll_per_seq`` are paired only when these agree."""
+    data, ev = cfg.get("data"), cfg.get("eval")
+    if not isinstance(data, dict) or not isinstance(ev, dict):
+        return None
+    key = {"data": {k: v for k, v in data.items() if k not in EVAL_SET_SKIP},
+           "eval": {k: ev.get(k) for k in EVAL_SET_KEYS["eval"]}}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _seq_list(v: Any) -> np.ndarray | None:
+    if v is None or isinstance(v, (float, int, str)):
+        return None
+    try:
+        a = np.asarray(v, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return a if a.ndim == 1 and a.size else None
 
 
 def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -139,7 +167,7 @@ def read_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         "params_total": _num(params.get("total")), "params_effective": _num(params.get("effective")),
         "seq_len": data.get("seq_len"), "global_batch": batch.get("global_batch"),
         "budget_flops": _num(budget.get("flops")), "budget_convention": budget.get("convention"),
-        "done": status["done"], "seed": cfg.get("seed"),
+        "done": status["done"], "seed": cfg.get("seed"), "eval_set": eval_set_key(cfg),
     }
     for k, v in (meta.get("axes") or {}).items():
         base[f"axis_{k}"] = _axis_value(v)
@@ -169,8 +197,9 @@ def _coerce(df: pd.DataFrame) -> pd.DataFrame:
     for c in ("is_final", "done"):
         df[c] = df[c].map(lambda v: bool(v) if v is not None and not (isinstance(v, float) and math.isnan(v))
                           else False).astype(bool)
-    for c in ("study", "run", "slug", "group", "role", "family", "budget_convention"):
+    for c in ("study", "run", "slug", "group", "role", "family", "budget_convention", "eval_set"):
         df[c] = df[c].astype("object").where(df[c].notna(), None)
+    df["nll_per_seq"] = pd.Series([_seq_list(v) for v in df["nll_per_seq"]], index=df.index, dtype="object")
     return df
 
 

@@ -65,6 +65,8 @@ class SyntheticSpec:
     no_evals: int = 1                  # runs with a config but no evaluation yet
     failed: int = 0
     noise_seed: int = 0
+    n_seqs: int = 32                   # eval sequences behind each NLL; 0 = no nll_per_seq (older runs)
+    seq_spread: float = 0.5            # spread of sequence difficulty (shared by every run: the same eval set)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -84,6 +86,22 @@ def _hash(s: str) -> str:
 def make_runs(spec: SyntheticSpec) -> list[dict[str, Any]]:
     """Run records: {'dir', 'config', 'evals', 'done', 'failed', 'tasks'} ready to be written."""
     rng = np.random.default_rng(spec.noise_seed)
+    seq_rng = np.random.default_rng([spec.noise_seed, 1])  # separate stream: nll noise stays as it was
+    n_seqs = int(spec.n_seqs)
+    seq_eff = seq_rng.normal(0.0, spec.seq_spread, max(n_seqs, 0))
+    if n_seqs > 1:
+        seq_eff -= seq_eff.mean()
+
+    def per_seq(nll: float) -> dict[str, Any]:
+        """Per-sequence NLLs averaging exactly to ``nll``: shared sequence difficulty + this eval's own noise,
+        scaled so that the paired s.e. of a difference matches the independent noise on ``nll``."""
+        if n_seqs < 2:
+            return {}
+        eps = seq_rng.normal(0.0, spec.nll_se * math.sqrt(n_seqs), n_seqs)
+        v = nll + seq_eff + (eps - eps.mean())
+        return dict(nll_per_seq=[round(float(x), 6) for x in v], n_seqs=n_seqs,
+                    nll_data_se=float(v.std(ddof=1) / math.sqrt(n_seqs)))
+
     h, mid, t = spec.layers
     L = h + mid + t
     es = (spec.s_max + 1) / 2
@@ -127,7 +145,7 @@ def make_runs(spec: SyntheticSpec) -> list[dict[str, Any]]:
                             nll = float(law_loss(N, D * gain * f["n_eff"] / N)) + rng.normal(0, spec.nll_se)
                             evals.append(dict(base_row, eval_loops=S, exit_threshold=None, nll=nll,
                                               nll_bits=nll / math.log(2), ppl=math.exp(nll), nll_se=spec.nll_se,
-                                              n_draws=8, mean_loops=float(S)))
+                                              n_draws=8, mean_loops=float(S), **per_seq(nll)))
                         if fam == "loopmdm" and frac == 1.0:
                             fixed = float(law_loss(N, D * _loop_gain(spec.s_max, spec.s_max, f["m"]) * f["n_eff"] / N))
                             for thr in spec.exit_thresholds:
@@ -135,7 +153,7 @@ def make_runs(spec: SyntheticSpec) -> list[dict[str, Any]]:
                                 nll = fixed + 0.02 * thr + rng.normal(0, spec.nll_se)
                                 evals.append(dict(base_row, eval_loops=spec.s_max, exit_threshold=thr, nll=nll,
                                                   nll_bits=nll / math.log(2), ppl=math.exp(nll), nll_se=spec.nll_se,
-                                                  n_draws=8, mean_loops=ml))
+                                                  n_draws=8, mean_loops=ml, **per_seq(nll)))
                     hl, ml_, tl = f["layers"]
                     n_total = f["n_ne"] + emb
                     eff = (f["n_eff"] + emb) if fam == "loopmdm" else n_total
@@ -149,6 +167,7 @@ def make_runs(spec: SyntheticSpec) -> list[dict[str, Any]]:
                                   "n_mid_layers": ml_, "n_tail_layers": tl, "s_max": f["s_max"],
                                   "loop_dist": "uniform" if fam == "loopmdm" else "fixed", "vocab_size": spec.vocab},
                         "data": {"seq_len": 256}, "batch": {"global_batch": 64},
+                        "eval": {"n_seqs": n_seqs, "n_draws": 8, "seed": 1234},
                         "budget": {"flops": float(C), "convention": "6N_nonembed"}, "seed": int(seed),
                     }
                     tasks = []

@@ -231,3 +231,105 @@ def test_choose_eval_loops_rule():
     rows = [row(run="L0", group="g", role="looped", family="loopmdm", eval_loops=S, nll=3.0) for S in (1, 2, 4)]
     S, note = choose_eval_loops(table(rows))
     assert S == 4 and "no S >= 6" in note
+
+
+# ------------------------------------------------------------------- paired comparisons (nll_per_seq)
+N_SEQ = 64
+SEQ_DIFFICULTY = np.random.default_rng(123).normal(0, 0.5, N_SEQ)  # shared: every run sees the same sequences
+
+
+def seqs(nll, sd, rng):
+    """Per-sequence NLLs averaging exactly to ``nll``: shared difficulty + this evaluation's own noise."""
+    e = rng.normal(0, sd, N_SEQ)
+    return nll + SEQ_DIFFICULTY - SEQ_DIFFICULTY.mean() + e - e.mean()
+
+
+def unpaired(df):
+    return df.assign(nll_per_seq=None)
+
+
+def test_deeper_paired_ci_excludes_zero_where_unpaired_does_not():
+    # the two MC errors (0.02 each) hide a 0.02-nat gap; per sequence the gap is plain to see
+    rng = np.random.default_rng(0)
+    rows = []
+    for g in range(4):
+        base = 3.0 - 0.1 * g
+        for run, role, fam, S, nll in ((f"L{g}", "looped", "loopmdm", 8, base), (f"D{g}", "baseline_deeper",
+                                                                               "mdm_deeper", 1, base + 0.02)):
+            rows.append(row(run=run, group=f"g{g}", role=role, family=fam, eval_loops=S, nll=nll, nll_se=0.02,
+                            s_max=8 if fam == "loopmdm" else 1, nll_per_seq=seqs(nll, 0.03, rng), eval_set="e1"))
+    df = pd.DataFrame(rows)
+    p = CL.claim_deeper(df, n_boot=NB)
+    u = CL.claim_deeper(unpaired(df), n_boot=NB)
+    assert p.measured == pytest.approx(0.02) and u.measured == pytest.approx(0.02)
+    assert p.verdict == CL.SUPPORTED and p.ci_low > 0, (p.ci_low, p.ci_high)
+    assert u.verdict == CL.INCONCLUSIVE and u.ci_low < 0 < u.ci_high, (u.ci_low, u.ci_high)
+    assert all(g["se_method"] == "paired" and g["se"] < 0.01 for g in p.details["groups"])
+    assert any(f"paired over the {N_SEQ} shared eval sequences" in c for c in p.caveats)
+    assert all(g["se_method"] == "unpaired MC" for g in u.details["groups"])
+    assert any("unpaired MC errors for all 4 groups" in c for c in u.caveats)
+
+
+def test_pairing_falls_back_on_different_lengths_or_eval_sets():
+    rng = np.random.default_rng(1)
+    rows = []
+    for g in range(2):
+        for run, role, fam, S in ((f"L{g}", "looped", "loopmdm", 8), (f"D{g}", "baseline_deeper", "mdm_deeper", 1)):
+            rows.append(row(run=run, group=f"g{g}", role=role, family=fam, eval_loops=S, nll=3.0, nll_se=0.02,
+                            s_max=8 if fam == "loopmdm" else 1, nll_per_seq=seqs(3.0, 0.03, rng), eval_set="e1"))
+    df = pd.DataFrame(rows)
+    df.at[1, "nll_per_seq"] = df.at[1, "nll_per_seq"][:-1]  # D0: one sequence fewer
+    df.at[3, "eval_set"] = "e2"                              # D1: another eval set
+    c = CL.claim_deeper(df, n_boot=NB)
+    assert [g["se_method"] for g in c.details["groups"]] == ["unpaired MC", "unpaired MC"]
+    assert all(g["se"] == pytest.approx(0.02 * np.sqrt(2)) for g in c.details["groups"])
+
+
+def test_loop_scaling_paired_ci_excludes_zero_where_unpaired_does_not():
+    rng = np.random.default_rng(2)
+    rows = []
+    for r in range(2):
+        for S in (1, 2, 4, 8):
+            nll = 3.0 - 0.1 * r - 0.01 * np.log2(S)
+            rows.append(row(run=f"L{r}", group=f"g{r}", role="looped", family="loopmdm", eval_loops=S, nll=nll,
+                            nll_se=0.02, nll_per_seq=seqs(nll, 0.05, rng), eval_set="e1"))
+    df = pd.DataFrame(rows)
+    p = CL.claim_loop_scaling(df, n_boot=NB)
+    u = CL.claim_loop_scaling(unpaired(df), n_boot=NB)
+    assert p.measured == pytest.approx(-0.01) and u.measured == pytest.approx(-0.01)
+    assert p.verdict == CL.SUPPORTED and p.ci_high < 0, (p.ci_low, p.ci_high)
+    assert u.verdict == CL.INCONCLUSIVE and u.ci_low < 0 < u.ci_high, (u.ci_low, u.ci_high)
+    assert all(r["se_method"] == "paired" for r in p.details["runs"])
+
+
+def test_adaptive_paired_shows_equal_quality_where_unpaired_cannot():
+    rng = np.random.default_rng(3)
+    rows = []
+    for r in range(4):
+        f = 3.0 - 0.05 * r
+        for thr, ml, nll in ((np.nan, 8.0, f), (0.05, 5.0, f + 0.001)):
+            rows.append(row(run=f"L{r}", group=f"g{r}", role="looped", family="loopmdm", eval_loops=8,
+                            exit_threshold=thr, mean_loops=ml, nll=nll, nll_se=0.02,
+                            nll_per_seq=seqs(nll, 0.02, rng), eval_set="e1"))
+    df = pd.DataFrame(rows)
+    p = CL.claim_adaptive(df, n_boot=NB, margin=0.01)
+    u = CL.claim_adaptive(unpaired(df), n_boot=NB, margin=0.01)
+    tp, tu = p.details["thresholds"][0], u.details["thresholds"][0]
+    assert tp["delta_low"] < 0 < tp["delta_high"] <= 0.01 and tp["se_method"] == "paired"
+    assert tu["delta_high"] > 0.01 and tu["se_method"] == "unpaired MC"
+    assert p.verdict == CL.SUPPORTED and p.measured == pytest.approx(100 * (1 - 5 / 8))
+    assert u.verdict == CL.INCONCLUSIVE
+
+
+def test_protocol_paired_bootstrap_is_tighter():
+    df = frontier_pair_table(3.3, eval_fracs=tuple(np.linspace(0.05, 1.0, 20)), budgets=(1e15,), noise=0.0,
+                             nll_se=0.02)
+    rng = np.random.default_rng(4)
+    df["nll_per_seq"] = [seqs(v, 0.01, rng) for v in df["nll"]]
+    df["eval_set"] = "e1"
+    p = CL.claim_protocol(df, "flops_6N_nonembed", loops=8, n_boot=NB)
+    u = CL.claim_protocol(unpaired(df), "flops_6N_nonembed", loops=8, n_boot=NB)
+    assert p.details["eval_noise"]["paired_pairs"] == 6 and u.details["eval_noise"]["unpaired_pairs"] == 6
+    assert p.ci_low <= p.measured <= p.ci_high and abs(p.measured - 3.3) / 3.3 < 0.05
+    for g_p, g_u in zip(p.details["groups"], u.details["groups"]):
+        assert (g_p["high"] - g_p["low"]) < 0.5 * (g_u["high"] - g_u["low"])

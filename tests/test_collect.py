@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_run(study: Path, name: str, *, groups, s_max=1, evals=(), done=True, failed=False, params=True,
-              axes=None, torn_line=False, tasks=()):
+              axes=None, torn_line=False, tasks=(), eval_cfg=None, optim=None):
     d = study / "runs" / name
     d.mkdir(parents=True)
     meta = {"study": "fake", "slug": name.rsplit("-", 1)[0], "hash": f"h_{name}", "groups": groups,
@@ -29,6 +30,10 @@ def write_run(study: Path, name: str, *, groups, s_max=1, evals=(), done=True, f
                      "s_max": s_max, "loop_dist": "uniform", "vocab_size": 100},
            "data": {"seq_len": 64}, "batch": {"global_batch": 8},
            "budget": {"flops": 1e12, "convention": "6N_nonembed"}, "seed": 3}
+    if eval_cfg is not None:
+        cfg["eval"] = eval_cfg
+    if optim is not None:
+        cfg["optim"] = optim
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     if evals:
         lines = [json.dumps(e) for e in evals]
@@ -117,6 +122,41 @@ def test_parquet_written_atomically_and_reused(study):
     f.write_text(f.read_text() + json.dumps(ev(20, 8, final=True)) + "\n")
     os.utime(f, (t + 10, t + 10))
     assert len(load_or_collect(study)) == 13
+
+
+def test_per_sequence_nlls_and_eval_set(tmp_path):
+    s = tmp_path / "s"
+    ev_cfg = {"n_seqs": 3, "n_draws": 2, "seed": 1234, "batch_size": 16, "points": 4}
+
+    def evp(step, seqs, final=False):
+        e = ev(step, 1, nll=float(sum(seqs) / len(seqs)), final=final)
+        e.update(nll_per_seq=seqs, nll_data_se=0.2, n_seqs=len(seqs))
+        return e
+
+    write_run(s, "a-1", groups=[{"group": "g", "role": "baseline_same"}], eval_cfg=ev_cfg,
+              evals=[evp(10, [3.0, 2.0, 4.0]), evp(20, [2.5, 1.5, 3.5], final=True)])
+    # same eval set, only a non-semantic eval knob differs
+    write_run(s, "b-2", groups=[{"group": "g", "role": "baseline_deeper"}], eval_cfg={**ev_cfg, "batch_size": 4},
+              evals=[evp(20, [2.4, 1.6, 3.6], final=True)])
+    # another eval seed: other masking noise, must not be paired with the two above
+    write_run(s, "c-3", groups=[{"group": "g", "role": "looped"}], s_max=4, eval_cfg={**ev_cfg, "seed": 7},
+              evals=[evp(20, [2.0, 1.0, 3.0], final=True)])
+    # an older run: no per-sequence NLLs, no eval section
+    write_run(s, "d-4", groups=[{"group": "h", "role": "baseline_same"}], evals=[ev(20, final=True)])
+    df = collect(s)
+    assert [c for c in df.columns if not c.startswith("axis_")] == BASE_COLUMNS
+    by = {r: g for r, g in df.groupby("run")}
+    a = by["h_a-1"].sort_values("step")
+    assert list(a["nll_per_seq"].iloc[1]) == [2.5, 1.5, 3.5] and a["n_seqs"].iloc[1] == 3
+    assert a["nll_data_se"].iloc[1] == 0.2
+    assert by["h_a-1"]["eval_set"].iloc[0] == by["h_b-2"]["eval_set"].iloc[0] is not None
+    assert by["h_c-3"]["eval_set"].iloc[0] != by["h_a-1"]["eval_set"].iloc[0]
+    assert by["h_d-4"]["nll_per_seq"].iloc[0] is None and by["h_d-4"]["eval_set"].iloc[0] is None
+    # the list column survives the parquet round trip
+    back = load_or_collect(s)
+    got = back.loc[(back["run"] == "h_a-1") & (back["step"] == 20), "nll_per_seq"].iloc[0]
+    assert np.allclose(got, [2.5, 1.5, 3.5])
+    assert back.loc[back["run"] == "h_d-4", "nll_per_seq"].iloc[0] is None
 
 
 def test_empty_and_missing(tmp_path):
