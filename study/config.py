@@ -365,16 +365,20 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def load_yaml_mapping(path: str | Path, field: str, what: str) -> dict[str, Any]:
+    """A YAML file (safe loader: no tags, no code) that must hold a mapping; errors name ``field``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(field, f"file {p} does not exist")
+    raw = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(field, f"{p} must hold a mapping ({what})")
+    return raw
+
+
 def load(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """A RunConfig from a YAML file (safe loader) plus key=value overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError("config", f"file {p} does not exist")
-        raw = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError("config", f"{p} must hold a mapping of sections (model:, data:, ...)")
+    """A RunConfig from a YAML file plus key=value overrides."""
+    raw = load_yaml_mapping(path, "config", "sections model:, data:, ...") if path is not None else {}
     return from_dict(apply_overrides(raw, list(overrides)))
 
 

@@ -96,13 +96,8 @@ class Spec:
 
 # -- loading ---------------------------------------------------------------------------------------
 def load_spec(path: str | Path) -> Spec:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError("SPEC", f"{p} does not exist; pass a study spec such as sweeps/demo.yaml")
-    raw = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError("SPEC", f"{p} must hold a mapping (study:, base:, axes:, ...)")
-    return parse_spec(raw, p)
+    raw = config_mod.load_yaml_mapping(path, "SPEC", "study:, base:, axes:, ... - e.g. sweeps/demo.yaml")
+    return parse_spec(raw, Path(path))
 
 
 def parse_spec(raw: dict, path: Path | None = None) -> Spec:
