@@ -64,6 +64,18 @@ class Claim:
     caveats: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     level: float = 0.95
+    measured_text: str | None = None  # display override when the measurement is a bound (censored)
+    ci_text: str | None = None
+
+    def measured_str(self) -> str:
+        if self.measured_text is not None:
+            return self.measured_text
+        return "—" if self.measured is None else f"{fmt(self.measured)} {self.unit}".strip()
+
+    def ci_str(self) -> str:
+        if self.ci_text is not None:
+            return self.ci_text
+        return "—" if self.ci_low is None or self.ci_high is None else f"[{fmt(self.ci_low)}, {fmt(self.ci_high)}]"
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(dataclasses.asdict(self))
@@ -78,7 +90,7 @@ def _ensure_columns(df: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
 def _inconclusive(key: str, name: str, statement: str, paper_value: float | None, paper_text: str, unit: str,
                   rule: str, *caveats: str, details: dict[str, Any] | None = None) -> Claim:
     return Claim(key, name, statement, paper_value, paper_text, None, None, None, unit, INCONCLUSIVE, rule,
-                 [c for c in caveats if c], details or {})
+                 [c for c in caveats if c], {"missing_input": True, **(details or {})})
 
 
 def _verdict_gt(low: float | None, high: float | None, null: float) -> str:
@@ -100,11 +112,6 @@ def _magnitude_note(low: float | None, high: float | None, paper: float, unit: s
     if high < paper:
         return f"the CI lies below the paper's {paper:g}{unit}: the effect here is smaller than claimed"
     return f"the CI lies above the paper's {paper:g}{unit}: the effect here is larger than claimed"
-
-
-def _geo_mean(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.exp(np.mean(np.log(x), axis=axis))
 
 
 # ---------------------------------------------------------------------------- 1. fitted multiplier
@@ -167,28 +174,36 @@ def claim_multiplier(fits: StudyFits, convention: str, *, paper: float = PAPER_M
 
 # -------------------------------------------------------------------------- 2. paper's own protocol
 PROTO_RULE = ("per comparison group: baseline total FLOPs / FLOPs at which LoopMDM (fixed S) first reaches the "
-              "baseline's final NLL along its eval points (log-FLOPs interpolation); CI from a bootstrap of the "
-              "eval noise — paired, resampling the shared eval sequences (nll_per_seq) for every point of both "
-              "runs at once, or, without per-sequence NLLs, drawing each point from its MC standard error — and "
-              "resampling of seeds and groups. "
-              "Headline = geometric mean over groups: supported if its 95% CI lies above 1, not supported if "
-              "below 1, else inconclusive")
+              "baseline's final NLL along its eval points (log-FLOPs interpolation; eval points at 0 FLOPs are not "
+              "used). A group where LoopMDM never reaches that NLL only bounds the multiplier from above "
+              "(< baseline FLOPs / LoopMDM's last-eval FLOPs); one where it is already below at its first eval "
+              "point only bounds it from below: such groups count as intervals, and every CI end takes the "
+              "conservative side. CI from a bootstrap of the eval noise — paired, resampling the shared eval "
+              "sequences (nll_per_seq) for every point of both runs at once, or, without per-sequence NLLs, drawing "
+              "each point from its MC standard error — and resampling of seeds and groups. Headline = median over "
+              "groups (the median, unlike a mean, stays defined when some groups are censored): supported if its "
+              "95% CI lies above 1, not supported if it lies at or below 1 (a never-reached bound is strict), else "
+              "inconclusive")
+
+NEVER, FIRST, EXACT = -1, 1, 0  # censoring codes of a crossing
 
 
-def _crossing(Ct: np.ndarray, Cb: float, L: np.ndarray, lb: np.ndarray) -> np.ndarray:
-    """Multiplier Cb / C* for each row of ``L`` (draws x eval points) against the baseline loss ``lb``
-    (one per draw). C* = first crossing of the trajectory below lb, linear in log C between eval points.
-    Censored cases are made conservative: never reached -> 0 (no saving shown); reached at the first
-    eval point -> Cb / C_first (a lower bound). ``Ct`` must be > 0."""
+def _crossing(Ct: np.ndarray, Cb: float, L: np.ndarray, lb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Multiplier Cb / C* and its censoring code for each row of ``L`` (draws x eval points) against the
+    baseline loss ``lb`` (one per draw). C* = first crossing of the trajectory below lb, linear in log C
+    between eval points. Never reached (NEVER): the value is the upper bound Cb / C_last; reached at the
+    first eval point (FIRST): the value is the lower bound Cb / C_first. ``Ct`` must be > 0."""
     L = np.atleast_2d(L)
     lb = np.atleast_1d(lb)[:, None]
     cond = L <= lb
     reached = cond.any(axis=1)
     k = np.argmax(cond, axis=1)
     lc = np.log(Ct)
-    out = np.zeros(L.shape[0])
+    out = np.full(L.shape[0], Cb / Ct[-1])
+    code = np.full(L.shape[0], NEVER, dtype=np.int8)
     first = reached & (k == 0)
     out[first] = Cb / Ct[0]
+    code[first] = FIRST
     mid = reached & (k > 0)
     if mid.any():
         kk = k[mid]
@@ -197,22 +212,28 @@ def _crossing(Ct: np.ndarray, Cb: float, L: np.ndarray, lb: np.ndarray) -> np.nd
         safe = np.where(step != 0, step, -1.0)
         t = np.clip((lb[mid, 0] - l0) / safe, 0, 1)
         out[mid] = Cb / np.exp(lc[kk - 1] + t * (lc[kk] - lc[kk - 1]))
-    return out
+        code[mid] = EXACT
+    return out, code
+
+
+def _bounds(value: np.ndarray, code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lowest, highest) multiplier consistent with a censored crossing: never reached -> (0, bound),
+    reached at the first point -> (bound, inf), else (value, value)."""
+    return np.where(code == NEVER, 0.0, value), np.where(code == FIRST, np.inf, value)
 
 
 def _crossing_draws(Ct: np.ndarray, Lt: np.ndarray, St: np.ndarray, Cb: float, Lb: float, Sb: float,
                     rng: np.random.Generator, n_boot: int, *, paired: tuple[np.ndarray, np.ndarray] | None = None,
-                    weights: np.ndarray | None = None) -> tuple[float, np.ndarray, str]:
-    """Multiplier (point and ``n_boot`` draws) and its censoring status.
+                    weights: np.ndarray | None = None) -> tuple[tuple[float, float], tuple[np.ndarray, np.ndarray], str]:
+    """Multiplier bounds (point, and ``n_boot`` draws) and the censoring status of the point.
 
     Paired (``paired`` = (per-sequence NLLs of the trajectory (K, N), of the baseline (N,)) and
     ``weights`` (n_boot, N) from ``paired.bootstrap_weights``): every draw resamples the same eval
     sequences for all trajectory points and the baseline, so the shared sequence difficulty and masking
     noise cancel in the comparison. Otherwise each point is drawn independently with its MC s.e."""
-    point = float(_crossing(Ct, Cb, Lt[None, :], np.array([Lb]))[0])
-    status = "reached" if np.any(Lt <= Lb) else "not reached"
-    if status == "reached" and Lt[0] <= Lb:
-        status = "reached at the first eval point (lower bound)"
+    v, c = _crossing(Ct, Cb, Lt[None, :], np.array([Lb]))
+    plo, phi = _bounds(v, c)
+    status = {EXACT: "reached", NEVER: "not reached", FIRST: "reached at the first eval point"}[int(c[0])]
     if paired is not None and weights is not None:
         Pt, pb = paired
         Lt_d = weights @ Pt.T
@@ -220,7 +241,41 @@ def _crossing_draws(Ct: np.ndarray, Lt: np.ndarray, St: np.ndarray, Cb: float, L
     else:
         Lt_d = Lt[None, :] + rng.standard_normal((n_boot, Lt.size)) * np.nan_to_num(St, nan=0.0)[None, :]
         Lb_d = Lb + rng.standard_normal(n_boot) * (0.0 if not np.isfinite(Sb) else Sb)
-    return point, _crossing(Ct, Cb, Lt_d, Lb_d), status
+    return (float(plo[0]), float(phi[0])), _bounds(*_crossing(Ct, Cb, Lt_d, Lb_d)), status
+
+
+def bounded_text(lo: float | None, hi: float | None, unit: str = "x") -> str:
+    """A censored estimate in words: exact, 'not reached (< hi)', '>= lo', or a range."""
+    if lo is None or hi is None:
+        return "—"
+    if lo == hi or (lo > 0 and math.isfinite(hi) and fmt(lo) == fmt(hi)):
+        return f"{fmt(lo)}{unit}"
+    if lo <= 0 and math.isinf(hi):
+        return "not identified (censored both ways)"
+    if lo <= 0:
+        return f"not reached (< {fmt(hi)}{unit})"
+    if math.isinf(hi):
+        return f"≥ {fmt(lo)}{unit} (reached at the first eval point)"
+    return f"{fmt(lo)}–{fmt(hi)}{unit} (censored groups)"
+
+
+def _bounded_value(lo: float, hi: float) -> float | None:
+    """A number for a partially identified estimate: the midpoint when both bounds are finite and > 0
+    (a narrow interval from censored groups near the median), else None (only a bound is known)."""
+    return (lo + hi) / 2 if lo > 0 and math.isfinite(hi) else None
+
+
+def bounded_ci_text(lo: float | None, hi: float | None, unit: str = "x") -> str:
+    """A CI whose ends may be censored: '< hi', '≥ lo' or '[lo, hi]'."""
+    if lo is None or hi is None:
+        return "—"
+    if lo <= 0 and math.isinf(hi):
+        return "unbounded"
+    if lo <= 0:
+        return f"< {fmt(hi)}{unit}"
+    if math.isinf(hi):
+        return f"≥ {fmt(lo)}{unit}"
+    return f"[{fmt(lo)}, {fmt(hi)}]"
 
 
 def _membership(df: pd.DataFrame) -> pd.DataFrame:
@@ -239,6 +294,21 @@ def _per_run_arrays(d: pd.DataFrame, cols: Sequence[str], order: Sequence[str]) 
     arrs = {c: np.split(d[c].to_numpy(), cuts) for c in cols}
     starts = np.concatenate([[0], cuts])
     return {str(runs[i]): {c: arrs[c][k] for c in cols} for k, i in enumerate(starts)}
+
+
+def _median_bounds(lo: np.ndarray, hi: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap draws (n_boot, k) of k units' bounds -> draws of the bounds of their median, resampling
+    the units within each draw (the same resample for both bounds). The median is monotone, so the
+    medians of the bounds bound the median."""
+    if lo.shape[1] > 1:
+        idx = rng.integers(0, lo.shape[1], size=lo.shape)
+        lo, hi = np.take_along_axis(lo, idx, axis=1), np.take_along_axis(hi, idx, axis=1)
+    return np.median(lo, axis=1), np.median(hi, axis=1)
+
+
+def _ci_of_bounds(lo_draws: np.ndarray, hi_draws: np.ndarray, level: float) -> tuple[float | None, float | None]:
+    """Conservative CI: the lower end from the lower-bound draws, the upper end from the upper-bound draws."""
+    return F.percentile_ci(lo_draws, level)[0], F.percentile_ci(hi_draws, level)[1]
 
 
 def claim_protocol(df: pd.DataFrame, convention: str, *, loops: int | None = None, n_boot: int = 1000,
@@ -284,11 +354,11 @@ def claim_protocol(df: pd.DataFrame, convention: str, *, loops: int | None = Non
         seeds = dict(zip(mg["run"], mg["seed"]))
         pairs = [(lr, br) for lr in loop_runs for br in base_runs if seeds.get(lr) == seeds.get(br)] or \
                 [(lr, br) for lr in loop_runs for br in base_runs]
-        pts, draws, stats = [], [], []
+        pts, dlo, dhi, stats = [], [], [], []
         for lr, br in pairs:
             t, b = traj[lr], fin[br]
             S = PA.stack(list(t["nll_per_seq"]) + [b["nll_per_seq"][-1]],
-                        list(t["eval_set"]) + [b["eval_set"][-1]])
+                         list(t["eval_set"]) + [b["eval_set"][-1]])
             paired = w = None
             if S is not None:
                 paired, n = (S[:-1], S[-1]), S.shape[1]
@@ -297,40 +367,47 @@ def claim_protocol(df: pd.DataFrame, convention: str, *, loops: int | None = Non
                 w = weights[n]
             methods.append(PA.PAIRED if S is not None else PA.UNPAIRED)
             n_paired.append(S.shape[1] if S is not None else 0)
-            p, dr, st = _crossing_draws(t[conv].astype(float), t["nll"].astype(float), t["nll_se"].astype(float),
-                                        float(b[conv][-1]), float(b["nll"][-1]), float(b["nll_se"][-1]), rng, n_boot,
-                                        paired=paired, weights=w)
+            p, (lo_d, hi_d), st = _crossing_draws(
+                t[conv].astype(float), t["nll"].astype(float), t["nll_se"].astype(float), float(b[conv][-1]),
+                float(b["nll"][-1]), float(b["nll_se"][-1]), rng, n_boot, paired=paired, weights=w)
             pts.append(p)
-            draws.append(dr)
+            dlo.append(lo_d)
+            dhi.append(hi_d)
             stats.append(st)
-        P, Dr = np.array(pts), np.stack(draws, axis=1)  # (n_pairs,), (n_boot, n_pairs)
-        if Dr.shape[1] > 1:  # resample seed pairs within each draw
-            Dr = np.take_along_axis(Dr, rng.integers(0, Dr.shape[1], size=Dr.shape), axis=1)
-        gm_draws = _geo_mean(np.maximum(Dr, 1e-12), axis=1)
-        lo, hi = F.percentile_ci(gm_draws, level)
-        groups.append(dict(group=str(g), value=float(_geo_mean(np.maximum(P, 1e-12))), low=lo, high=hi,
-                           n_pairs=len(pts), status=sorted(set(stats)), draws=gm_draws,
+        v_lo, v_hi = float(np.median([p[0] for p in pts])), float(np.median([p[1] for p in pts]))
+        g_lo, g_hi = _median_bounds(np.stack(dlo, axis=1), np.stack(dhi, axis=1), rng)  # seed pairs resampled
+        lo, hi = _ci_of_bounds(g_lo, g_hi, level)
+        groups.append(dict(group=str(g), value=_bounded_value(v_lo, v_hi), value_low=v_lo, value_high=v_hi,
+                           low=lo, high=hi, text=bounded_text(v_lo, v_hi), ci_text=bounded_ci_text(lo, hi),
+                           n_pairs=len(pts), status=sorted(set(stats)), draws=(g_lo, g_hi),
                            budget=float(pd.to_numeric(budget_of.get(pairs[0][1]), errors="coerce"))))
     if not groups:
         return _inconclusive(*args, "no comparison group has both a looped run (with evals at S="
                              f"{loops}) and a same-size baseline with a final eval")
-    vals = np.array([gr["value"] for gr in groups])
-    G = np.stack([gr["draws"] for gr in groups], axis=1)
-    if G.shape[1] > 1:
-        G = np.take_along_axis(G, rng.integers(0, G.shape[1], size=G.shape), axis=1)
-    pooled = float(_geo_mean(np.maximum(vals, 1e-12)))
-    lo, hi = F.percentile_ci(_geo_mean(np.maximum(G, 1e-12), axis=1), level)
+    m_lo = float(np.median([gr["value_low"] for gr in groups]))
+    m_hi = float(np.median([gr["value_high"] for gr in groups]))
+    G_lo, G_hi = _median_bounds(np.stack([gr["draws"][0] for gr in groups], axis=1),
+                                np.stack([gr["draws"][1] for gr in groups], axis=1), rng)
+    lo, hi = _ci_of_bounds(G_lo, G_hi, level)
     verdict = _verdict_gt(lo, hi, 1.0)
-    best = max(groups, key=lambda gr: gr["value"])
+    if hi is not None and hi <= 1.0:  # never reached at equal budget: the bound 1 is strict (m < 1)
+        verdict = NOT_SUPPORTED
     mag = _magnitude_note(lo, hi, paper, "x")
     if mag:
         caveats.append(mag)
-    caveats.append(f"largest single-group value {best['value']:.3g}x [{fmt(best['low'])}, {fmt(best['high'])}] "
-                   f"(group {best['group']}; a maximum over groups is biased upward)")
-    censored = [gr["group"] for gr in groups if any(s != "reached" for s in gr["status"])]
-    if censored:
-        caveats.append(f"{len(censored)} group(s) censored (LoopMDM never reached the baseline's loss -> counted "
-                       f"as 0, or reached it at its first eval point -> lower bound)")
+    never = [gr for gr in groups if "not reached" in gr["status"]]
+    first = [gr for gr in groups if "reached at the first eval point" in gr["status"]]
+    if never:
+        caveats.append(f"in {len(never)} of {len(groups)} group(s) LoopMDM never reached the baseline's final NLL "
+                       f"within its run: there the multiplier is only known to be below baseline FLOPs / LoopMDM's "
+                       f"last-eval FLOPs")
+    if first:
+        caveats.append(f"in {len(first)} of {len(groups)} group(s) LoopMDM was already below the baseline's final NLL "
+                       f"at its first eval point: a lower bound only (earlier eval points would pin it down)")
+    if len(groups) > 1:
+        best = max(groups, key=lambda gr: (gr["value_low"], gr["value_high"]))
+        caveats.append(f"largest single-group value {best['text']}, 95% CI {best['ci_text']} (group {best['group']}; "
+                       f"a maximum over groups is biased upward)")
     sched = schedule_note(df)
     if sched is None:
         caveats.append("valid only for constant-LR/WSD runs (mid-schedule points of a cosine run understate "
@@ -344,9 +421,14 @@ def claim_protocol(df: pd.DataFrame, convention: str, *, loops: int | None = Non
         caveats.append("one seed per config: training-seed variance is not in the CI")
     details = dict(convention=conv, eval_loops=loops, groups=[{k: v for k, v in gr.items() if k != "draws"}
                                                               for gr in groups], n_groups=len(groups),
+                   measured_low=m_lo, measured_high=m_hi, groups_never_reached=len(never),
+                   groups_reached_at_first_point=len(first),
                    eval_noise=dict(paired_pairs=methods.count(PA.PAIRED), unpaired_pairs=methods.count(PA.UNPAIRED),
                                    n_seqs=sorted(set(n for n in n_paired if n))))
-    return Claim(key, name, statement, paper, "up to 3.3x", pooled, lo, hi, "x", verdict, PROTO_RULE, caveats, details)
+    c = Claim(key, name, statement, paper, "up to 3.3x", _bounded_value(m_lo, m_hi), lo, hi, "x", verdict,
+              PROTO_RULE, caveats, details)
+    c.measured_text, c.ci_text = bounded_text(m_lo, m_hi), bounded_ci_text(lo, hi)
+    return c
 
 
 # ------------------------------------------------------------------------------------ 3. deeper MDM
@@ -706,6 +788,6 @@ def multiplier_disagreements(claims: Sequence[Claim]) -> list[str]:
         if p is None or None in (c.ci_low, c.ci_high, p.ci_low, p.ci_high):
             continue
         if c.ci_high < p.ci_low or p.ci_high < c.ci_low:
-            out.append(f"{k[len('multiplier['):-1]}: fitted {fmt(c.measured)}x [{fmt(c.ci_low)}, {fmt(c.ci_high)}] vs "
-                       f"protocol {fmt(p.measured)}x [{fmt(p.ci_low)}, {fmt(p.ci_high)}] — CIs do not overlap")
+            out.append(f"{k[len('multiplier['):-1]}: fitted {c.measured_str()} {c.ci_str()} vs "
+                       f"protocol {p.measured_str()} {p.ci_str()} — CIs do not overlap")
     return out

@@ -46,15 +46,11 @@ def _cell(s: Any) -> str:
 
 
 def _ci(c: Claim) -> str:
-    if c.ci_low is None or c.ci_high is None:
-        return "—"
-    return f"[{fmt(c.ci_low)}, {fmt(c.ci_high)}]"
+    return c.ci_str()
 
 
 def _measured(c: Claim) -> str:
-    if c.measured is None:
-        return "—"
-    return f"{fmt(c.measured)} {c.unit}".strip()
+    return c.measured_str()
 
 
 def environment() -> dict[str, str]:
@@ -114,7 +110,7 @@ def _missing_list(summary: dict[str, Any], df: pd.DataFrame, fits: StudyFits | N
             if not f.ok:
                 out.append(f"parametric L(N,D) {k}: {f.message}")
     for c in claims:
-        if c.verdict == INCONCLUSIVE and c.measured is None and c.caveats:
+        if c.details.get("missing_input") and c.caveats:
             out.append(f"claim {c.key}: {c.caveats[0]}")
     return out
 
@@ -227,7 +223,7 @@ def _claim_section(kind: str, claims: Sequence[Claim], figs: dict[str, FigureRes
             gs = sorted(c.details["groups"], key=lambda g: -(g.get("budget") or 0))[:12]
             L += ["| group | multiplier | 95% CI | seeds/pairs | status |", "|---|---|---|---|---|"]
             for g in gs:
-                L.append(f"| {_cell(g['group'])} | {fmt(g['value'])} | [{fmt(g['low'])}, {fmt(g['high'])}] | "
+                L.append(f"| {_cell(g['group'])} | {_cell(g['text'])} | {_cell(g['ci_text'])} | "
                          f"{g['n_pairs']} | {_cell(', '.join(g['status']))} |")
             if len(c.details["groups"]) > 12:
                 L.append(f"| … {len(c.details['groups']) - 12} more in fits.json | | | | |")

@@ -107,3 +107,22 @@ def test_cli(tmp_path):
     assert "multiplier" in r.stdout and (d / "report.md").exists()
     payload = json.loads((d / "fits.json").read_text())
     assert payload["conventions"] == ["flops_exact"]
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_censored_multiplier_is_shown_as_a_bound(tmp_path):
+    from analysis.synthetic import frontier_pair_table
+
+    df = frontier_pair_table(0.5, budgets=(1e15, 1e16), size_factors=(0.5, 1.0, 2.0))
+    z = df[df["step"] == df["step"].min()].copy()  # the step-0 evals (0 FLOPs) every real run has
+    z[["step", "tokens", "flops_6N_nonembed", "flops_6N_total", "flops_exact"]] = 0
+    z["is_final"] = False
+    pd.concat([z, df], ignore_index=True).to_parquet(tmp_path / "runs.parquet")
+    res = run_report(tmp_path, n_boot=50, figures=False)
+    md = (tmp_path / "report.md").read_text()
+    assert "e-12" not in md
+    proto = [c for c in res.claims if c.key.startswith("protocol[")]
+    assert proto and all(c.measured_text.startswith("not reached (< ") for c in proto)
+    line = next(r for r in md.splitlines() if r.startswith("| 2. multiplier by the paper's protocol"))
+    assert "| not reached (< " in line and "| < " in line
+    assert "internal error" not in md
