@@ -35,7 +35,7 @@ from . import fits as F
 from . import paired as PA
 from ._util import CONVENTIONS, derive_rng, fmt, jsonable, normalise_convention
 from .select import (CORE_COLUMNS, choose_eval_loops, final_points, fixed_loops, missing_columns,
-                     schedule_note, trajectory, unique_points)
+                     is_cosine, run_schedules, trajectory, unique_points)
 from .studyfits import StudyFits
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
@@ -337,6 +337,13 @@ def claim_protocol(df: pd.DataFrame, convention: str, *, loops: int | None = Non
     bt_tab = bt_tab[bt_tab["eval_loops"] == bt_tab.groupby("run")["eval_loops"].transform("min")]
     # a point at 0 FLOPs (the step-0 eval) has no place on a log-FLOPs axis
     lt_tab = lt_tab[pd.to_numeric(lt_tab[conv], errors="coerce").astype(float) > 0]
+    # a cosine run read mid-schedule has a higher loss than a run with that budget would reach: only its
+    # final point may stand for its budget (constant-LR and WSD runs are read along the way)
+    sched = run_schedules(df[df["run"].isin(loop_runs_all | base_runs_all)])
+    cosine = {r for r, v in sched.items() if is_cosine(v)}
+    unknown = sorted(r for r, v in sched.items() if v is None)
+    n_mid_dropped = int((lt_tab["run"].isin(cosine) & ~lt_tab["is_final"]).sum())
+    lt_tab = lt_tab[~(lt_tab["run"].isin(cosine) & ~lt_tab["is_final"])]
     cols = [conv, "nll", "nll_se", "step", "nll_per_seq", "eval_set"]
     traj = _per_run_arrays(lt_tab, cols, [conv, "step"])
     fin = _per_run_arrays(bt_tab, cols, ["step"])
@@ -408,12 +415,15 @@ def claim_protocol(df: pd.DataFrame, convention: str, *, loops: int | None = Non
         best = max(groups, key=lambda gr: (gr["value_low"], gr["value_high"]))
         caveats.append(f"largest single-group value {best['text']}, 95% CI {best['ci_text']} (group {best['group']}; "
                        f"a maximum over groups is biased upward)")
-    sched = schedule_note(df)
-    if sched is None:
-        caveats.append("valid only for constant-LR/WSD runs (mid-schedule points of a cosine run understate "
-                       "the loss it would reach): the tidy table does not record the schedule")
-    elif "cos" in sched.lower():
-        caveats.append(f"schedule axis says '{sched}': mid-schedule points of cosine runs are biased; prefer claim 1")
+    if cosine:
+        caveats.append(f"{len(cosine)} run(s) use a cosine LR schedule: their {n_mid_dropped} mid-schedule eval "
+                       f"point(s) are left out (read mid-schedule, a cosine run looks worse than a run with that "
+                       f"budget would be); only their final points are used, so LoopMDM crossings on them are "
+                       f"bounds — prefer claim 1")
+    if unknown:
+        caveats.append(f"LR schedule unknown for {len(unknown)} run(s) (no optim.schedule in config.yaml): valid only "
+                       f"if they are constant-LR/WSD runs (mid-schedule points of a cosine run understate the loss "
+                       f"it would reach)")
     caveats.append(PA.method_note(methods, n_paired, "LoopMDM/baseline pairs", kind="eval noise in the bootstrap"))
     if len(groups) == 1:
         caveats.append("a single comparison group: the CI reflects eval noise (and seeds) only")
@@ -422,6 +432,8 @@ def claim_protocol(df: pd.DataFrame, convention: str, *, loops: int | None = Non
     details = dict(convention=conv, eval_loops=loops, groups=[{k: v for k, v in gr.items() if k != "draws"}
                                                               for gr in groups], n_groups=len(groups),
                    measured_low=m_lo, measured_high=m_hi, groups_never_reached=len(never),
+                   lr_schedules=dict(cosine_runs=len(cosine), unknown_runs=len(unknown),
+                                     mid_schedule_points_dropped=n_mid_dropped),
                    groups_reached_at_first_point=len(first),
                    eval_noise=dict(paired_pairs=methods.count(PA.PAIRED), unpaired_pairs=methods.count(PA.UNPAIRED),
                                    n_seqs=sorted(set(n for n in n_paired if n))))

@@ -42,7 +42,7 @@ BASE_COLUMNS = [
     "study", "run", "slug", "group", "role", "family",
     "d_model", "n_heads", "n_head_layers", "n_mid_layers", "n_tail_layers", "s_max", "n_layers",
     "params_embedding", "params_nonembedding", "params_total", "params_effective",
-    "seq_len", "global_batch", "budget_flops", "budget_convention",
+    "seq_len", "global_batch", "budget_flops", "budget_convention", "lr_schedule",
     "step", "tokens", "flops_6N_nonembed", "flops_6N_total", "flops_exact",
     "eval_loops", "exit_threshold", "nll", "nll_se", "mean_loops", "is_final", "done", "seed",
     # for paired comparisons (analysis.paired): the spread over sequences, how many, each sequence's NLL
@@ -167,6 +167,7 @@ def read_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         "params_total": _num(params.get("total")), "params_effective": _num(params.get("effective")),
         "seq_len": data.get("seq_len"), "global_batch": batch.get("global_batch"),
         "budget_flops": _num(budget.get("flops")), "budget_convention": budget.get("convention"),
+        "lr_schedule": (cfg.get("optim") or {}).get("schedule"),
         "done": status["done"], "seed": cfg.get("seed"), "eval_set": eval_set_key(cfg),
     }
     for k, v in (meta.get("axes") or {}).items():
@@ -197,7 +198,7 @@ def _coerce(df: pd.DataFrame) -> pd.DataFrame:
     for c in ("is_final", "done"):
         df[c] = df[c].map(lambda v: bool(v) if v is not None and not (isinstance(v, float) and math.isnan(v))
                           else False).astype(bool)
-    for c in ("study", "run", "slug", "group", "role", "family", "budget_convention", "eval_set"):
+    for c in ("study", "run", "slug", "group", "role", "family", "budget_convention", "lr_schedule", "eval_set"):
         df[c] = df[c].astype("object").where(df[c].notna(), None)
     df["nll_per_seq"] = pd.Series([_seq_list(v) for v in df["nll_per_seq"]], index=df.index, dtype="object")
     return df

@@ -106,10 +106,25 @@ def trajectory(df: pd.DataFrame, run: str, loops: int | None, flops_col: str) ->
     return d.sort_values([flops_col, "step"])
 
 
-def schedule_note(df: pd.DataFrame) -> str | None:
-    """The schedule, if a sweep axis records it (the tidy table has no schedule column)."""
-    cols = [c for c in df.columns if c.startswith("axis_") and ("sched" in c.lower())]
-    if not cols:
-        return None
-    vals = sorted({str(v) for c in cols for v in df[c].dropna().unique()})
-    return ", ".join(vals) if vals else None
+def run_schedules(df: pd.DataFrame) -> dict[str, str | None]:
+    """Each run's LR schedule: the ``lr_schedule`` column (config.yaml ``optim.schedule``), else a sweep
+    axis whose name mentions 'sched' (tables from before the column existed), else None (unknown)."""
+    if df.empty or "run" not in df:
+        return {}
+    cols = (["lr_schedule"] if "lr_schedule" in df.columns else []) + \
+        [c for c in df.columns if c.startswith("axis_") and "sched" in c.lower()]
+    out: dict[str, str | None] = {}
+    d = df.drop_duplicates("run")
+    for i, run in enumerate(d["run"].to_numpy()):
+        val = None
+        for c in cols:
+            v = d[c].iloc[i]
+            if v is not None and not (isinstance(v, float) and np.isnan(v)):
+                val = str(v).strip().lower()
+                break
+        out[str(run)] = val
+    return out
+
+
+def is_cosine(schedule: str | None) -> bool:
+    return schedule is not None and "cos" in schedule

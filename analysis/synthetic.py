@@ -65,6 +65,7 @@ class SyntheticSpec:
     no_evals: int = 1                  # runs with a config but no evaluation yet
     failed: int = 0
     noise_seed: int = 0
+    lr_schedule: str = "constant"      # the trajectories are read along the way, as a constant-LR run allows
     n_seqs: int = 32                   # eval sequences behind each NLL; 0 = no nll_per_seq (older runs)
     seq_spread: float = 0.5            # spread of sequence difficulty (shared by every run: the same eval set)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -167,6 +168,7 @@ def make_runs(spec: SyntheticSpec) -> list[dict[str, Any]]:
                                   "n_mid_layers": ml_, "n_tail_layers": tl, "s_max": f["s_max"],
                                   "loop_dist": "uniform" if fam == "loopmdm" else "fixed", "vocab_size": spec.vocab},
                         "data": {"seq_len": 256}, "batch": {"global_batch": 64},
+                        "optim": {"schedule": spec.lr_schedule},
                         "eval": {"n_seqs": n_seqs, "n_draws": 8, "seed": 1234},
                         "budget": {"flops": float(C), "convention": "6N_nonembed"}, "seed": int(seed),
                     }
@@ -250,7 +252,8 @@ def frontier_pair_table(
                                      s_max=s_max if fam == "loopmdm" else 1, n_layers=8,
                                      params_embedding=1e5, params_nonembedding=N, params_total=N + 1e5,
                                      params_effective=N + 1e5, seq_len=256, global_batch=64, budget_flops=C,
-                                     budget_convention="6N_nonembed", step=int(1000 * frac), tokens=D,
+                                     budget_convention="6N_nonembed", lr_schedule="constant",
+                                     step=int(1000 * frac), tokens=D,
                                      flops_6N_nonembed=c, flops_6N_total=c * 1.1, flops_exact=c * 1.25,
                                      eval_loops=loops if fam == "loopmdm" else 1, exit_threshold=np.nan, nll=nll,
                                      nll_se=nll_se, mean_loops=float(loops if fam == "loopmdm" else 1),

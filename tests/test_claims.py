@@ -369,3 +369,29 @@ def test_protocol_median_stays_identified_with_a_few_censored_groups():
     assert c.measured is not None and abs(c.measured - 3.3) / 3.3 < 0.03
     assert c.verdict == CL.SUPPORTED and c.ci_low > 1
     assert any("1 of 12 group(s) LoopMDM never reached" in cv for cv in c.caveats)
+
+
+# ------------------------------------------------------------------------ LR schedule and claim 2
+def test_protocol_schedule_caveat_only_when_needed():
+    df = frontier_pair_table(3.3, eval_fracs=tuple(np.linspace(0.05, 1.0, 20)), budgets=(1e15,))
+    c = CL.claim_protocol(df, "flops_6N_nonembed", loops=8, n_boot=NB)
+    assert not any("schedule" in cv for cv in c.caveats)  # every run constant-LR: nothing to warn about
+    assert c.details["lr_schedules"] == dict(cosine_runs=0, unknown_runs=0, mid_schedule_points_dropped=0)
+    u = CL.claim_protocol(df.assign(lr_schedule=None), "flops_6N_nonembed", loops=8, n_boot=NB)
+    assert any("LR schedule unknown for 12 run(s)" in cv for cv in u.caveats)
+
+
+def test_protocol_drops_mid_schedule_points_of_cosine_runs():
+    df = frontier_pair_table(3.3, eval_fracs=tuple(np.linspace(0.05, 1.0, 20)), budgets=(1e15,))
+    groups = sorted(df["group"].unique())
+    cos_run = f"loopmdm-{groups[0]}"
+    df.loc[df["run"] == cos_run, "lr_schedule"] = "cosine"
+    c = CL.claim_protocol(df, "flops_6N_nonembed", loops=8, n_boot=NB)
+    assert c.details["lr_schedules"] == dict(cosine_runs=1, unknown_runs=0, mid_schedule_points_dropped=19)
+    assert any("1 run(s) use a cosine LR schedule: their 19 mid-schedule eval point(s) are left out" in cv
+               for cv in c.caveats)
+    g = next(x for x in c.details["groups"] if x["group"] == groups[0])
+    # with only its final point, the looped run is already below the baseline there: a lower bound
+    assert g["status"] == ["reached at the first eval point"] and g["value_high"] == np.inf
+    assert g["text"].startswith("≥ ")
+    assert c.measured == pytest.approx(3.3, rel=0.03)  # the median over the 6 groups is unaffected

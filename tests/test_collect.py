@@ -134,6 +134,7 @@ def test_per_sequence_nlls_and_eval_set(tmp_path):
         return e
 
     write_run(s, "a-1", groups=[{"group": "g", "role": "baseline_same"}], eval_cfg=ev_cfg,
+              optim={"lr": 3e-3, "schedule": "cosine"},
               evals=[evp(10, [3.0, 2.0, 4.0]), evp(20, [2.5, 1.5, 3.5], final=True)])
     # same eval set, only a non-semantic eval knob differs
     write_run(s, "b-2", groups=[{"group": "g", "role": "baseline_deeper"}], eval_cfg={**ev_cfg, "batch_size": 4},
@@ -152,6 +153,8 @@ def test_per_sequence_nlls_and_eval_set(tmp_path):
     assert by["h_a-1"]["eval_set"].iloc[0] == by["h_b-2"]["eval_set"].iloc[0] is not None
     assert by["h_c-3"]["eval_set"].iloc[0] != by["h_a-1"]["eval_set"].iloc[0]
     assert by["h_d-4"]["nll_per_seq"].iloc[0] is None and by["h_d-4"]["eval_set"].iloc[0] is None
+    # optim.schedule -> lr_schedule; None when the config does not say
+    assert set(by["h_a-1"]["lr_schedule"]) == {"cosine"} and by["h_d-4"]["lr_schedule"].iloc[0] is None
     # the list column survives the parquet round trip
     back = load_or_collect(s)
     got = back.loc[(back["run"] == "h_a-1") & (back["step"] == 20), "nll_per_seq"].iloc[0]
