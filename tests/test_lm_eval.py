@@ -190,3 +190,15 @@ def test_rolling_loglikelihood_covers_text_longer_than_the_model(sft_lm):
     assert math.isfinite(a) and a < 0 and sft_lm.loglikelihood_rolling([Req(text)]) == [a]
     short = sft_lm.loglikelihood_rolling([Req(text[:100])])[0]
     assert a < short  # more text, more nats
+
+
+def test_cli_submits_through_study_launch(runs, tmp_path_factory, capsys):
+    """--executor debug takes the SLURM path (study.launch.submit, a pickled job per run) in this process."""
+    _, sft = runs
+    cache = tmp_path_factory.getbasetemp() / "eval_cache"
+    argv = [str(sft), "--tasks", "gsm8k-synth-mc:easy", "--limit", "4", "--mc-num", "3", "--executor", "debug",
+            "--cache-dir", str(cache)]
+    assert eval_mod.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "submitted eval-sft" in out and "gsm8k-synth-mc-easy-500 S=3: acc,none" in out
+    assert (sft / "eval_jobs").is_dir()
