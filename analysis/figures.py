@@ -96,6 +96,9 @@ def fig_loss_vs_flops(df: pd.DataFrame, fits: StudyFits, conv: str, figdir: Path
             title += f" (LoopMDM at S={fits.loops})"
         ax.set_title(title)
         ax.legend(loc="upper right")
+        if not any(fits.get_frontier(f, conv).ok for f in fams):
+            cap = (f"Final validation NLL vs training FLOPs ({CONV_LABEL.get(conv, conv)}), per family; points only: "
+                   f"no frontier could be fitted (see What is missing)")
         return FigureResult(name, _save(fig, figdir, name, formats), caption=cap)
 
 

@@ -94,25 +94,36 @@ def _missing_list(summary: dict[str, Any], df: pd.DataFrame, fits: StudyFits | N
                 out.append(f"no runs of family '{fam}'")
         if "budget_flops" in df and df["budget_flops"].nunique() == 1:
             out.append("a single FLOPs budget: frontiers, IsoFLOP power laws and backtests need several")
+    messages: list[str] = []
     if fits is not None:
         out += [f"fits: {n}" for n in fits.notes]
-        for k, f in fits.frontier.items():
-            if not f.ok:
-                out.append(f"frontier {k}: {f.message}")
+        bad = [(k, f.message) for k, f in fits.frontier.items() if not f.ok]
+        out += _grouped("frontier", bad, len(fits.frontier), "every frontier fit (family × FLOPs convention)")
         for k, f in fits.isoflop.items():
             edges = [b.budget for b in f.budgets if b.edge]
             if edges:
                 out.append(f"IsoFLOP {k}: optimum at the edge of the sizes tried for budget(s) "
                            f"{', '.join(f'{e:.2g}' for e in edges)} — extend the size grid there")
-            if not f.ok:
-                out.append(f"IsoFLOP {k}: {f.message}")
-        for k, f in fits.parametric.items():
-            if not f.ok:
-                out.append(f"parametric L(N,D) {k}: {f.message}")
+        bad_iso = [(k, f.message) for k, f in fits.isoflop.items() if not f.ok]
+        out += _grouped("IsoFLOP", bad_iso, len(fits.isoflop), "IsoFLOP, every family")
+        bad_par = [(k, f.message) for k, f in fits.parametric.items() if not f.ok]
+        out += _grouped("parametric L(N,D)", bad_par, len(fits.parametric), "parametric L(N,D), every family")
+        messages = [m for _, m in bad + bad_iso + bad_par if m]
     for c in claims:
         if c.details.get("missing_input") and c.caveats:
+            if any(m in c.caveats[0] for m in messages):
+                continue  # the fit failure that caused it is listed above
             out.append(f"claim {c.key}: {c.caveats[0]}")
     return out
+
+
+def _grouped(what: str, items: Sequence[tuple[str, str]], total: int, all_label: str) -> list[str]:
+    """One line per distinct message, naming every fit that failed with it."""
+    by: dict[str, list[str]] = {}
+    for name, msg in items:
+        by.setdefault(msg, []).append(name)
+    return [f"{all_label}: {msg}" if len(names) == total and total > 1 else f"{what} {', '.join(names)}: {msg}"
+            for msg, names in by.items()]
 
 
 def _frontier_table(fits: StudyFits, alt: bool = False) -> list[str]:
@@ -239,24 +250,39 @@ def _claim_section(kind: str, claims: Sequence[Claim], figs: dict[str, FigureRes
                              f"[{fmt(cv['low'][i])}, {fmt(cv['high'][i])}] |")
                 L.append("")
         if kind == "adaptive" and c.details.get("thresholds"):
-            L += ["| threshold | runs | mean loops / cap | saving | ΔNLL [95% CI] | equal quality |", "|---|---|---|---|---|---|"]
+            mg = c.details.get("margin")
+            L += [f"| threshold | runs | mean loops / cap | saving | ΔNLL, nats/token [95% CI] | s.e. | "
+                  f"equal quality (≤ {fmt(mg)}) |", "|---|---|---|---|---|---|---|"]
             for t in c.details["thresholds"]:
+                eq = ("yes" if t["equal_quality"] else "no") if t["saving"] > 0 else "— (no loops saved)"
                 L.append(f"| {t['threshold']:g} | {t['n_runs']} | {fmt(t['mean_loops'])} / {fmt(t['cap'])} | "
                          f"{100 * t['saving']:.1f}% | {t['delta']:+.4f} [{fmt(t['delta_low'])}, {fmt(t['delta_high'])}] | "
-                         f"{'yes' if t['equal_quality'] else 'no'} |")
+                         f"{t.get('se_method', '—')} | {eq} |")
             L.append("")
         if kind == "deeper" and c.details.get("groups"):
-            L += ["| group | ΔNLL (deeper − loop) | MC s.e. | FLOPs ratio deeper/loop |", "|---|---|---|---|"]
+            L += ["| group | ΔNLL (deeper − loop), nats/token | s.e. | s.e. from | FLOPs ratio deeper/loop |",
+                  "|---|---|---|---|---|"]
             for g in c.details["groups"][:12]:
-                L.append(f"| {_cell(g['group'])} | {g['delta']:+.4f} | {fmt(g['se'])} | "
+                how = g.get("se_method", "—") + (f" ({g['n_seqs']} seqs)" if g.get("n_seqs") else "")
+                L.append(f"| {_cell(g['group'])} | {g['delta']:+.4f} | {fmt(g['se'])} | {how} | "
                          f"{fmt(g['flops_ratio_deeper_over_loop'])} |")
+            if len(c.details["groups"]) > 12:
+                L.append(f"| … {len(c.details['groups']) - 12} more in fits.json | | | | |")
             L.append("")
     if kind == "protocol" and disagreements:
         L += ["**Fitted and protocol multipliers disagree** (non-overlapping CIs):", ""]
         L += [f"- {d}" for d in disagreements] + [""]
     elif kind == "protocol" and cs:
-        L += ["The fitted (claim 1) and protocol multipliers have overlapping CIs under every convention "
-              "where both exist.", ""]
+        by = {c.key: c for c in claims}
+        both = [c for c in cs if c.ci_low is not None and c.ci_high is not None
+                and (m := by.get(c.key.replace("protocol[", "multiplier["))) is not None
+                and m.ci_low is not None and m.ci_high is not None]
+        if both:
+            L += [f"The fitted (claim 1) and protocol multipliers have overlapping CIs under "
+                  f"{'every' if len(both) == len(cs) else 'each'} convention where both exist "
+                  f"({', '.join(c.details.get('convention', c.key) for c in both)}).", ""]
+        else:
+            L += ["No convention has both a fitted (claim 1) and a protocol multiplier: they cannot be compared.", ""]
     for name in SECTION_FIGS[kind]:
         f = figs.get(name)
         if f is None:

@@ -395,3 +395,19 @@ def test_protocol_drops_mid_schedule_points_of_cosine_runs():
     assert g["status"] == ["reached at the first eval point"] and g["value_high"] == np.inf
     assert g["text"].startswith("≥ ")
     assert c.measured == pytest.approx(3.3, rel=0.03)  # the median over the 6 groups is unaffected
+
+
+def test_adaptive_margin_is_a_fixed_tolerance_not_the_noise():
+    # huge MC errors: the old default margin (2 x median MC s.e. = 0.4 nats) would have called this 'equal quality'
+    c = CL.claim_adaptive(adaptive_table(0.0, se=0.2), n_boot=NB)
+    assert c.details["margin"] == CL.EQUIV_MARGIN_NATS == 0.01 and c.details["margin_source"] == "fixed tolerance"
+    assert c.verdict == CL.INCONCLUSIVE and c.measured is None
+    assert any("wider than the margin" in cv for cv in c.caveats)
+    assert any("≤ 0.01 nats/token (fixed tolerance)" in cv for cv in c.caveats)
+
+
+def test_adaptive_that_never_exits_is_reported_as_not_exercised():
+    c = CL.claim_adaptive(adaptive_table(0.0, mean_loops=8.0), n_boot=NB)
+    assert c.verdict == CL.INCONCLUSIVE and c.details.get("missing_input")
+    assert c.caveats[0].startswith("no exit threshold saved any loops")
+    assert any("0.05 never exited early" in cv for cv in c.caveats)

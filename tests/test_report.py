@@ -87,6 +87,11 @@ def test_single_budget_and_missing_columns(tmp_path):
     md = (d / "report.md").read_text()
     assert "a single FLOPs budget" in md
     assert res.claims[0].verdict == "inconclusive"
+    # "What is missing": one line per distinct fit failure, not one per fit and again per claim
+    missing = md.split("## What is missing", 1)[1].split("<details>", 1)[0]
+    assert "IsoFLOP, every family:" in missing and "- claim multiplier[" not in missing
+    assert "No convention has both a fitted (claim 1) and a protocol multiplier" in md
+    assert "overlapping CIs" not in md
     # a runs.parquet without required columns (and no runs/): a clear message, still a report
     bad = tmp_path / "bad"
     bad.mkdir()
