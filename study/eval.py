@@ -12,7 +12,9 @@ Batch size and device are recorded but not hashed: they change speed, not scores
 The result file (read by analysis/):
 ``{"task", "metric", "score", "loops", "exit_threshold", "per_sample": [0/1 per problem in doc order], "n",
 "run_hash", "ckpt_step", "eval_hash", "config": {...}, "versions": {...}, "device", ...}``
-plus every metric lm-eval reported (``metrics``), its per-sample values for each (``per_sample_metrics``),
+plus ``step`` (= ckpt_step) and ``sample_ids`` (a hash of each problem, in per_sample's order) for
+analysis.claims' pairing, every metric lm-eval reported (``metrics``), its per-sample values for each
+(``per_sample_metrics``),
 the loops the mid block actually ran on average (``mean_loops``: < loops under adaptive exit) and timings.
 
 ``--scan`` appends loop-scan rows to ``evals.jsonl`` (``study.evaluate.loop_scan``); ``--attention`` writes
@@ -107,12 +109,16 @@ def _primary(results: dict, wanted: str | None) -> str:
     return keys[0]
 
 
-def _per_sample(samples: list[dict], metric_key: str) -> list:
+def _samples(samples: list[dict], metric_key: str) -> list[dict]:
+    """lm-eval's logged samples of one 'metric,filter', in document order (stable across models)."""
     metric, _, filt = metric_key.partition(",")
-    rows = sorted((s for s in samples if s.get("filter", "none") == filt and metric in s), key=lambda s: s["doc_id"])
+    return sorted((s for s in samples if s.get("filter", "none") == filt and metric in s), key=lambda s: s["doc_id"])
+
+
+def _per_sample(samples: list[dict], metric_key: str) -> list:
     out = []
-    for s in rows:
-        v = float(s[metric])
+    for s in _samples(samples, metric_key):
+        v = float(s[metric_key.partition(",")[0]])
         out.append(int(v) if v in (0.0, 1.0) else v)
     return out
 
@@ -131,7 +137,9 @@ def run_task(lm, task, tm, req: EvalRequest) -> dict:
     samples = r["samples"][task.name]
     metric_keys = [k for k in results if "," in k and "_stderr" not in k]
     per_sample_metrics = {k: _per_sample(samples, k) for k in metric_keys}
-    return {"metric": metric, "score": float(results[metric]),
+    # problem ids for pairing across models: a hash of the document, so a reordered data file still pairs
+    sample_ids = [str(x.get("doc_hash") or x["doc_id"])[:16] for x in _samples(samples, metric)]
+    return {"metric": metric, "score": float(results[metric]), "sample_ids": sample_ids,
             "stderr": results.get(metric.replace(",", "_stderr,", 1)),
             "per_sample": per_sample_metrics[metric], "n": len(per_sample_metrics[metric]),
             "metrics": {k: results[k] for k in metric_keys}, "per_sample_metrics": per_sample_metrics,
@@ -183,7 +191,7 @@ def evaluate_tasks(run_dir: str | Path, req: EvalRequest) -> list[dict]:
         res = run_task(lm_by_knobs[key], t, tm, req)
         record = {"task": t.name, "metric": res.pop("metric"), "score": res.pop("score"), "loops": knobs["loops"],
                   "exit_threshold": knobs["exit_threshold"], "per_sample": res.pop("per_sample"), "n": res.pop("n"),
-                  "run_hash": run_hash, "ckpt_step": step, "eval_hash": eval_hash, "config": config,
+                  "run_hash": run_hash, "ckpt_step": step, "step": step, "eval_hash": eval_hash, "config": config,
                   "config_hash": short_hash(config), "versions": versions(), "device": device_name(loaded.device),
                   "batch_size": req.batch_size, "run_dir": str(run_dir), "task_spec": t.spec, **res}
         store.atomic_write_json(path, record)

@@ -349,8 +349,17 @@ def _git_commit() -> str | None:
 
 
 def device_name(device: torch.device) -> str:
+    """What ran the numbers, e.g. 'cuda:NVIDIA H100 80GB HBM3' or 'cpu:AMD EPYC 7B13 (x86_64)'."""
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
     import platform
 
-    return f"cpu:{platform.processor() or platform.machine()}"
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu:{model or platform.processor() or 'unknown'} ({platform.machine()})"

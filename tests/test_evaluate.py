@@ -16,6 +16,7 @@ from study import store
 from study.eval import main as eval_main
 from study.evaluate import (DEFAULT_SCAN_LOOPS, EvalError, attention_shares, attention_stats, load_run,
                             loop_scan)
+from study.sft import main as sft_main
 from study.sft import sft_config
 
 
@@ -101,7 +102,7 @@ def test_attention_share_is_one_when_masked_queries_attend_only_to_themselves():
         assert r["masked_to_masked"] == pytest.approx(1.0) and r["unmasked_to_masked"] == pytest.approx(0.0)
 
 
-def test_sft_config_keeps_the_parent_network(runs):
+def test_sft_config_keeps_the_parent_network(runs, capsys):
     pre, sft = runs
     parent = load_run(pre, device="cpu").cfg
     cfg = sft_config(pre, "gsm8k-synth:easy", steps=10)
@@ -110,6 +111,11 @@ def test_sft_config_keeps_the_parent_network(runs):
     assert cfg.data.corpus == "gsm8k-synth:easy" and cfg.steps == 10
     with pytest.raises(EvalError, match="steps"):
         sft_config(pre, "gsm8k-synth:easy")
+    assert sft_main([str(pre), "gsm8k-synth:easy", "--steps", "5", "optim.lr=1e-3", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert "kind: sft" in printed and "lr: 0.001" in printed
+    assert sft_main([str(pre), "gsm8k-synth:easy", "--steps", "5", "model.d_model=32"]) == 2
+    assert "model: an SFT run keeps its parent's network" in capsys.readouterr().err
     assert (sft / "DONE.json").is_file()  # the fixture's SFT run trained end to end
     loss = [r["loss"] for r in store.read_jsonl(sft / "metrics.jsonl")]
     assert loss[-1] < loss[0]

@@ -48,6 +48,7 @@ def test_multiple_choice_beats_chance_reproducibly_and_is_filed(runs, tmp_path_f
     cache = tmp_path_factory.getbasetemp() / "eval_cache"
     [res] = evaluate_tasks(sft, request(cache, tasks=["gsm8k-synth-mc:easy"], limit=MC_N))
     assert CONTRACT <= set(res) and not res["cached"]
+    assert len(set(res["sample_ids"])) == MC_N and res["step"] == res["ckpt_step"]
     assert res["task"] == "gsm8k-synth-mc-easy-500" and res["metric"] == "acc,none" and res["n"] == MC_N
     assert set(res["per_sample"]) <= {0, 1} and res["score"] == pytest.approx(sum(res["per_sample"]) / MC_N)
     assert res["score"] >= MC_PASS, f"accuracy {res['score']:.3f} on n={MC_N} is not above chance (0.25)"
