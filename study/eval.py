@@ -65,7 +65,11 @@ class EvalRequest:
     quiet: bool = False
 
     def settings(self, s_max: int) -> list[tuple[int, float | None]]:
-        """(loops, exit_threshold) pairs for the tasks: each fixed S, then each threshold capped at max S."""
+        """(loops, exit_threshold) pairs for the tasks: each fixed S, then each threshold capped at max S.
+        A non-looped model (s_max = 1: the MDM baselines) is evaluated once, as trained, whatever is asked:
+        a study-wide ``--loops 1,4,12`` then costs the baselines one evaluation, not three."""
+        if s_max == 1:
+            return [(1, None)]
         loops = self.loops or [s_max]
         return [(s, None) for s in loops] + [(max(loops), eps) for eps in self.exit_thresholds]
 

@@ -4,7 +4,8 @@
 
 lm-eval 0.4.13 finds models only in its built-in table or in modules already imported (``@register_model``);
 it scans no entry points. This wrapper imports `study.lm_eval_model` and hands over to lm-eval's CLI
-unchanged (every subcommand and flag works as documented by lm-eval). For the local offline tasks
+unchanged (every subcommand and flag works as documented by lm-eval; give ``--batch_size 16``: lm-eval's
+default of 1 is slow, and ``--device cpu`` on a machine without CUDA). For the local offline tasks
 (gsm8k-local, gsm8k-synth, ...) prefer ``python -m study.eval``, which writes their YAMLs and files results.
 """
 
