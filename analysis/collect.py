@@ -299,7 +299,7 @@ def load_task_evals(study_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
         ev_dir = run_dir / "evals"
         if not ev_dir.is_dir():
             continue
-        files = sorted(ev_dir.glob("*.json"))
+        files = sorted(f for f in ev_dir.glob("*.json") if not f.name.startswith("attention-"))  # not task scores
         if not files:
             continue
         try:

@@ -25,6 +25,7 @@ import torch
 
 from model import LoopMDM, flops, validation_nll
 from model.diffusion import Schedule, forward_mask
+from model.config import ConfigError
 from study import store
 
 DEFAULT_SCAN_LOOPS = (1, 2, 4, 6, 8, 12, 16, 24)
@@ -32,12 +33,12 @@ DEFAULT_ATTENTION_TS = (0.25, 0.5, 0.75)
 EVALS_DIR = "evals"
 
 
-class EvalError(ValueError):
+class EvalError(ConfigError):
     """An evaluation cannot run as asked; the message starts with the argument to change."""
 
-    def __init__(self, arg: str, message: str):
-        self.arg = arg
-        super().__init__(f"{arg}: {message}")
+    @property
+    def arg(self) -> str:
+        return self.field
 
 
 # ------------------------------------------------------------------------------------------ loading

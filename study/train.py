@@ -197,7 +197,7 @@ class Trainer:
             self.parent_ckpt = latest_checkpoint(resolve_parent(cfg.init_from, self.run_dir))
             if self.parent_ckpt is None:
                 raise RunError(f"init_from={cfg.init_from} has no complete checkpoint; train that run first")
-        cache = Path(cfg.data.cache_dir or os.environ.get("LOOPMDM_CACHE", Path.home() / ".cache" / "loopmdm"))
+        cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else data_mod.default_cache_dir()
         if cfg.kind == "sft":
             self.qa = data_mod.prepare_qa(cfg.data.corpus, cfg.data.tokenizer, cfg.data.seq_len)
             self.train_tokens = None

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from model.config import ConfigError
 from study import store
 
 HERE = Path(__file__).resolve().parent
@@ -39,12 +40,12 @@ MC_METRIC = "acc,none"
 ENV_GSM8K_DIR = "LOOPMDM_GSM8K_DIR"
 
 
-class TaskError(ValueError):
+class TaskError(ConfigError):
     """A task spec cannot be resolved; the message starts with the argument to change."""
 
-    def __init__(self, arg: str, message: str):
-        self.arg = arg
-        super().__init__(f"{arg}: {message}")
+    @property
+    def arg(self) -> str:
+        return self.field
 
 
 @dataclass
