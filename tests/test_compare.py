@@ -1,0 +1,24 @@
+"""analysis.compare: a re-run agrees with a study when its final NLLs sit within the stated MC errors."""
+
+import json
+
+from analysis import compare
+
+
+def _study(root, nll: float, se: float = 0.01):
+    run = root / "runs" / "d64-l1.1.1-s4-c1e12-0123456789ab"
+    run.mkdir(parents=True)
+    rows = [{"step": 5, "eval_loops": 1, "exit_threshold": None, "nll": nll + 1, "nll_se": se, "is_final": False},
+            {"step": 10, "eval_loops": 1, "exit_threshold": None, "nll": nll, "nll_se": se, "is_final": True},
+            {"step": 10, "eval_loops": 4, "exit_threshold": 0.05, "nll": nll, "nll_se": se, "is_final": True}]
+    (run / "evals.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_agreement_within_errors_and_disagreement_beyond(tmp_path, capsys):
+    a = _study(tmp_path / "a", 3.0)
+    assert compare.main([str(a), str(_study(tmp_path / "b", 3.02))]) == 0  # 0.02 <= 2 * 0.0141
+    assert "2 within 2 s.e." in capsys.readouterr().out
+    assert compare.main([str(a), str(_study(tmp_path / "c", 3.05))]) == 1
+    assert "DIFFERS" in capsys.readouterr().out
+    assert compare.main([str(a), str(tmp_path / "nothing")]) == 2
