@@ -74,7 +74,7 @@ class BudgetConfig:
 class EvalConfig:
     points: int = 6  # validation points along training, spaced geometrically, the last at the final step
     loops: tuple[int, ...] = ()  # inference S to evaluate at; () -> (1, s_max) for looped models, (1,) otherwise
-    exit_thresholds: tuple[float, ...] = ()  # adaptive-exit thresholds evaluated at the final step
+    exit_thresholds: tuple[float, ...] = ()  # adaptive exit (capped at s_max) evaluated at the final step
     n_seqs: int = 32  # fixed validation sequences
     n_draws: int = 4  # Monte-Carlo noise draws per sequence
     seed: int = 1234

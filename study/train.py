@@ -310,9 +310,10 @@ class Trainer:
             module.load_state_dict({k: v.to(backup[k].dtype) for k, v in self.ema.items()})
         rows = []
         settings = [(s, None) for s in cfg.eval_loops]
-        if final:
-            cap = max(max(cfg.eval_loops), cfg.model.s_max)
-            settings += [(cap, eps) for eps in cfg.eval.exit_thresholds]
+        if final and cfg.model.is_looped:
+            # adaptive exit is capped at the training s_max, so it is compared with the fixed S = s_max row:
+            # "fewer loops at equal quality" against the depth the model was trained for, not an extrapolation
+            settings += [(cfg.model.s_max, eps) for eps in cfg.eval.exit_thresholds]
         for loops, eps in settings:
             est = validation_nll(module, self.eval_tokens, loops=loops, n_draws=cfg.eval.n_draws, seed=cfg.eval.seed,
                                  batch_size=cfg.eval.batch_size, exit_threshold=eps)
