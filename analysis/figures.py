@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as mticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -46,13 +47,48 @@ class FigureResult:
         return dict(name=self.name, files=self.files, note=self.note, caption=self.caption)
 
 
+def _sci(v: float) -> str:
+    """1e12 -> '1e12', 3e11 -> '3e11' (short, never '3×10^11' crammed between minor ticks)."""
+    if v <= 0 or not np.isfinite(v):
+        return ""
+    e = int(math.floor(math.log10(v) + 1e-9))
+    m = v / 10**e
+    return f"{m:.0f}e{e}" if abs(m - round(m)) < 1e-6 else f"{m:.1f}e{e}"
+
+
+def _log_x_clean(ax: plt.Axes) -> None:
+    """Log x axis with labels only at 1, 2, 5 x 10^k when the axis spans < 2 decades (else 10^k), as '3e11'."""
+    lo, hi = ax.get_xlim()
+    subs = (1.0, 2.0, 5.0) if np.log10(hi / lo) < 2.2 else (1.0,)
+    ax.xaxis.set_major_locator(mticker.LogLocator(base=10, subs=subs))
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: _sci(v)))
+    ax.xaxis.set_minor_locator(mticker.LogLocator(base=10, subs=np.arange(2, 10) * 1.0))
+    ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+
+
+def _decimal_y(ax: plt.Axes, target: int = 6) -> None:
+    """Plain decimal labels (2.4, 2.6, ...) on a log or linear y axis; no minor labels."""
+    lo, hi = ax.get_ylim()
+    span = hi - lo
+    if not (np.isfinite(span) and span > 0):
+        return
+    step = next((st for st in (0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10) if span / st <= target), 10)
+    ticks = np.arange(math.ceil(lo / step) * step, hi + 1e-12, step)
+    ticks = ticks[ticks > 0] if ax.get_yscale() == "log" else ticks
+    dec = max(0, -int(math.floor(math.log10(step) + 1e-9)))
+    ax.yaxis.set_major_locator(mticker.FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(mticker.FormatStrFormatter(f"%.{dec}f"))
+    ax.yaxis.set_minor_locator(mticker.NullLocator())
+    ax.yaxis.set_minor_formatter(mticker.NullFormatter())
+
+
 def _save(fig: plt.Figure, figdir: Path, name: str, formats: Sequence[str]) -> list[str]:
     figdir.mkdir(parents=True, exist_ok=True)
     out = []
     fig.tight_layout()
     for ext in formats:
         p = figdir / f"{name}.{ext}"
-        fig.savefig(p)
+        fig.savefig(p, bbox_inches="tight")
         out.append(str(p))
     plt.close(fig)
     return out
@@ -82,20 +118,26 @@ def fig_loss_vs_flops(df: pd.DataFrame, fits: StudyFits, conv: str, figdir: Path
                 lo_c, hi_c = fit.C_range
                 cg = np.geomspace(lo_c / 1.5, hi_c * 1.5, 120)
                 ax.plot(cg, fit.predict(cg), color=COLORS[fam],
-                        label=f"{LABELS[fam]}: α={fit.alpha.estimate:.3f}, E={fit.E.estimate:.3f} ({fit.method})")
+                        label=f"{LABELS[fam]}: α={fit.alpha.estimate:.3f}, "
+                              f"{'E=0 fixed' if fit.E_fixed else f'E={fit.E.estimate:.2f}'} ({fit.method})")
                 lo, hi = fit.predict_band(cg)
                 ax.fill_between(cg, lo, hi, color=COLORS[fam], alpha=0.15, lw=0)
             else:
                 ax.plot([], [], color=COLORS[fam], label=f"{LABELS[fam]}: no fit ({fit.message[:40]})")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _log_x_clean(ax)
+        _decimal_y(ax)
         ax.set_xlabel(f"training FLOPs [{CONV_LABEL.get(conv, conv)}]")
         ax.set_ylabel("validation NLL [nats/token]")
         title = "Compute frontier"
         if fits.loops is not None:
             title += f" (LoopMDM at S={fits.loops})"
         ax.set_title(title)
-        ax.legend(loc="upper right")
+        ax.scatter([], [], s=22, color="0.5", edgecolor="k", lw=0.4, label="points the frontier is fitted to")
+        ax.scatter([], [], s=10, color="0.5", alpha=0.35, lw=0, label="other final runs")
+        # below the axes: bands and points fill the plot area
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=7)
         if not any(fits.get_frontier(f, conv).ok for f in fams):
             cap = (f"Final validation NLL vs training FLOPs ({CONV_LABEL.get(conv, conv)}), per family; points only: "
                    f"no frontier could be fitted (see What is missing)")
@@ -123,6 +165,8 @@ def fig_isoflop(fits: StudyFits, family: str, figdir: Path, formats=("png", "pdf
                 ax.scatter([b.N_star.estimate], [b.L_star.estimate], marker="*", s=110, zorder=4,
                            facecolor="none" if b.edge else col, edgecolor="k", lw=0.7)
         ax.set_xscale("log")
+        _log_x_clean(ax)
+        _decimal_y(ax)
         ax.set_xlabel("non-embedding parameters N")
         ax.set_ylabel("final validation NLL [nats/token]")
         t = f"IsoFLOP: {LABELS.get(family, family)}"
@@ -150,14 +194,26 @@ def fig_multiplier(claims: Sequence[Claim], figdir: Path, formats=("png", "pdf")
             col = plt.get_cmap("tab10")(i)
             conv = c.details.get("convention", "")
             ax.plot(x, y, color=col, label=CONV_LABEL.get(conv, conv))
-            ax.fill_between(x, np.clip(lo, 1e-3, 1e3), np.clip(hi, 1e-3, 1e3), color=col, alpha=0.15, lw=0)
+            ax.fill_between(x, np.clip(lo, 0.05, 20), np.clip(hi, 0.05, 20), color=col, alpha=0.15, lw=0)
+            lr = c.details.get("loopmdm_loss_range")
+            if lr and i == 0 and x.size and x.min() < lr[0]:
+                ax.axvspan(x.min(), lr[0], color="0.85", alpha=0.5, lw=0,
+                           label="LoopMDM not observed this low (extrapolated)")
         ax.axhline(1.0, color="k", lw=0.8, ls=":")
         ax.axhline(3.3, color="firebrick", lw=0.8, ls="--", label="paper: 3.3x")
         ax.set_yscale("log")
+        ylo, yhi = ax.get_ylim()
+        ax.set_ylim(max(ylo, 0.05), min(yhi, 20))
+        ylo, yhi = ax.get_ylim()
+        tk = [t for t in (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 10, 20) if ylo <= t <= yhi]
+        ax.yaxis.set_major_locator(mticker.FixedLocator(tk))
+        ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_locator(mticker.NullLocator())
+        ax.yaxis.set_minor_formatter(mticker.NullFormatter())
         ax.set_xlabel("validation NLL level [nats/token]")
         ax.set_ylabel("FLOPs multiplier [x]")
         ax.set_title("How many times fewer FLOPs LoopMDM needs")
-        ax.legend()
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=7)
         return FigureResult(name, _save(fig, figdir, name, formats), caption=cap)
 
 
@@ -183,6 +239,9 @@ def fig_nll_vs_loops(df: pd.DataFrame, figdir: Path, formats=("png", "pdf")) -> 
         for sm in sorted(pd.to_numeric(d["s_max"], errors="coerce").dropna().unique()):
             ax.axvline(sm, color="k", ls=":", lw=0.8)
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_locator(mticker.FixedLocator(ss))
+        ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_locator(mticker.NullLocator())
         ax.set_xlabel("inference loops S")
         ax.set_ylabel("ΔNLL vs S=1 [nats/token]")
         ax.set_title("Inference-loop scaling (LoopMDM, final checkpoints)")
@@ -231,12 +290,17 @@ def fig_adaptive(df: pd.DataFrame, figdir: Path, formats=("png", "pdf")) -> Figu
         a1.plot(t.index, t["ml"], marker="o", color=COLORS["loopmdm"])
         a1.set_xscale("log")
         a1.set_xlabel("exit threshold")
+
         a1.set_ylabel("mean loops used")
         a2.plot(t.index, t["dn"], marker="o", color=COLORS["loopmdm"])
         a2.axhline(0, color="k", lw=0.8, ls=":")
         a2.set_xscale("log")
         a2.set_xlabel("exit threshold")
         a2.set_ylabel("ΔNLL vs fixed S [nats/token]")
+        for a in (a1, a2):  # ticks at the thresholds evaluated, plain numbers
+            a.xaxis.set_major_locator(mticker.FixedLocator(list(t.index)))
+            a.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            a.xaxis.set_minor_locator(mticker.NullLocator())
         fig.suptitle("Adaptive loops")
         return FigureResult(name, _save(fig, figdir, name, formats), caption=cap)
 

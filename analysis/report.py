@@ -139,8 +139,9 @@ def _frontier_table(fits: StudyFits, alt: bool = False) -> list[str]:
             continue
         d = f.diagnostics
         lines.append(
-            f"| {f.family} | {f.convention} | {f.method} | {f.n_fit_points} | {fmt(f.E.estimate)} "
-            f"[{fmt(f.E.low)}, {fmt(f.E.high)}] | {fmt(f.A.estimate)} | {fmt(f.alpha.estimate)} "
+            f"| {f.family} | {f.convention} | {f.method} | {f.n_fit_points} | "
+            f"{'0 (fixed)' if getattr(f, 'E_fixed', False) else f'{fmt(f.E.estimate)} [{fmt(f.E.low)}, {fmt(f.E.high)}]'} | "
+            f"{fmt(f.A.estimate)} | {fmt(f.alpha.estimate)} "
             f"[{fmt(f.alpha.low)}, {fmt(f.alpha.high)}] | {fmt(d.rmse_log)} | {fmt(d.r2_log)} | "
             f"{'yes' if d.converged else 'NO'} | {d.n_starts_agree}/{d.n_starts} | {d.n_boot_ok}/{d.n_boot} |")
     return lines + [""]
@@ -156,7 +157,12 @@ def _diagnostics_md(fits: StudyFits | None) -> list[str]:
           "", "### Compute frontiers L(C) = E + A·C^-α (used by claim 1)", ""]
     L += _frontier_table(fits)
     if fits.frontier_alt:
-        L += ["### Robustness: the other frontier method (not used by the claims)", ""]
+        L += ["### Robustness: the other frontier method (not used by the claims)", "",
+              "Primary: the points that are the frontier — IsoFLOP minima when >= 4 budgets have a trusted interior "
+              "optimum, else the best run per FLOPs budget. Robustness: with a constant LR, the lower envelope of all "
+              "eval points along training (from the smallest final FLOPs up); otherwise the other final-point method. "
+              "', E=0' in the method: the 3-parameter fit did not converge or put E at its bound, so a pure power law "
+              "was fitted.", ""]
         L += _frontier_table(fits, alt=True)
     L += ["### IsoFLOP (Chinchilla approach 2)", ""]
     for fam, iso in fits.isoflop.items():
@@ -244,10 +250,16 @@ def _claim_section(kind: str, claims: Sequence[Claim], figs: dict[str, FigureRes
             n = len(cv["loss_levels"])
             pick = sorted({0, n // 2, n - 1}) if n else []
             if pick:
-                L += ["| loss level | multiplier | 95% CI |", "|---|---|---|"]
+                lr = c.details.get("loopmdm_loss_range")
+                L += ["| loss level | multiplier (fitted frontiers) | 95% CI | LoopMDM observed at this loss? |",
+                      "|---|---|---|---|"]
                 for i in pick:
-                    L.append(f"| {fmt(cv['loss_levels'][i], 4)} | {fmt(cv['estimate'][i])} | "
-                             f"[{fmt(cv['low'][i])}, {fmt(cv['high'][i])}] |")
+                    lvl, est, lo, hi = cv["loss_levels"][i], cv["estimate"][i], cv["low"][i], cv["high"][i]
+                    seen = "—" if not lr else ("yes" if lvl >= lr[0] else "no: extrapolated")
+                    # None here = infinite or undefined (JSON has no inf): a frontier that never reaches the loss
+                    ci = "—" if lo is None and hi is None else (
+                        f"≥ {fmt(lo)} (upper end unbounded)" if hi is None else f"[{fmt(lo)}, {fmt(hi)}]")
+                    L.append(f"| {fmt(lvl, 4)} | {'not defined' if est is None else fmt(est)} | {ci} | {seen} |")
                 L.append("")
         if kind == "adaptive" and c.details.get("thresholds"):
             mg = c.details.get("margin")

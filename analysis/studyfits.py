@@ -10,7 +10,7 @@ import pandas as pd
 
 from . import fits as F
 from ._util import CONVENTIONS, derive_rng, jsonable, normalise_convention
-from .select import choose_eval_loops, final_points
+from .select import choose_eval_loops, final_points, fixed_loops, run_schedules, unique_points
 
 FAMILIES = ("mdm", "loopmdm", "mdm_deeper")
 
@@ -43,6 +43,26 @@ class StudyFits:
             backtests=[b.to_dict() for b in self.backtests], notes=self.notes))
 
 
+def _all_constant(sched: dict[str, str | None], runs: Sequence[str]) -> bool:
+    """True when every run's LR schedule is known and constant (no decay, so intermediate evals are fair
+    frontier points); warmup-then-constant counts as constant."""
+    vals = [sched.get(r) for r in runs]
+    return bool(vals) and all(v is not None and "const" in v for v in vals)
+
+
+def _trajectory_points(df: pd.DataFrame, family: str, loops: int | None) -> pd.DataFrame:
+    """Every fixed-loop eval point of a family's runs (looped runs at S=``loops``, others at their smallest
+    S), the final ones included; points at 0 FLOPs are dropped by the fit."""
+    d = fixed_loops(df[df["family"] == family])
+    if d.empty:
+        return d
+    if family == "loopmdm" and loops is not None:
+        d = d[d["eval_loops"] == loops]
+    else:
+        d = d[d["eval_loops"] == d.groupby("run")["eval_loops"].transform("min")]
+    return unique_points(d).drop_duplicates(["run", "step"])
+
+
 def _budget_column(d: pd.DataFrame, conventions: Sequence[str]) -> str:
     conv = d["budget_convention"].dropna()
     if not conv.empty:
@@ -66,15 +86,26 @@ def fit_study(
 ) -> StudyFits:
     """Fit what can be fitted; anything that cannot is recorded with the reason, never raised.
 
-    Frontier per family x convention: on the IsoFLOP minima when >= 4 budgets have a trusted interior
-    optimum (``frontier_method='auto'``), else on the lower envelope of final points; the other one is
-    kept in ``frontier_alt`` as a robustness check."""
+    Frontier per family x convention (``frontier``, used by claim 1), fitted to the points that *are*
+    the frontier:
+
+    * primary: the IsoFLOP minima (parabola vertices) when >= 4 budgets have a trusted interior optimum
+      (``frontier_method='auto'``, needs >= 3 sizes per budget); otherwise the per-budget minima of the
+      final points (the best run tried at each FLOPs budget); without budgets, the lower envelope of the
+      final points;
+    * robustness (``frontier_alt``): with a constant LR schedule every eval point along training is a
+      legitimate (loss, FLOPs) observation, so the lower envelope of all eval points at or above the
+      smallest final FLOPs ("trajectory envelope"); with a decaying schedule, the other of the two
+      final-point methods above.
+    """
     conventions = tuple(normalise_convention(c) for c in conventions)
     if loops is None:
         loops, note = choose_eval_loops(df)
     else:
         note = f"S={loops} (set by the caller)"
     out = StudyFits(loops=loops, loops_note=note, conventions=conventions, n_boot=n_boot, weighted=weighted)
+    sched = run_schedules(df)
+    const_lr = {fam: _all_constant(sched, df.loc[df["family"] == fam, "run"].unique()) for fam in families}
     for fam in families:
         d = final_points(df, fam, loops)
         if d.empty:
@@ -96,22 +127,40 @@ def fit_study(
         else:
             out.isoflop[fam] = F.IsoFlopFit(False, "no budget_flops: runs cannot be grouped into IsoFLOP budgets",
                                             family=fam)
+        traj = _trajectory_points(df, fam, loops) if const_lr.get(fam) else None
         for conv in conventions:
             if conv not in d.columns or d[conv].isna().all():
                 out.notes.append(f"family {fam}: no {conv} column/values")
                 continue
-            env = F.fit_frontier(
-                d[conv].to_numpy(float), L, clusters=runs, strata=budget if has_budget else None, weights=w,
-                n_boot=n_boot, seed=derive_rng(seed, "frontier", fam, conv), family=fam, convention=conv)
-            isf = F.fit_frontier_isoflop(iso, conv) if iso is not None else None
-            use_iso = frontier_method == "isoflop" or (frontier_method == "auto" and isf is not None and isf.ok)
-            if use_iso and isf is not None:
-                out.frontier[f"{fam}|{conv}"] = isf
-                out.frontier_alt[f"{fam}|{conv}"] = env
+            rng_key = derive_rng(seed, "frontier", fam, conv)
+            if has_budget:
+                bm = F.fit_frontier(
+                    d[conv].to_numpy(float), L, select="budget_min", budget=budget, clusters=runs, strata=budget,
+                    weights=w, se=d["nll_se"].to_numpy(float) if "nll_se" in d else None, n_boot=n_boot,
+                    seed=rng_key, family=fam, convention=conv, method="budget minima")
             else:
-                out.frontier[f"{fam}|{conv}"] = env
-                if isf is not None:
-                    out.frontier_alt[f"{fam}|{conv}"] = isf
+                bm = F.fit_frontier(
+                    d[conv].to_numpy(float), L, select="envelope", clusters=runs, weights=w, n_boot=n_boot,
+                    seed=rng_key, family=fam, convention=conv, method="envelope of final points")
+            isf = F.fit_frontier_isoflop(iso, conv) if iso is not None else None
+            use_iso = isf is not None and (frontier_method == "isoflop" or (frontier_method == "auto" and isf.ok))
+            primary, other = (isf, bm) if use_iso else (bm, isf)
+            out.frontier[f"{fam}|{conv}"] = primary
+            alt = None
+            if traj is not None and conv in traj.columns:
+                t = traj[np.isfinite(traj[conv].to_numpy(float))]
+                cmin = float(np.nanmin(d[conv].to_numpy(float)))
+                t = t[t[conv].to_numpy(float) >= cmin * (1 - 1e-9)]
+                tb = t["budget_flops"].to_numpy(float) if has_budget else None
+                alt = F.fit_frontier(
+                    t[conv].to_numpy(float), t["nll"].to_numpy(float), select="envelope",
+                    clusters=t["run"].to_numpy(), strata=tb, n_boot=n_boot,
+                    seed=derive_rng(seed, "frontier_traj", fam, conv), family=fam, convention=conv,
+                    method="trajectory envelope")
+            elif other is not None:
+                alt = other
+            if alt is not None:
+                out.frontier_alt[f"{fam}|{conv}"] = alt
         if np.isfinite(N).sum() >= 8 and np.isfinite(D).sum() >= 8:
             out.parametric[fam] = F.fit_parametric(N, D, L, clusters=runs, weights=w, n_boot=n_boot,
                                                    seed=derive_rng(seed, "parametric", fam), family=fam)

@@ -224,3 +224,33 @@ def test_fit_cli_refits_csv(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("x,y\n1,2\n")
     assert main([str(bad), "--law", "parametric"]) == 2
+
+
+def test_frontier_uses_per_budget_minima():
+    """Two widths per budget, the second clearly worse and (as with exact FLOPs) slightly cheaper: a Pareto
+    envelope keeps both, the frontier must run through the better width's points."""
+    budgets = np.array([3e11, 8e11, 2e12, 5e12, 1.2e13])
+    good_L = 1.6 + 40.0 * budgets ** -0.12
+    C = np.concatenate([budgets, budgets * 0.97])
+    L = np.concatenate([good_L, good_L * 1.12])
+    bud = np.concatenate([budgets, budgets])
+    se = np.full(C.size, 0.01)
+    f = F.fit_frontier(C, L, select="budget_min", budget=bud, se=se, n_boot=200, seed=0)
+    assert f.ok and f.n_fit_points == budgets.size
+    assert np.allclose(f.predict(budgets), good_L, rtol=0.01)
+    assert sum(r["on_frontier"] for r in f.residuals) == budgets.size
+    assert f.diagnostics.n_boot_ok >= 180
+    env = F.lower_envelope(C, L)
+    assert env.sum() > budgets.size  # the Pareto envelope keeps worse-width points: wrong selection here
+    bt = F.backtest_frontier(C, L, bud)
+    assert bt.ok and abs(bt.error_nats) < 0.05
+
+
+def test_frontier_falls_back_to_pure_power_law():
+    C = np.geomspace(1e15, 1e18, 4)
+    L = 30.0 * C ** -0.08  # no floor: E runs to its bound
+    f = F.fit_frontier(C, L, envelope=False, n_boot=50, seed=0)
+    assert f.ok and f.E_fixed and f.E.estimate == 0.0 and "E=0" in f.method
+    assert any("E fixed at 0" in n for n in f.notes)
+    assert abs(f.alpha.estimate - 0.08) < 1e-3
+    assert np.isfinite(f.invert([L.min() * 0.9])).all()
