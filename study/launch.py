@@ -201,6 +201,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+DIST_ENV_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def init_dist_env_from_slurm() -> dict[str, str]:
     """Export RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT for
     ``torch.distributed``/DeepSpeed, which read these and not SLURM's variables.
@@ -208,7 +211,7 @@ def init_dist_env_from_slurm() -> dict[str, str]:
     Inside a submitit job (slurm or local): from submitit's job environment (CUDA_VISIBLE_DEVICES is left
     alone: DeepSpeed picks the device by LOCAL_RANK). Under a bare ``srun``: from SLURM's variables. In a
     plain process: a world of one on 127.0.0.1 and a free port, unless a launcher (torchrun) set RANK."""
-    keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    keys = DIST_ENV_KEYS
     if os.environ.get("SUBMITIT_EXECUTOR") in ("slurm", "local"):
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     elif os.environ.get("SLURM_PROCID") and os.environ.get("SLURM_STEP_ID") and "RANK" not in os.environ:
@@ -388,6 +391,11 @@ class ResumableRun(Checkpointable):
         cwd = os.environ.get(ENV_LAUNCH_CWD)
         if cwd and os.path.isdir(cwd):
             os.chdir(cwd)  # the setup cd'ed into the snapshot only so that it is imported first
+        if os.environ.get("SUBMITIT_EXECUTOR") in ("slurm", "local"):
+            # sbatch exports the submitting shell's environment: a MASTER_PORT (or RANK) left there by a
+            # process that had initialised torch.distributed itself would be reused here and collide
+            for key in DIST_ENV_KEYS:
+                os.environ.pop(key, None)
         init_dist_env_from_slurm()
         flag = install_preemption_flag()
         try:

@@ -5,6 +5,7 @@ submits nothing, `collect` yields every run."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from pathlib import Path
 
@@ -50,6 +51,14 @@ def test_sweep_on_slurm_with_a_requeue(tmp_path, capsys, monkeypatch):
     study = tmp_path / "study"
     cache = tmp_path / "cache"
     monkeypatch.setenv("LOOPMDM_CACHE", str(cache))  # jobs inherit the submitting environment
+    # ...including what a process that ran torch.distributed itself leaves behind: a MASTER_PORT that is
+    # taken. Jobs must set up their own distributed environment, not reuse the submitter's.
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(busy.getsockname()[1]), "RANK": "0",
+                       "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(key, value)
     runs = sweep.expand(sweep.load_spec(spec_path))
     assert len(runs) == 4
 
@@ -84,6 +93,9 @@ def test_sweep_on_slurm_with_a_requeue(tmp_path, capsys, monkeypatch):
     assert 10 <= pre["step"] < 160
     steps = [m["step"] for m in store.read_jsonl(vdir / "metrics.jsonl")]
     assert steps == list(range(1, 161))
+    busy.close()
+    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key)
     twin = tmp_path / "twin"
     cfg = victim.final_config("slurm-it")
     train(cfg, twin, quiet=True)
