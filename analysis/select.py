@@ -82,17 +82,25 @@ def choose_eval_loops(df: pd.DataFrame, min_loops: int = 6) -> tuple[int | None,
     return s, f"S={s}: looped runs share no common S; the most frequent one is used (runs lacking it are left out)"
 
 
-def final_points(df: pd.DataFrame, family: str, loops: int | None = None) -> pd.DataFrame:
-    """One final, fixed-loop row per run of ``family``; looped runs at S=``loops``, others at their
-    smallest evaluated S (1 for a non-looped model)."""
-    d = fixed_loops(df[(df["family"] == family) & df["is_final"]])
+def family_points(df: pd.DataFrame, family: str, loops: int | None = None, final_only: bool = True) -> pd.DataFrame:
+    """Fixed-loop eval rows of ``family``: looped runs at S=``loops``, others at their smallest evaluated S
+    (1 for a non-looped model); one row per run (``final_only``) or per run and step (whole trajectories)."""
+    mask = df["family"] == family
+    if final_only:
+        mask &= df["is_final"]  # a boolean mask even on an empty table (an object Series would pick columns)
+    d = fixed_loops(df[mask])
     if d.empty:
         return d
     if family == "loopmdm" and loops is not None:
         d = d[d["eval_loops"] == loops]
     else:
         d = d[d["eval_loops"] == d.groupby("run")["eval_loops"].transform("min")]
-    return unique_points(d).drop_duplicates("run")
+    return unique_points(d).drop_duplicates("run" if final_only else ["run", "step"])
+
+
+def final_points(df: pd.DataFrame, family: str, loops: int | None = None) -> pd.DataFrame:
+    """One final, fixed-loop row per run of ``family`` (see family_points)."""
+    return family_points(df, family, loops, final_only=True)
 
 
 def trajectory(df: pd.DataFrame, run: str, loops: int | None, flops_col: str) -> pd.DataFrame:

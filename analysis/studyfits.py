@@ -10,7 +10,7 @@ import pandas as pd
 
 from . import fits as F
 from ._util import CONVENTIONS, derive_rng, jsonable, normalise_convention
-from .select import choose_eval_loops, final_points, fixed_loops, run_schedules, unique_points
+from .select import choose_eval_loops, family_points, final_points, run_schedules
 
 FAMILIES = ("mdm", "loopmdm", "mdm_deeper")
 
@@ -53,14 +53,7 @@ def _all_constant(sched: dict[str, str | None], runs: Sequence[str]) -> bool:
 def _trajectory_points(df: pd.DataFrame, family: str, loops: int | None) -> pd.DataFrame:
     """Every fixed-loop eval point of a family's runs (looped runs at S=``loops``, others at their smallest
     S), the final ones included; points at 0 FLOPs are dropped by the fit."""
-    d = fixed_loops(df[df["family"] == family])
-    if d.empty:
-        return d
-    if family == "loopmdm" and loops is not None:
-        d = d[d["eval_loops"] == loops]
-    else:
-        d = d[d["eval_loops"] == d.groupby("run")["eval_loops"].transform("min")]
-    return unique_points(d).drop_duplicates(["run", "step"])
+    return family_points(df, family, loops, final_only=False)
 
 
 def _budget_column(d: pd.DataFrame, conventions: Sequence[str]) -> str:
