@@ -96,6 +96,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--paper", action="store_true", help="also the 12x768 backbone (layers 1-2 looped)")
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per variant")
     ap.add_argument("--json", type=Path, help="write the results here too")
     ap.add_argument("--no-harness", action="store_true")
     ns = ap.parse_args()
@@ -118,9 +119,13 @@ def main() -> None:
     results = []
     for name, cfg, k, batch, seq_len in setups:
         variants = [(f"looped S={k}", cfg, k), ("same-size S=1", cfg.non_looped(), 1), (f"deeper (S={k} depth)", cfg.deeper(k), 1)]
-        base_tpf = None
+        # interleaved rounds: a variant timed first would also pay for the machine warming up
+        times = {v[0]: [] for v in variants}
+        for _ in range(ns.rounds):
+            for vname, vcfg, loops in variants:
+                times[vname].append(bare_step_time(vcfg, loops, batch, seq_len, device, dtype, ns.iters))
         for vname, vcfg, loops in variants:
-            t = bare_step_time(vcfg, loops, batch, seq_len, device, dtype, ns.iters)
+            t = statistics.median(times[vname])
             f = batch * seq_len * flops.train_flops_per_token(vcfg, seq_len, loops, "exact")
             row = {"setup": name, "variant": vname, "batch": batch, "seq_len": seq_len, "step_s": t,
                    "tokens_per_s": batch * seq_len / t, "tflops": f / t / 1e12, "mfu": f / t / peak,
