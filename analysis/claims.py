@@ -35,7 +35,7 @@ from . import fits as F
 from . import paired as PA
 from ._util import CONVENTIONS, derive_rng, fmt, jsonable, normalise_convention
 from .select import (CORE_COLUMNS, choose_eval_loops, final_points, fixed_loops, missing_columns,
-                     is_cosine, run_schedules, trajectory, unique_points)
+                     is_cosine, run_schedules, unique_points)
 from .studyfits import StudyFits
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"

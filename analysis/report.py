@@ -18,7 +18,6 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from . import __name__ as _pkg  # noqa: F401
 from ._util import CONVENTIONS, atomic_write_text, dumps, fmt, normalise_convention
 from .claims import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, TASK_EVAL_CONTRACT, Claim, evaluate_claims,
                      multiplier_disagreements)

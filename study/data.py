@@ -26,9 +26,12 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: torch loads inside the functions that build tensors
+    import torch
 
 from model.config import ConfigError
 from study import gsm8k_synth

@@ -36,8 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from model import flops
 from model.config import ConfigError, reject_unknown_keys
 from study import config as config_mod
