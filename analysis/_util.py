@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from records import atomic_write_bytes, atomic_write_text  # noqa: F401  (the one atomic writer)
+
 
 def jsonable(obj: Any) -> Any:
     """Convert to strict JSON: non-finite floats become None because JSON has no NaN/inf and
@@ -40,28 +42,6 @@ def jsonable(obj: Any) -> Any:
 
 def dumps(obj: Any) -> str:
     return json.dumps(jsonable(obj), indent=2, sort_keys=False, allow_nan=False)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temp file in the same directory, then rename: a reader never sees half a file
-    and a crash leaves the old version intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def derive_rng(seed: int, *keys: Any) -> np.random.Generator:

@@ -29,12 +29,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ._util import atomic_write_bytes
+import records
 
-try:  # the C loader is ~10x faster on 1,000 configs
-    _Loader = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover
-    _Loader = yaml.SafeLoader
+from ._util import atomic_write_bytes
 
 ROLE_TO_FAMILY = {"looped": "loopmdm", "baseline_same": "mdm", "baseline_deeper": "mdm_deeper"}
 
@@ -97,26 +94,6 @@ def _seq_list(v: Any) -> np.ndarray | None:
     return a if a.ndim == 1 and a.size else None
 
 
-def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """Rows and the number of unreadable lines (a run killed mid-write leaves a torn last line)."""
-    rows, bad = [], 0
-    with open(path, "r", encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if isinstance(obj, dict):
-                rows.append(obj)
-            else:
-                bad += 1
-    return rows, bad
-
-
 def _infer_groups(cfg: dict[str, Any], model: dict[str, Any]) -> list[dict[str, str]]:
     """A run without ``meta.groups`` is in no comparison group; its family is guessed from s_max so it
     still counts for the frontier fits (a deeper baseline cannot be told apart: it becomes 'mdm')."""
@@ -127,16 +104,15 @@ def _infer_groups(cfg: dict[str, Any], model: dict[str, Any]) -> list[dict[str, 
 
 def read_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows of one run (one per group membership x eval point) and a status record."""
-    status: dict[str, Any] = {"dir": run_dir.name, "done": (run_dir / "DONE.json").exists(),
-                              "failed": (run_dir / "FAILED.json").exists(), "bad_lines": 0, "n_evals": 0}
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.exists():
-        status["problem"] = "no config.yaml"
-        return [], status
+    status: dict[str, Any] = {"dir": run_dir.name, "done": (run_dir / records.DONE).exists(),
+                              "failed": (run_dir / records.FAILED).exists(), "bad_lines": 0, "n_evals": 0}
     try:
-        cfg = yaml.load(cfg_path.read_text(encoding="utf-8"), Loader=_Loader) or {}
+        cfg = records.read_config(run_dir)
     except yaml.YAMLError as e:
         status["problem"] = f"unreadable config.yaml: {e.__class__.__name__}"
+        return [], status
+    if cfg is None:
+        status["problem"] = "no config.yaml"
         return [], status
     meta = cfg.get("meta") or {}
     model = cfg.get("model") or {}
@@ -147,10 +123,8 @@ def read_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     status["run"] = str(meta.get("hash") or run_dir.name)
     if not params:
         status["problem_params"] = "no meta.params in config.yaml (parameter counts are NaN)"
-    evals_path = run_dir / "evals.jsonl"
-    evals: list[dict[str, Any]] = []
-    if evals_path.exists():
-        evals, status["bad_lines"] = read_jsonl(evals_path)
+    log = records.read_evals(run_dir)
+    evals, status["bad_lines"] = log.rows, log.bad_lines
     status["n_evals"] = len(evals)
     if not evals:
         status["problem"] = "no evaluations"
@@ -209,14 +183,12 @@ def collect(study_dir: str | Path, write: bool = True) -> pd.DataFrame:
 
     ``df.attrs['collect']`` summarises what was read and what was skipped (for "what is missing")."""
     study_dir = Path(study_dir)
-    runs_dir = study_dir / "runs"
     rows: list[dict[str, Any]] = []
     statuses = []
-    if runs_dir.is_dir():
-        for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-            r, st = read_run(run_dir)
-            rows.extend(r)
-            statuses.append(st)
+    for run_dir in records.list_run_dirs(study_dir):
+        r, st = read_run(run_dir)
+        rows.extend(r)
+        statuses.append(st)
     df = pd.DataFrame(rows) if rows else empty_table()
     for c in BASE_COLUMNS:
         if c not in df.columns:
@@ -250,15 +222,13 @@ def collect(study_dir: str | Path, write: bool = True) -> pd.DataFrame:
 def newest_input_mtime(study_dir: str | Path) -> float:
     """Latest modification time among the files ``collect`` reads (to decide if runs.parquet is stale)."""
     t = 0.0
-    runs_dir = Path(study_dir) / "runs"
+    runs_dir = Path(study_dir) / records.RUNS_DIR
     if not runs_dir.is_dir():
         return t
     t = runs_dir.stat().st_mtime
-    for run_dir in runs_dir.iterdir():
-        if not run_dir.is_dir():
-            continue
+    for run_dir in records.list_run_dirs(study_dir):
         t = max(t, run_dir.stat().st_mtime)
-        for name in ("config.yaml", "evals.jsonl", "DONE.json", "FAILED.json"):
+        for name in (records.CONFIG, records.EVALS, records.DONE, records.FAILED):
             p = run_dir / name
             try:
                 t = max(t, p.stat().st_mtime)
@@ -292,18 +262,15 @@ def load_task_evals(study_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
     (files skipped and why) for the report."""
     study_dir = Path(study_dir)
     rows, problems = [], []
-    runs_dir = study_dir / "runs"
-    if not runs_dir.is_dir():
-        return pd.DataFrame(), problems
-    for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-        ev_dir = run_dir / "evals"
+    for run_dir in records.list_run_dirs(study_dir):
+        ev_dir = run_dir / records.EVALS_DIR
         if not ev_dir.is_dir():
             continue
-        files = sorted(f for f in ev_dir.glob("*.json") if not f.name.startswith("attention-"))  # not task scores
+        files = sorted(f for f in ev_dir.glob("*.json") if records.is_task_eval_file(f))
         if not files:
             continue
         try:
-            cfg = yaml.load((run_dir / "config.yaml").read_text(encoding="utf-8"), Loader=_Loader) or {}
+            cfg = records.read_config(run_dir) or {}
         except (OSError, yaml.YAMLError):
             problems.append(f"{run_dir.name}: task evals present but config.yaml unreadable")
             continue

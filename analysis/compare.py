@@ -14,15 +14,15 @@ import math
 import sys
 from pathlib import Path
 
-from study import store
+import records
 
 
 def final_points(study_dir: Path) -> dict[tuple, dict]:
     out = {}
-    for run_dir in store.list_run_dirs(study_dir):
-        for row in store.read_jsonl(run_dir / "evals.jsonl") if (run_dir / "evals.jsonl").exists() else []:
+    for run_dir in records.list_run_dirs(study_dir):
+        for row in records.read_evals(run_dir).rows:
             if row.get("is_final") and not row.get("scan"):
-                key = (store.run_key(run_dir), row["eval_loops"], row.get("exit_threshold"))
+                key = (records.run_key(run_dir), row["eval_loops"], row.get("exit_threshold"))
                 out[key] = row | {"run": run_dir.name}
     return out
 
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("a", type=Path)
     ap.add_argument("b", type=Path)
     ap.add_argument("--z", type=float, default=2.0, help="agreement: |difference| <= z * combined MC s.e.")
+    ap.add_argument("--summary", action="store_true", help="print only the one-line verdict (and the points that differ)")
     ns = ap.parse_args(argv)
     for d in (ns.a, ns.b):
         if not (d / "runs").is_dir():
@@ -56,13 +57,20 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the two studies share no finished run (compare runs of the same configs)", file=sys.stderr)
         return 2
     for r in rows:
+        if ns.summary and r["agrees"]:
+            continue
         thr = "" if r["exit_threshold"] is None else f" eps={r['exit_threshold']}"
-        print(f"{r['run']:44s} S={r['eval_loops']}{thr:10s} {r['nll_a']:.5f} vs {r['nll_b']:.5f}  "
-              f"diff {r['diff']:+.5f} (MC s.e. {r['se']:.5f})  {'ok' if r['agrees'] else 'DIFFERS'}")
+        if r["diff"] == 0:
+            what = "identical"
+        else:
+            z = f" = {r['diff'] / r['se']:+.2f} s.e." if r["se"] > 0 else ""
+            what = f"diff {r['diff']:+.2e}{z} ({'within' if r['agrees'] else 'OUTSIDE'} {ns.z:g} s.e.)"
+        print(f"{r['run']:44s} S={r['eval_loops']}{thr:10s} {r['nll_a']:.5f} vs {r['nll_b']:.5f}  {what}")
     bad = sum(not r["agrees"] for r in rows)
     exact = sum(r["diff"] == 0 for r in rows)
-    print(f"{len(rows)} shared final points: {len(rows) - bad} within {ns.z:g} s.e. ({exact} identical), {bad} differ; "
-          + "; ".join(only))
+    verdict = "reproduces" if not bad else "does NOT reproduce"
+    print(f"{verdict}: {len(rows)} shared final points, {len(rows) - bad} within {ns.z:g} MC s.e. ({exact} bit-identical), "
+          f"{bad} outside; " + "; ".join(only))
     return 1 if bad else 0
 
 

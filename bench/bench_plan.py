@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from study import sweep  # noqa: E402
+from study.plan import spec as sweep  # noqa: E402
 
 SPEC = {
     "study": "bench-plan",

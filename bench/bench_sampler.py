@@ -48,7 +48,7 @@ def random_model(ns) -> tuple[LoopMDM, str]:
 def make_prompts(ns, model: LoopMDM, real: bool) -> torch.Tensor:
     """Real GSM8K-format questions (their last ``--prompt`` tokens) for a trained run; random bytes otherwise."""
     if real:
-        from study import gsm8k_synth
+        from study.data import gsm8k_synth
         from study.data import format_prompt
         from study.evaluate import run_config
         from study.data import get_tokenizer

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from study import store  # noqa: E402
+import records
 
 
 def make_study(root: Path, n: int) -> None:
@@ -29,23 +29,23 @@ def make_study(root: Path, n: int) -> None:
     for i in range(n):
         key = hashlib.sha256(str(i).encode()).hexdigest()
         keys.append(key)
-        rd = store.run_dir(root, f"loopmdm d256 s{i % 12}", key)
-        (rd / store.CKPT_DIR / "step_00000100").mkdir(parents=True)
-        store.atomic_write_yaml(rd / "config.yaml", {"meta": {"hash": key}})
-        with open(rd / store.METRICS, "w") as f:
+        rd = records.run_dir(root, f"loopmdm d256 s{i % 12}", key)
+        (rd / records.CKPT_DIR / "step_00000100").mkdir(parents=True)
+        records.atomic_write_yaml(rd / "config.yaml", {"meta": {"hash": key}})
+        with open(rd / records.METRICS, "w") as f:
             f.write(row * 200)
         kind = i % 5
         if kind == 0:
-            store.mark_done(rd, {"final_loss": 1.0})
+            records.mark_done(rd, {"final_loss": 1.0})
         elif kind == 1:
-            store.heartbeat(rd, step=200)
+            records.heartbeat(rd, step=200)
         elif kind == 2:
-            store.mark_failed(rd, "boom", "Traceback ...")
+            records.mark_failed(rd, "boom", "Traceback ...")
         elif kind == 3:
-            store.heartbeat(rd, step=100)
-            store.mark_preempted(rd, step=100)
-    store.ledger_intent(root, "bench", keys, "slurm")
-    store.ledger_submitted(root, "bench", {k: f"{1000 + i}" for i, k in enumerate(keys)})
+            records.heartbeat(rd, step=100)
+            records.mark_preempted(rd, step=100)
+    records.ledger_intent(root, "bench", keys, "slurm")
+    records.ledger_submitted(root, "bench", {k: f"{1000 + i}" for i, k in enumerate(keys)})
 
 
 def main() -> None:
@@ -58,12 +58,12 @@ def main() -> None:
         t = time.perf_counter()
         make_study(root, args.runs)
         print(f"made {args.runs} run dirs in {time.perf_counter() - t:.1f} s")
-        have_squeue = store.slurm_queue() is not None
+        have_squeue = records.slurm_queue() is not None
         for label, queue in (("no scheduler", None), ("with squeue" if have_squeue else "squeue absent", "auto")):
             times = []
             for _ in range(args.repeat):
                 t = time.perf_counter()
-                sts = store.scan_study(root) if queue == "auto" else store.scan_study(root, queue=None)
+                sts = records.scan_study(root) if queue == "auto" else records.scan_study(root, queue=None)
                 times.append(time.perf_counter() - t)
             assert len(sts) == args.runs
             states = {s: sum(x.state == s for x in sts) for s in ("done", "running", "failed", "preempted", "pending")}

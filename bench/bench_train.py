@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import LoopMDM, ModelConfig, flops, masked_diffusion_loss  # noqa: E402
-from study.perf import peak_flops  # noqa: E402
+from study.train.perf import peak_flops  # noqa: E402
 
 
 def bare_step_time(cfg: ModelConfig, loops: int, batch: int, seq_len: int, device: torch.device,
@@ -67,8 +67,8 @@ def bare_step_time(cfg: ModelConfig, loops: int, batch: int, seq_len: int, devic
 def harness_overhead(device: torch.device, iters: int) -> dict:
     """The same model and batch through study.train (DeepSpeed, data, logging every 10 steps, one checkpoint)
     vs the bare step; only the steady-state step time is compared (engine start-up excluded)."""
-    from study import config as C
-    from study import store
+    from study.plan import config as C
+    import records
     from study.train import train
 
     seq_len, batch = 128, 16
@@ -81,7 +81,7 @@ def harness_overhead(device: torch.device, iters: int) -> dict:
     cfg = C.from_dict(raw)
     with tempfile.TemporaryDirectory() as tmp:
         train(cfg, Path(tmp) / "run", quiet=True)
-        rows = store.read_jsonl(Path(tmp) / "run" / "metrics.jsonl")
+        rows = records.read_jsonl(Path(tmp) / "run" / "metrics.jsonl")
     # tokens/s over the logged windows after the first (which includes start-up and the step-0 eval)
     steady = [r["tokens_per_s"] for r in rows[1:-1]] or [rows[-1]["tokens_per_s"]]
     harness_tps = statistics.median(steady)

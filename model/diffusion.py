@@ -124,41 +124,62 @@ class NLLEstimate:
 
 
 @torch.no_grad()
-def validation_nll(model, tokens: torch.Tensor, loops: int | None = None, n_draws: int = 4, seed: int = 0,
-                   batch_size: int = 16, exit_threshold: float | None = None,
-                   schedule: Schedule = Schedule()) -> NLLEstimate:
-    """NLL bound over fixed eval sequences ``tokens`` (N, L) with K = ``n_draws`` fixed noise draws.
+def nelbo_draws(model, tokens: torch.Tensor, loops: int | None = None, n_draws: int = 4, seed: int = 0,
+                batch_size: int = 16, exit_threshold: float | None = None, schedule: Schedule = Schedule(),
+                rows: range | None = None) -> tuple[torch.Tensor, float, int]:
+    """Per-sequence NELBO of each noise draw, (len(rows), K) float64, and the loops the mid block ran (sum,
+    count), for the sequences ``rows`` of ``tokens`` (default all).
 
     The times for sequence n are stratified over the draws (t_nk = u_n + k/K mod 1, u_n seeded), and the
-    masks come from a generator seeded by (seed, draw): two models, or two loop counts, see exactly
-    the same noise, so their difference is far more precise than either number alone.
-    """
+    masks come from a generator seeded by (seed, draw), both drawn for the whole set and indexed by n: two
+    models, two loop counts, or two ranks holding different ``rows``, see exactly the same noise per
+    sequence (which is what lets evaluation be sharded over ranks)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     N = tokens.shape[0]
+    rows = range(N) if rows is None else rows
     g = torch.Generator().manual_seed(seed)
     offsets = torch.rand(N, generator=g)
-    per = torch.empty(N, n_draws, dtype=torch.float64)
+    per = torch.empty(len(rows), n_draws, dtype=torch.float64)
     loops_sum, loops_n = 0.0, 0
     for k in range(n_draws):
         u = (offsets + k / n_draws) % 1
         t_all = schedule.eps + (1 - schedule.eps) * u
         noise = torch.rand(tokens.shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + k + 1))
-        for start in range(0, N, batch_size):
-            x = tokens[start:start + batch_size].to(device)
-            nelbo, stats, _ = sequence_nelbo(model, x, t_all[start:start + batch_size], loops, schedule,
-                                             exit_threshold=exit_threshold, noise=noise[start:start + batch_size])
-            per[start:start + batch_size, k] = nelbo.double().cpu()
+        for lo in range(0, len(rows), batch_size):
+            idx = slice(rows.start + lo, min(rows.start + lo + batch_size, rows.stop))
+            x = tokens[idx].to(device)
+            nelbo, stats, _ = sequence_nelbo(model, x, t_all[idx], loops, schedule,
+                                             exit_threshold=exit_threshold, noise=noise[idx])
+            per[lo:lo + x.shape[0], k] = nelbo.double().cpu()
             loops_sum += stats.loops_used.sum().item()
             loops_n += stats.loops_used.numel()
     model.train(was_training)
+    return per, loops_sum, loops_n
+
+
+def estimate_from_draws(per: torch.Tensor, mean_loops: float) -> NLLEstimate:
+    """The NLL and its errors from per-sequence draws (N, K): the MC error is the within-sequence variance
+    over the N*K draws; the data error adds the spread of the sequence means."""
+    N, n_draws = per.shape
     seq_mean = per.mean(1)
     mc_var = per.var(1, unbiased=True).mean().item() if n_draws > 1 else float("nan")
     return NLLEstimate(nats=per.mean().item(), se_nats=math.sqrt(mc_var / (N * n_draws)),
                        data_se_nats=(seq_mean.std().item() / math.sqrt(N)) if N > 1 else float("nan"),
-                       n_seqs=N, n_draws=n_draws, mean_loops=loops_sum / max(loops_n, 1),
+                       n_seqs=N, n_draws=n_draws, mean_loops=mean_loops,
                        per_seq=[round(v, 6) for v in seq_mean.tolist()])
+
+
+def validation_nll(model, tokens: torch.Tensor, loops: int | None = None, n_draws: int = 4, seed: int = 0,
+                   batch_size: int = 16, exit_threshold: float | None = None,
+                   schedule: Schedule = Schedule()) -> NLLEstimate:
+    """NLL bound over fixed eval sequences ``tokens`` (N, L) with K = ``n_draws`` fixed noise draws (see
+    `nelbo_draws`): two models, or two loop counts, see exactly the same noise, so their difference is far
+    more precise than either number alone."""
+    per, loops_sum, loops_n = nelbo_draws(model, tokens, loops, n_draws, seed, batch_size, exit_threshold,
+                                          schedule)
+    return estimate_from_draws(per, loops_sum / max(loops_n, 1))
 
 
 # -- sampling -------------------------------------------------------------------------------------

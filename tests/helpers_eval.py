@@ -13,7 +13,7 @@ from pathlib import Path
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # before anything imports `datasets`
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from study import config as C  # noqa: E402
+from study.plan import config as C  # noqa: E402
 
 CORPUS = "gsm8k-synth:easy:2000"
 PRETRAIN_STEPS = 60
@@ -37,7 +37,7 @@ def pretrain_cfg(cache: Path, steps: int = PRETRAIN_STEPS) -> C.RunConfig:
 
 def tiny_runs(base: Path) -> tuple[Path, Path]:
     """(pretrained run dir, SFT run dir) under ``base``, trained if not already there."""
-    from study.sft import sft_config
+    from study.plan.finetune import sft_config
     from study.train import train
 
     base.mkdir(parents=True, exist_ok=True)

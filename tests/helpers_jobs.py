@@ -17,31 +17,31 @@ def count(run_dir: str, n_steps: int = 30, step_s: float = 0.2) -> dict[str, Any
     without redoing a step and ended where an uninterrupted twin did. Imports happen here, in the job, so
     the modules come from whatever the job's sys.path says: the launch's code snapshot."""
     import study.launch as launch
-    import study.store as store
+    import records
 
     rd = Path(run_dir)
     rd.mkdir(parents=True, exist_ok=True)
     ckpt = rd / "state.json"
-    state: dict[str, Any] = store.read_json(ckpt) or {"step": 0, "value": 1, "steps_done": [], "starts": []}
+    state: dict[str, Any] = records.read_json(ckpt) or {"step": 0, "value": 1, "steps_done": [], "starts": []}
     state["starts"].append({"job_id": os.environ.get("SLURM_JOB_ID"), "at_step": state["step"],
-                            "store_file": store.__file__, "launch_file": launch.__file__,
+                            "store_file": records.__file__, "launch_file": launch.__file__,
                             "rank": os.environ.get("RANK"), "world": os.environ.get("WORLD_SIZE"),
                             "cwd": os.getcwd()})
-    store.atomic_write_json(ckpt, state)
-    store.heartbeat(rd, step=state["step"])
+    records.atomic_write_json(ckpt, state)
+    records.heartbeat(rd, step=state["step"])
     while state["step"] < n_steps:
         if launch.PREEMPT.should_stop():
-            store.atomic_write_json(ckpt, state)  # (already saved at the last boundary; a real trainer saves here)
-            store.mark_preempted(rd, step=state["step"], signals=list(launch.PREEMPT.signals))
+            records.atomic_write_json(ckpt, state)  # (already saved at the last boundary; a real trainer saves here)
+            records.mark_preempted(rd, step=state["step"], signals=list(launch.PREEMPT.signals))
             launch.PREEMPT.exit_for_requeue()
         time.sleep(step_s)
         state["step"] += 1
         state["value"] = (state["value"] * 31 + state["step"]) % 1_000_003
         state["steps_done"].append(state["step"])
-        store.atomic_write_json(ckpt, state)
-        store.append_jsonl(rd / store.METRICS, {"step": state["step"], "loss": 1.0 / state["step"]})
-        store.heartbeat(rd, step=state["step"])
-    store.mark_done(rd, {"value": state["value"]})
+        records.atomic_write_json(ckpt, state)
+        records.append_jsonl(rd / records.METRICS, {"step": state["step"], "loss": 1.0 / state["step"]})
+        records.heartbeat(rd, step=state["step"])
+    records.mark_done(rd, {"value": state["value"]})
     return state
 
 

@@ -18,7 +18,7 @@ def _study(root, nll: float, se: float = 0.01):
 def test_agreement_within_errors_and_disagreement_beyond(tmp_path, capsys):
     a = _study(tmp_path / "a", 3.0)
     assert compare.main([str(a), str(_study(tmp_path / "b", 3.02))]) == 0  # 0.02 <= 2 * 0.0141
-    assert "2 within 2 s.e." in capsys.readouterr().out
+    assert "2 within 2 MC s.e." in capsys.readouterr().out
     assert compare.main([str(a), str(_study(tmp_path / "c", 3.05))]) == 1
-    assert "DIFFERS" in capsys.readouterr().out
+    assert "OUTSIDE" in capsys.readouterr().out
     assert compare.main([str(a), str(tmp_path / "nothing")]) == 2

@@ -5,7 +5,7 @@ import yaml
 
 from model import flops
 from model.config import ConfigError
-from study import config as C
+from study.plan import config as C
 
 BASE = {"model": {"vocab_size": 258, "d_model": 64, "n_heads": 4}, "data": {"seq_len": 64}}
 

@@ -212,7 +212,7 @@ def test_prepare_tokens_is_cached(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("tokenised again")
 
-    monkeypatch.setattr(data, "_tokenize_into", boom)
+    monkeypatch.setattr(data.tokens, "_tokenize_into", boom)
     again = data.prepare_tokens(str(tmp_path / "c.jsonl"), "gpt2-local", tmp_path)
     assert again.path == first.path and (again.path / "meta.json").stat().st_mtime_ns == stamp
     assert np.array_equal(again.train, first.train) and np.array_equal(again.val, first.val)
@@ -241,8 +241,8 @@ def test_shakespeare_tokens_hold_out_whole_plays(tmp_path):
 
 
 def _race_worker(corpus: str, cache: str, locking: bool, barrier, queue) -> None:
-    data._LOCKING = locking
-    tokenize = data._tokenize_into
+    data.tokens._LOCKING = locking
+    tokenize = data.tokens._tokenize_into
     built = []
 
     def tokenize_together(*args, **kwargs):
@@ -251,7 +251,7 @@ def _race_worker(corpus: str, cache: str, locking: bool, barrier, queue) -> None
             barrier.wait(timeout=30)  # without the lock, both processes are provably tokenising at once
         return tokenize(*args, **kwargs)
 
-    data._tokenize_into = tokenize_together
+    data.tokens._tokenize_into = tokenize_together
     td = data.prepare_tokens(corpus, "byte", cache)
     digest = hashlib.sha256(np.asarray(td.train).tobytes() + b"|" + np.asarray(td.val).tobytes()).hexdigest()
     queue.put((str(td.path), digest, len(built)))
@@ -354,5 +354,5 @@ def test_missing_qa_file_names_the_field():
 def test_long_documents_are_encoded_in_pieces_with_identical_ids():
     tok = data.get_tokenizer("gpt2-local")
     doc = "\n\n".join(f"{r['question']}\n{r['answer']}" for r in data.load_qa_rows("gsm8k-synth:hard:60"))
-    (pieces,) = data._encode_docs(tok, [doc], piece=500)
+    (pieces,) = data.tokens._encode_docs(tok, [doc], piece=500)
     assert len(doc) > 10 * 500 and pieces.tolist() == tok.encode(doc)

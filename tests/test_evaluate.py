@@ -12,12 +12,13 @@ import torch
 
 from helpers_eval import tiny_runs
 from model import LoopMDM, ModelConfig
-from study import store
-from study.eval import main as eval_main
+import records
+from model.config import ConfigError
+from study.cli import eval_main
 from study.evaluate import (DEFAULT_SCAN_LOOPS, EvalError, attention_shares, attention_stats, load_run,
                             loop_scan)
-from study.sft import main as sft_main
-from study.sft import sft_config
+from study.cli import sft_main
+from study.plan.finetune import sft_config
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +41,7 @@ def test_loop_scan_covers_S_1_to_24_adaptive_exit_and_is_idempotent(runs):
     assert 1 <= adaptive["mean_loops"] < 24
     assert adaptive["infer_flops_per_token_exact"] < fixed[-1]["infer_flops_per_token_exact"]
     # same eval sequences and noise as the trainer: its own S=1 row at the last step comes back exactly
-    evals = store.read_jsonl(pre / "evals.jsonl")
+    evals = records.read_jsonl(pre / "evals.jsonl")
     final_step = max(r["step"] for r in evals)
     trainer = {r["eval_loops"]: r["nll"] for r in evals if not r.get("scan") and r["step"] == final_step
                and r["exit_threshold"] is None}
@@ -109,15 +110,15 @@ def test_sft_config_keeps_the_parent_network(runs, capsys):
     assert cfg.kind == "sft" and cfg.init_from == str(pre.resolve()) and cfg.model == parent.model
     assert cfg.data.tokenizer == parent.data.tokenizer and cfg.data.seq_len == parent.data.seq_len
     assert cfg.data.corpus == "gsm8k-synth:easy" and cfg.steps == 10
-    with pytest.raises(EvalError, match="steps"):
+    with pytest.raises(ConfigError, match="^budget: .*--steps"):
         sft_config(pre, "gsm8k-synth:easy")
     assert sft_main([str(pre), "gsm8k-synth:easy", "--steps", "5", "optim.lr=1e-3", "--print-config"]) == 0
     printed = capsys.readouterr().out
     assert "kind: sft" in printed and "lr: 0.001" in printed
     assert sft_main([str(pre), "gsm8k-synth:easy", "--steps", "5", "model.d_model=32"]) == 2
-    assert "model: an SFT run keeps its parent's network" in capsys.readouterr().err
+    assert "model: a fine-tuning run keeps its parent's network" in capsys.readouterr().err
     assert (sft / "DONE.json").is_file()  # the fixture's SFT run trained end to end
-    loss = [r["loss"] for r in store.read_jsonl(sft / "metrics.jsonl")]
+    loss = [r["loss"] for r in records.read_jsonl(sft / "metrics.jsonl")]
     assert loss[-1] < loss[0]
 
 
@@ -139,6 +140,8 @@ def test_bad_input_fails_with_a_message_naming_the_argument(runs, tmp_path, caps
     with pytest.raises(EvalError, match=r"^run: a sft run has no held-out"):
         loop_scan(sft, loops=[1])
     assert eval_main([str(empty), "--scan", "--quiet"]) == 2
+    assert "has not finished training" in capsys.readouterr().err  # not done: refused unless asked for
+    assert eval_main([str(empty), "--scan", "--quiet", "--allow-unfinished"]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
     assert eval_main([str(pre), "--scan", "--loops", "0"]) == 2
     assert "loops: got 0" in capsys.readouterr().err

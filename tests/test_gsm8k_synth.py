@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from study import gsm8k_synth
+from study.data import gsm8k_synth
 
 LMEVAL_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")  # lm-eval gsm8k's strict-match filter
 ANNOTATION = re.compile(r"<<([^=<>]+)=([^<>]+)>>")

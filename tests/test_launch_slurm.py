@@ -18,7 +18,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import helpers_jobs  # noqa: E402
 
-from study import launch, store  # noqa: E402
+import records
+from study import launch
 from study.launch import Job, ResourceError, ResourceSpec  # noqa: E402
 from conftest import slurm_unusable, wait_for  # noqa: E402
 
@@ -43,7 +44,7 @@ def test_resource_validation_names_field_and_fix() -> None:
     for field_name, kw in cases.items():
         with pytest.raises(ResourceError, match=rf"^resources\.{field_name}: ") as e:
             ResourceSpec(**kw).validate()  # type: ignore[arg-type]
-        assert e.value.field == field_name
+        assert e.value.field == f"resources.{field_name}"
     with pytest.raises(ResourceError, match="nodes.*local executor runs on one node"):
         ResourceSpec(executor="local", nodes=2).validate()
     with pytest.raises(ResourceError, match="resources.walltime: unknown setting; valid ones are .*time_min"):
@@ -77,7 +78,7 @@ def test_sbatch_parameters(tmp_path: Path) -> None:
 def test_snapshot_is_complete_and_deduplicated(tmp_path: Path) -> None:
     snap = launch.make_snapshot(tmp_path)
     assert snap.parent == tmp_path.resolve() / ".snapshots"
-    assert (snap / "study" / "launch.py").read_bytes() == Path(launch.__file__).read_bytes()
+    assert (snap / "study" / "launch" / "submit.py").read_bytes() == (Path(launch.__file__).parent / "submit.py").read_bytes()
     assert not list(snap.rglob("__pycache__"))
     assert json.loads((snap / "SNAPSHOT.json").read_text())["source"] == str(launch.project_root())
     assert launch.make_snapshot(tmp_path) == snap  # same code -> same snapshot
@@ -145,7 +146,7 @@ def test_resumable_run_checkpoint(tmp_path: Path) -> None:
     run = launch.ResumableRun(helpers_jobs.count, (str(tmp_path), 1), run_dir=str(tmp_path))
     delayed = run.checkpoint()
     assert delayed is not None and delayed.function is run
-    assert json.loads((tmp_path / store.PREEMPTED).read_text())["by"] == "submitit"
+    assert json.loads((tmp_path / records.PREEMPTED).read_text())["by"] == "submitit"
     assert launch.ResumableRun(helpers_jobs.count, requeue=False).checkpoint() is None
 
 
@@ -155,7 +156,7 @@ def test_debug_executor_in_process(tmp_path: Path) -> None:
     jobs = [Job(_key(i), f"toy-{i}", helpers_jobs.count, (str(tmp_path / f"r{i}"), 3, 0.0)) for i in range(2)]
     subs = launch.submit(jobs, ResourceSpec(executor="debug"), tmp_path / "submitit")
     assert [s.job.result()["step"] for s in subs] == [3, 3]
-    assert set(store.known_jobs(tmp_path, queue=None)) == {_key(0), _key(1)}
+    assert set(records.known_jobs(tmp_path, queue=None)) == {_key(0), _key(1)}
     assert not (tmp_path / ".snapshots").exists()  # in-process: nothing to snapshot
     assert (signal.getsignal(signal.SIGUSR2), signal.getsignal(signal.SIGTERM)) == before  # handlers given back
 
@@ -168,9 +169,9 @@ def test_local_executor_runs_from_snapshot(tmp_path: Path) -> None:
     assert state["steps_done"] == [1, 2, 3] and state["value"] == helpers_jobs.expected_value(3)
     snap = next((tmp_path / ".snapshots").iterdir())
     start = state["starts"][0]
-    assert start["store_file"] == str(snap / "study" / "store.py")
+    assert start["store_file"] == str(snap / "records" / "__init__.py")
     assert start["cwd"] == os.getcwd() and (start["rank"], start["world"]) == ("0", "1")
-    assert store.run_status(rd, queue=None).state == "done"
+    assert records.run_status(rd, queue=None).state == "done"
 
 
 def test_local_executor_timeout_requeue(tmp_path: Path) -> None:
@@ -184,7 +185,7 @@ def test_local_executor_timeout_requeue(tmp_path: Path) -> None:
     assert (state["step"], state["value"]) == (30, helpers_jobs.expected_value(30))
     assert state["steps_done"] == list(range(1, 31))
     assert len(state["starts"]) >= 2 and 0 < state["starts"][1]["at_step"] < 30
-    assert "SIGUSR2" in json.loads((rd / store.PREEMPTED).read_text())["signals"]
+    assert "SIGUSR2" in records.last_preemption(rd)["signals"]
 
 
 # ------------------------------------------------------------------------------------------ real SLURM
@@ -211,7 +212,7 @@ def test_slurm_array_preempted_and_requeued(tmp_path: Path) -> None:
     t0 = time.monotonic()
     study_dir = tmp_path / "study"
     n_steps, step_s = 30, 0.2
-    rds = [store.run_dir(study_dir, f"toy {i}", _key(i)) for i in range(4)]
+    rds = [records.run_dir(study_dir, f"toy {i}", _key(i)) for i in range(4)]
     jobs = [Job(_key(i), f"toy-{i}", helpers_jobs.count, (str(rds[i]), n_steps, step_s), run_dir=rds[i])
             for i in range(4)]
     res = ResourceSpec(executor="slurm", partition="debug", cpus_per_task=1, mem_gb=0.25, time_min=10,
@@ -225,7 +226,7 @@ def test_slurm_array_preempted_and_requeued(tmp_path: Path) -> None:
         return bool(st and st["step"] >= n)
 
     def none_pending() -> bool:
-        q = store.slurm_queue() or {}
+        q = records.slurm_queue() or {}
         return not any(e.job_id.startswith(f"{array_id}_") and e.state == "PENDING" for e in q.values())
 
     try:
@@ -234,11 +235,11 @@ def test_slurm_array_preempted_and_requeued(tmp_path: Path) -> None:
         subprocess.run(["scontrol", "requeue", subs[3].job_id], check=True, timeout=60)
 
         # while waiting to start again the jobs are still ours: status must say running, not resubmittable
-        wait_for(lambda: (rds[2] / store.PREEMPTED).exists() and (rds[3] / store.PREEMPTED).exists(), 30,
+        wait_for(lambda: (rds[2] / records.PREEMPTED).exists() and (rds[3] / records.PREEMPTED).exists(), 30,
               "PREEMPTED.json from runs 2 and 3")
-        queue = wait_for(lambda: (q := store.slurm_queue()) and subs[2].job_id in q and
+        queue = wait_for(lambda: (q := records.slurm_queue()) and subs[2].job_id in q and
                       q[subs[2].job_id].state == "PENDING" and q, 30, "run 2 to be pending again")
-        st = store.run_status(rds[2], queue=queue)
+        st = records.run_status(rds[2], queue=queue)
         assert st.state == "running" and "PENDING" in st.detail, st
 
         wait_for(lambda: all(s.job.done() for s in subs), 120, "all four jobs to finish", every=1.0)
@@ -255,19 +256,19 @@ def test_slurm_array_preempted_and_requeued(tmp_path: Path) -> None:
         assert len(r["starts"]) == (2 if i >= 2 else 1), f"run {i}: {r['starts']}"
     for i in (2, 3):
         assert results[i]["starts"][1]["at_step"] >= 5
-        pre = json.loads((rds[i] / store.PREEMPTED).read_text())
+        pre = records.last_preemption(rds[i])
         assert pre["step"] >= 5 and "SIGTERM" in pre["signals"]
-    assert "SIGUSR2" in json.loads((rds[2] / store.PREEMPTED).read_text())["signals"]
+    assert "SIGUSR2" in records.last_preemption(rds[2])["signals"]
 
-    assert [s.state for s in store.scan_study(study_dir)] == ["done"] * 4
-    known = store.known_jobs(study_dir)
+    assert [s.state for s in records.scan_study(study_dir)] == ["done"] * 4
+    known = records.known_jobs(study_dir)
     assert {k: v.job_id for k, v in known.items()} == {s.key: s.job_id for s in subs}
 
     snaps = list((study_dir / ".snapshots").iterdir())
-    assert len(snaps) == 1 and (snaps[0] / "study" / "launch.py").is_file()
+    assert len(snaps) == 1 and (snaps[0] / "study" / "launch" / "__init__.py").is_file()
     for r in results:
         for start in r["starts"]:
-            assert start["store_file"] == str(snaps[0] / "study" / "store.py")
-            assert start["launch_file"] == str(snaps[0] / "study" / "launch.py")
+            assert start["store_file"] == str(snaps[0] / "records" / "__init__.py")
+            assert start["launch_file"] == str(snaps[0] / "study" / "launch" / "__init__.py")
             assert start["cwd"] == os.getcwd()
     print(f"slurm array test: {elapsed:.1f} s")

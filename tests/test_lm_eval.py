@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from helpers_eval import tiny_runs
-from study import eval as eval_mod
-from study import tasks as tasks_mod
-from study.eval import EvalRequest, evaluate_tasks
+from study import cli
+from study.evaluate import tasks as eval_tasks
+from study.evaluate import lm_tasks as tasks_mod
+from study.evaluate.tasks import EvalRequest, evaluate_tasks
 from study.evaluate import EvalError, load_run
-from study.lm_eval_model import LoopMDMLM
+from study.evaluate.lm_eval_model import LoopMDMLM
 
 ROOT = Path(__file__).resolve().parents[1]
 GSM8K_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
@@ -90,7 +91,7 @@ def test_an_evaluation_on_disk_is_not_recomputed(runs, tmp_path_factory, monkeyp
     def no_loading(*a, **k):
         raise AssertionError("weights loaded for an evaluation already on disk")
 
-    monkeypatch.setattr(eval_mod, "load_run", no_loading)
+    monkeypatch.setattr(eval_tasks, "load_run", no_loading)
     [second] = evaluate_tasks(sft, req)
     assert second["cached"] and second["per_sample"] == first["per_sample"]
     assert path.stat().st_mtime_ns == mtime
@@ -131,7 +132,7 @@ def test_bad_task_loops_and_run_fail_before_any_work(runs, tmp_path, monkeypatch
     def no_loading(*a, **k):
         raise AssertionError("weights loaded before the arguments were checked")
 
-    monkeypatch.setattr(eval_mod, "load_run", no_loading)
+    monkeypatch.setattr(eval_tasks, "load_run", no_loading)
     with pytest.raises(tasks_mod.TaskError, match="task 'no-such-task' does not exist"):
         evaluate_tasks(sft, request(tmp_path, tasks=["no-such-task"], limit=2))
     with pytest.raises(tasks_mod.TaskError, match="gsm8k-synth"):
@@ -147,7 +148,7 @@ def test_bad_task_loops_and_run_fail_before_any_work(runs, tmp_path, monkeypatch
         LoopMDMLM(run=str(bare))
     with pytest.raises(EvalError, match="^run: "):
         LoopMDMLM.create_from_arg_string("loops=2")
-    assert eval_mod.main([str(sft), "--tasks", "no-such-task", "--quiet", "--cache-dir", str(tmp_path)]) == 2
+    assert cli.eval_main([str(sft), "--tasks", "no-such-task", "--quiet", "--cache-dir", str(tmp_path)]) == 2
 
 
 # -- the estimator -----------------------------------------------------------------------------------
@@ -199,7 +200,7 @@ def test_cli_submits_through_study_launch(runs, tmp_path_factory, capsys):
     cache = tmp_path_factory.getbasetemp() / "eval_cache"
     argv = [str(sft), "--tasks", "gsm8k-synth-mc:easy", "--limit", "4", "--mc-num", "3", "--executor", "debug",
             "--cache-dir", str(cache)]
-    assert eval_mod.main(argv) == 0
+    assert cli.eval_main(argv) == 0
     out = capsys.readouterr().out
     assert "submitted eval-sft" in out and "gsm8k-synth-mc-easy-500 S=3: acc,none" in out
     assert (sft / "eval_jobs").is_dir()

@@ -7,7 +7,9 @@ import pytest
 import yaml
 
 from model.config import ConfigError
-from study import store, sweep
+import records
+from study import cli
+from study.plan import spec as sweep
 
 BASE = {
     "model": {"d_model": 32, "n_heads": 4, "n_head_layers": 1, "n_mid_layers": 1, "n_tail_layers": 1, "s_max": 4},
@@ -94,11 +96,11 @@ def _write(tmp_path, **kw) -> Path:
 def test_bad_resources_fail_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "study"
     p = _write(tmp_path, resources={"executor": "local", "gpus": 2})
-    assert sweep.main([str(p), "--out", str(out)]) == 2
+    assert cli.sweep_main([str(p), "--out", str(out)]) == 2
     assert "resources.gpus" in capsys.readouterr().err
     assert not out.exists()
     p = _write(tmp_path, resources={"executor": "local", "nodes": 2})
-    assert sweep.main([str(p), "--out", str(out)]) == 2
+    assert cli.sweep_main([str(p), "--out", str(out)]) == 2
     assert "resources.nodes" in capsys.readouterr().err
     assert not out.exists()
 
@@ -106,7 +108,7 @@ def test_bad_resources_fail_before_anything_is_written(tmp_path, capsys):
 def test_dry_run_writes_nothing_and_prints_every_run(tmp_path, capsys):
     out = tmp_path / "study"
     p = _write(tmp_path)
-    assert sweep.main([str(p), "--out", str(out), "--dry-run", "--json"]) == 0
+    assert cli.sweep_main([str(p), "--out", str(out), "--dry-run", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 4 and {r["role"] for r in rows} == {"looped", "baseline_same"}
     for r in rows:
@@ -117,17 +119,17 @@ def test_dry_run_writes_nothing_and_prints_every_run(tmp_path, capsys):
 def test_local_sweep_runs_then_rerun_does_nothing(tmp_path, capsys):
     out = tmp_path / "study"
     p = _write(tmp_path)
-    assert sweep.main([str(p), "--out", str(out), "--no-report"]) == 0
-    states = [s.state for s in store.scan_study(out)]
+    assert cli.sweep_main([str(p), "--out", str(out), "--no-report"]) == 0
+    states = [s.state for s in records.scan_study(out)]
     assert states == ["done"] * 4
     plan = json.loads((out / "plan.json").read_text())
     assert len(plan["runs"]) == 4
     capsys.readouterr()
     mtimes = {d: (d / "DONE.json").stat().st_mtime for d in (out / "runs").iterdir()}
-    assert sweep.main([str(p), "--out", str(out), "--no-report"]) == 0
+    assert cli.sweep_main([str(p), "--out", str(out), "--no-report"]) == 0
     assert "0 to run" in capsys.readouterr().out
     assert {d: (d / "DONE.json").stat().st_mtime for d in (out / "runs").iterdir()} == mtimes
-    assert sweep.main(["status", str(p), "--out", str(out)]) == 0
+    assert cli.sweep_main(["status", str(p), "--out", str(out)]) == 0
     assert "4 done" in capsys.readouterr().out
 
 
@@ -136,18 +138,18 @@ def test_only_selects_and_failed_needs_retry(tmp_path, capsys):
     p = _write(tmp_path)
     runs = sweep.expand(sweep.load_spec(p))
     target = runs[0]
-    assert sweep.main([str(p), "--out", str(out), "--no-report", "--only", target.hash[:10]]) == 0
-    assert [s.state for s in store.scan_study(out)] == ["done"]
+    assert cli.sweep_main([str(p), "--out", str(out), "--no-report", "--only", target.hash[:10]]) == 0
+    assert [s.state for s in records.scan_study(out)] == ["done"]
     # a failed run is not resubmitted without --retry
     other = runs[1].run_dir(out)
     other.mkdir(parents=True)
     (other / "config.yaml").write_text(yaml.safe_dump(runs[1].final_config("t").to_dict()))
-    store.mark_failed(other, "boom")
+    records.mark_failed(other, "boom")
     capsys.readouterr()
-    sweep.main([str(p), "--out", str(out), "--no-report", "--only", runs[1].hash[:10]])
+    cli.sweep_main([str(p), "--out", str(out), "--no-report", "--only", runs[1].hash[:10]])
     assert "0 to run" in capsys.readouterr().out
-    assert sweep.main([str(p), "--out", str(out), "--no-report", "--only", runs[1].hash[:10], "--retry"]) == 0
-    assert store.read_json(other / "DONE.json") is not None
+    assert cli.sweep_main([str(p), "--out", str(out), "--no-report", "--only", runs[1].hash[:10], "--retry"]) == 0
+    assert records.read_json(other / "DONE.json") is not None
 
 
 def test_finetune_stage_runs_after_its_parents(tmp_path, capsys):
@@ -165,7 +167,7 @@ def test_finetune_stage_runs_after_its_parents(tmp_path, capsys):
     assert child.cfg.init_from == f"runs/{child.parent.run_dir(tmp_path).name}"
     assert child.cfg.model == child.parent.cfg.model.replace(max_seq_len=160)
     out = tmp_path / "study"
-    assert sweep.main([str(p), "--out", str(out), "--no-report"]) == 0
-    assert [s.state for s in store.scan_study(out)] == ["done"] * 3
+    assert cli.sweep_main([str(p), "--out", str(out), "--no-report"]) == 0
+    assert [s.state for s in records.scan_study(out)] == ["done"] * 3
     with pytest.raises(ConfigError, match="finetune.budget"):
         sweep.expand(sweep.parse_spec({**yaml.safe_load(p.read_text()), "finetune": {"corpus": "gsm8k-synth"}}))

@@ -15,8 +15,11 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import slurm_unusable, wait_for
-from study import store, sweep
-from study.train import latest_checkpoint, train
+import records
+from study import cli
+from study.plan import spec as sweep
+from records import latest_checkpoint
+from study.train import train
 
 SLURM_SKIP = slurm_unusable()
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(SLURM_SKIP is not None, reason=str(SLURM_SKIP))]
@@ -37,11 +40,11 @@ SPEC = {
 
 
 def _states(study: Path) -> dict[str, str]:
-    return {Path(s.run_dir).name: s.state for s in store.scan_study(study)}
+    return {Path(s.run_dir).name: s.state for s in records.scan_study(study)}
 
 
 def _last_step(run_dir: Path) -> int:
-    rows = store.tail_jsonl(run_dir / "metrics.jsonl", 1) if (run_dir / "metrics.jsonl").exists() else []
+    rows = records.tail_jsonl(run_dir / "metrics.jsonl", 1) if (run_dir / "metrics.jsonl").exists() else []
     return rows[-1]["step"] if rows else 0
 
 
@@ -62,10 +65,10 @@ def test_sweep_on_slurm_with_a_requeue(tmp_path, capsys, monkeypatch):
     runs = sweep.expand(sweep.load_spec(spec_path))
     assert len(runs) == 4
 
-    assert sweep.main([str(spec_path), "--out", str(study), "--no-report"]) == 0
+    assert cli.sweep_main([str(spec_path), "--out", str(study), "--no-report"]) == 0
     out = capsys.readouterr().out
     assert out.count("submitted ") == 4
-    jobs = store.known_jobs(study)
+    jobs = records.known_jobs(study)
     assert len(jobs) == 4 and len({j.job_id.split("_")[0] for j in jobs.values()}) == 1  # one job array
     # status right after submission: nothing is done, every run is queued or running
     assert set(_states(study).values()) <= {"running", "pending"}
@@ -75,23 +78,23 @@ def test_sweep_on_slurm_with_a_requeue(tmp_path, capsys, monkeypatch):
     wait_for(lambda: _last_step(vdir) >= 10, 240, "the victim run to pass step 10", every=0.3)
     job_id = jobs[victim.hash[:12]].job_id
     subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60, capture_output=True)
-    wait_for(lambda: (vdir / store.PREEMPTED).exists(), 120, "the victim to checkpoint and stop", every=0.3)
+    wait_for(lambda: (vdir / records.PREEMPTED).exists(), 120, "the victim to checkpoint and stop", every=0.3)
     assert _states(study)[vdir.name] in ("running", "preempted")  # requeued: in the queue again
 
     capsys.readouterr()
-    assert sweep.main([str(spec_path), "--out", str(study), "--no-report"]) == 0  # re-submitting mid-flight
+    assert cli.sweep_main([str(spec_path), "--out", str(study), "--no-report"]) == 0  # re-submitting mid-flight
     assert "0 to submit" in capsys.readouterr().out
 
     wait_for(lambda: set(_states(study).values()) == {"done"}, 420, "every run to finish", every=1.0)
-    assert sweep.main(["status", str(spec_path), "--out", str(study)]) == 0
+    assert cli.sweep_main(["status", str(spec_path), "--out", str(study)]) == 0
     assert "4 done" in capsys.readouterr().out
-    assert sweep.main([str(spec_path), "--out", str(study), "--no-report"]) == 0
+    assert cli.sweep_main([str(spec_path), "--out", str(study), "--no-report"]) == 0
     assert "0 to submit" in capsys.readouterr().out
 
     # the requeued run: no step done twice or skipped, and the same final weights as an uninterrupted twin
-    pre = json.loads((vdir / store.PREEMPTED).read_text())
+    pre = records.last_preemption(vdir)
     assert 10 <= pre["step"] < 160
-    steps = [m["step"] for m in store.read_jsonl(vdir / "metrics.jsonl")]
+    steps = [m["step"] for m in records.read_jsonl(vdir / "metrics.jsonl")]
     assert steps == list(range(1, 161))
     busy.close()
     for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE"):
@@ -103,7 +106,7 @@ def test_sweep_on_slurm_with_a_requeue(tmp_path, capsys, monkeypatch):
     b = load_file(str(latest_checkpoint(twin) / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
-    assert sweep.main(["collect", str(spec_path), "--out", str(study)]) == 0
+    assert cli.sweep_main(["collect", str(spec_path), "--out", str(study)]) == 0
     import pandas as pd
 
     df = pd.read_parquet(study / "runs.parquet")

@@ -12,9 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from study import config as C
-from study import store
-from study.train import RunError, complete_checkpoints, latest_checkpoint, train
+from study.plan import config as C
+import records
+from records import complete_checkpoints, latest_checkpoint
+from study.train import RunError, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -51,11 +52,11 @@ def test_run_trains_and_writes_a_complete_run_dir(tmp_path, corpus):
     for name in ("config.yaml", "metrics.jsonl", "evals.jsonl", "DONE.json"):
         assert (out / name).is_file(), name
     assert len(complete_checkpoints(out)) == cfg.system.keep_last
-    metrics = store.read_jsonl(out / "metrics.jsonl")
+    metrics = records.read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == list(range(5, 121, 5))
     assert {m["loops"] for m in metrics} <= {1, 2, 3}
     assert metrics[-1]["flops_exact"] > metrics[-1]["flops_6N_nonembed"] > 0
-    evals = store.read_jsonl(out / "evals.jsonl")
+    evals = records.read_jsonl(out / "evals.jsonl")
     s1 = [e for e in evals if e["eval_loops"] == 1 and e["exit_threshold"] is None]
     assert s1[0]["step"] == 0 and s1[-1]["step"] == 120
     assert s1[-1]["nll"] < s1[0]["nll"] - 1.0  # validation NLL falls
@@ -87,9 +88,9 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, corpus):
     a = load_file(str(latest_checkpoint(ref) / "model.safetensors"))
     b = load_file(str(latest_checkpoint(out) / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    steps = [m["step"] for m in store.read_jsonl(out / "metrics.jsonl")]
+    steps = [m["step"] for m in records.read_jsonl(out / "metrics.jsonl")]
     assert steps == sorted(set(steps)), "a step was logged twice"  # none done twice, none skipped
-    assert steps == [m["step"] for m in store.read_jsonl(ref / "metrics.jsonl")]
+    assert steps == [m["step"] for m in records.read_jsonl(ref / "metrics.jsonl")]
 
 
 def test_sigterm_mid_run_then_rerun_finishes(tmp_path, corpus):
@@ -105,7 +106,7 @@ def test_sigterm_mid_run_then_rerun_finishes(tmp_path, corpus):
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        rows = store.read_jsonl(out / "metrics.jsonl") if (out / "metrics.jsonl").exists() else []
+        rows = records.read_jsonl(out / "metrics.jsonl") if (out / "metrics.jsonl").exists() else []
         if rows and rows[-1]["step"] >= 5:
             break
         time.sleep(0.2)
@@ -116,7 +117,7 @@ def test_sigterm_mid_run_then_rerun_finishes(tmp_path, corpus):
     assert 5 <= stopped_at < 400 and (out / "PREEMPTED.json").exists()
     done = subprocess.run(cmd + ["budget.steps=400"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    steps = [m["step"] for m in store.read_jsonl(out / "metrics.jsonl")]
+    steps = [m["step"] for m in records.read_jsonl(out / "metrics.jsonl")]
     assert steps == list(range(1, 401))
 
 
@@ -151,7 +152,7 @@ def test_run_dir_of_another_config_is_refused_untouched(tmp_path, corpus):
 def test_incomplete_and_foreign_checkpoints(tmp_path, corpus):
     cfg = tiny_cfg(corpus, tmp_path / "cache", **{"budget.steps": 20})
     out = tmp_path / "run"
-    train(cfg, out, stop=lambda: len(store.read_jsonl(out / "metrics.jsonl")) >= 2 if (out / "metrics.jsonl").exists() else False, quiet=True)
+    train(cfg, out, stop=lambda: len(records.read_jsonl(out / "metrics.jsonl")) >= 2 if (out / "metrics.jsonl").exists() else False, quiet=True)
     good = latest_checkpoint(out)
     # a checkpoint killed mid-write: a later step without meta.json, and a temp dir
     (out / "ckpt" / "step_00000015").mkdir()
@@ -166,12 +167,15 @@ def test_incomplete_and_foreign_checkpoints(tmp_path, corpus):
     ck = latest_checkpoint(other)
     meta = json.loads((ck / "meta.json").read_text())
     (ck / "meta.json").write_text(json.dumps(meta | {"config_hash": "f" * 64}))
+    with pytest.raises(RunError, match="damaged"):  # edited after it was sealed: the manifest sees it
+        train(cfg, other, quiet=True)
+    records.write_manifest(ck)  # an intact checkpoint of another config (copied in by hand, say)
     with pytest.raises(RunError, match="refusing to resume"):
         train(cfg, other, quiet=True)
 
 
 def test_nan_loss_fails_the_run_and_never_marks_done(tmp_path, corpus, monkeypatch):
-    import study.train as T
+    import study.train.trainer as T
 
     real = T.masked_diffusion_loss
 

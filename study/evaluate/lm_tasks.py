@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from model.config import ConfigError
-from study import store
+import records
 
 HERE = Path(__file__).resolve().parent
 SYNTH_DEFAULTS = ("mixed", 500)
@@ -77,7 +77,7 @@ def parse(spec: str) -> TaskSpec:
             raise TaskError("tasks", f"{spec!r}: gsm8k-local takes no options (point --gsm8k-dir at the data)")
         return TaskSpec(spec, "gsm8k-local", "gsm8k-local", GSM8K_METRIC)
     if head in ("gsm8k-synth", "gsm8k-synth-mc"):
-        from study import gsm8k_synth
+        from study.data import gsm8k_synth
 
         parts = rest.split(":") if rest else []
         difficulty = parts[0] if parts and parts[0] else SYNTH_DEFAULTS[0]
@@ -117,7 +117,7 @@ def _sha_file(path: Path) -> str:
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     if not path.is_file():
-        store.atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        records.atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def mc_rows(problems: list[dict], seed: int = 0) -> list[dict]:
@@ -168,7 +168,7 @@ def _gsm8k_yaml(name: str, test: Path, train: Path | None, num_fewshot: int) -> 
 
 
 def _materialize(ts: TaskSpec, data_root: Path, gsm8k_dir: Path | None, num_fewshot: int) -> None:
-    from study import gsm8k_synth
+    from study.data import gsm8k_synth
 
     if ts.kind == "gsm8k-local":
         folder = Path(gsm8k_dir).expanduser().resolve() if gsm8k_dir else None
@@ -199,7 +199,7 @@ def _materialize(ts: TaskSpec, data_root: Path, gsm8k_dir: Path | None, num_fews
         raise TaskError("num_fewshot", f"{ts.name} is zero-shot only (its context already holds a worked "
                                        f"solution); use --num-fewshot 0")
     _write_jsonl(folder / "test.jsonl", mc_rows(problems))
-    doc = yaml.safe_load((HERE / "gsm8k_synth_mc.yaml").read_text())
+    doc = yaml.safe_load((HERE / "lm_eval_tasks" / "gsm8k_synth_mc.yaml").read_text())
     doc.update(task=ts.name, dataset_kwargs={"data_files": {"test": str(folder / "test.jsonl")}})
     ts.yaml_text = yaml.safe_dump(doc, sort_keys=False)
 
@@ -226,7 +226,7 @@ def prepare(specs: list[str], cache_dir: str | Path, gsm8k_dir: str | Path | Non
     for t in local:
         path = include / f"{t.name}.yaml"
         if not path.is_file():
-            store.atomic_write_text(path, t.yaml_text)
+            records.atomic_write_text(path, t.yaml_text)
     return tasks, include
 
 

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from model import sample
 from model.diffusion import REMASKING
-from study.evaluate import EvalError, LoadedRun, check_loops, load_run
+from study.evaluate.loading import EvalError, LoadedRun, check_loops, load_run
 
 
 def _opt_float(value: Any, arg: str) -> float | None:

@@ -92,6 +92,7 @@ class SystemConfig:
     keep_last: int = 2
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
     compile: bool = False
+    tf32: bool = True  # CUDA fp32 runs: TF32 matmuls (recorded in the run's system.json); off = strict fp32
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,8 @@ class RunConfig:
         need(d.seq_len <= self.model.max_seq_len, "data.seq_len",
              f"{d.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}; raise model.max_seq_len or lower data.seq_len")
         need(0 < d.val_fraction < 0.5, "data.val_fraction", f"got {d.val_fraction}; must be in (0, 0.5)")
+        for name in ("lr", "min_lr_ratio", "decay_fraction", "weight_decay", "beta1", "beta2", "eps", "grad_clip", "ema"):
+            need(math.isfinite(getattr(o, name)), f"optim.{name}", f"got {getattr(o, name)}; must be a finite number")
         need(o.lr > 0, "optim.lr", f"got {o.lr}; must be > 0")
         need(o.schedule in SCHEDULES, "optim.schedule", f"got {o.schedule!r}; allowed: {', '.join(SCHEDULES)}")
         need(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
@@ -197,7 +200,8 @@ class RunConfig:
                               f"costs {one}; raise budget.{key} or shrink batch.global_batch / the model")
         need(e.points >= 1, "eval.points", "must be >= 1")
         need(e.n_seqs >= 1, "eval.n_seqs", "must be >= 1")
-        need(e.n_draws >= 1, "eval.n_draws", "must be >= 1")
+        need(e.n_draws >= 2, "eval.n_draws", f"got {e.n_draws}; must be >= 2 (the Monte-Carlo standard error "
+             "needs two noise draws per sequence)")
         need(all(isinstance(s, int) and s >= 1 for s in e.loops), "eval.loops",
              f"got {list(e.loops)}; every inference loop count must be an integer >= 1")
         need(all(t > 0 for t in e.exit_thresholds), "eval.exit_thresholds", "thresholds must be > 0")
@@ -338,6 +342,8 @@ def from_dict(raw: dict[str, Any]) -> RunConfig:
         vocab, mask = tokenizer_vocab(sections["data"].tokenizer)  # a DataError is a ConfigError
         model_raw["vocab_size"] = vocab
         model_raw.setdefault("mask_token_id", mask)
+    if not (isinstance(sections["data"].seq_len, int) and sections["data"].seq_len >= 2):
+        raise ConfigError("data.seq_len", f"got {sections['data'].seq_len!r}; must be an integer >= 2")
     model_raw.setdefault("max_seq_len", sections["data"].seq_len)
     model = _coerce("model", ModelConfig, model_raw)
     top = {}
@@ -354,7 +360,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if "=" not in item:
             raise ConfigError(item, "an override must look like key.sub=value (e.g. optim.lr=1e-3)")
         key, _, text = item.partition("=")
-        value = yaml.safe_load(text) if text.strip() else None
+        value = parse_yaml(text, f"override {item!r}") if text.strip() else None
         node = raw
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -365,14 +371,28 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML through the safe loader (no tags, no code); a syntax error or a python tag becomes a ConfigError
+    that names ``where`` (a file, or an override) with the line and column."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        pos = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}{pos}", f"invalid YAML: {problem}") from None
+
+
 def load_yaml_mapping(path: str | Path, field: str, what: str) -> dict[str, Any]:
-    """A YAML file (safe loader: no tags, no code) that must hold a mapping; errors name ``field``."""
+    """A YAML file that must hold a non-empty mapping; errors name the file (with line:col) or ``field``."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(field, f"file {p} does not exist")
-    raw = yaml.safe_load(p.read_text()) or {}
+    raw = parse_yaml(p.read_text(), str(p))
+    if raw is None:
+        raise ConfigError(str(p), f"the file is empty; give {what} (or no file at all for the defaults)")
     if not isinstance(raw, dict):
-        raise ConfigError(field, f"{p} must hold a mapping ({what})")
+        raise ConfigError(str(p), f"must hold a mapping ({what})")
     return raw
 
 

@@ -1,0 +1,24 @@
+"""Everything a study keeps on disk, in one torch-free package: plan, train, evaluate and analysis read and
+write run directories only through it (docs/INTERFACES.md describes the files).
+
+    records.io       atomic writes, JSON-lines logs (append, read with torn-line counts, cut back to a step)
+    records.rundir   names and paths, markers, checkpoints (naming, listing, manifest, verification)
+    records.lock     exclusive ownership of a run / a study submission by a live process
+    records.ledger   the submissions ledger and the SLURM queue
+    records.status   a run's state from its files and the queue
+"""
+
+from .io import (Records, append_jsonl, atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text,
+                 atomic_write_yaml, iter_jsonl, read_json, read_jsonl, read_records, tail_jsonl, truncate_jsonl)
+from .ledger import (LEDGER, KnownJob, QueueEntry, job_comment, known_jobs, ledger_failed, ledger_intent,
+                     ledger_submitted, new_submission_id, slurm_queue)
+from .lock import Locked, RunLock, lock_holder
+from .rundir import (CKPT_DIR, CKPT_META, CONFIG, DONE, EVALS, EVALS_DIR, FAILED, MANIFEST, METRICS, PREEMPTED, RUNNING,
+                     RUNS_DIR, SLUG_MAX, attention_path, ckpt_meta, ckpt_name, ckpt_root, ckpt_step, ckpt_tmp,
+                     clean_partial_checkpoints, complete_checkpoints, cut_logs_to_step, done_summary, read_evals,
+                     has_checkpoint, heartbeat, is_task_eval_file, job_context, last_preemption, latest_checkpoint, list_run_dirs,
+                     mark_done, mark_failed, mark_preempted, read_config, recorded_hash, run_dir, run_key,
+                     safe_slug, study_of, task_eval_path, verify_checkpoint, write_manifest)
+from .status import STALE_AFTER_S, RunStatus, run_status, scan_study
+
+__all__ = [n for n in dir() if not n.startswith("_")]

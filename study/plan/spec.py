@@ -1,0 +1,322 @@
+"""Study specs: loading, expanding into runs with their matched baselines, and the plan table.
+
+A spec (``sweeps/*.yaml``) is a base RunConfig plus axes. Expansion is pure: spec -> list of ``PlannedRun``
+(each a resolved, hashed RunConfig with its comparison groups), every looped config joined by its matched
+baselines — the same-size MDM (mid block applied once) and the deeper MDM with equal expected per-step
+compute (n_head + E[S] * n_mid + n_tail layers). Nothing is written or submitted until every run of the
+grid has validated. Re-running a spec skips done and running runs; failed ones come back only with --retry.
+
+Spec keys:
+  study: name                 # results/<name>/ unless --out
+  description: text
+  base: {RunConfig sections}  # as in a study.run YAML
+  axes: {dotted.key: [values]}            # full product
+  zip: [{dotted.key: [..], other: [..]}]  # each group varies together, crossed with the axes
+  baselines: [same_size, deeper]          # matched baselines for every looped run
+  scaling: {lr: RULE, batch: RULE, warmup: RULE}   # study/scaling.py
+  resources: {executor, partition, gpus_per_node, time_min, ...}   # study/launch.py ResourceSpec
+  resource_classes: {NAME: {overrides}}  # chosen per run by the axis/base key `resource_class`
+  estimate: {tflops_per_gpu: 989, mfu: 0.4}   # for the plan's GPU-hours column
+  finetune: {corpus: SOURCE, roles: [looped, baseline_same], budget: {steps: N}, optim: {...}}
+                              # a second stage: each selected pretraining run gets a fine-tuned child
+                              # (kind: sft, init_from: its parent), submitted after the parent (SLURM
+                              # dependency afterok) and evaluated with `python -m study.eval`
+The run-dict key ``layout: {n_layers: 12, looped: [1, 2]}`` is a readable way to place the looped block.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model import flops
+from model.config import ConfigError, reject_unknown_keys
+import records
+from study.plan import config as config_mod
+from study.plan.finetune import sft_raw, study_relative_parent
+from study.plan.scaling import RULES
+
+SPEC_KEYS = ["study", "description", "base", "axes", "zip", "baselines", "scaling", "resources",
+             "resource_classes", "estimate", "finetune"]
+ROLES = ("looped", "baseline_same", "baseline_deeper", "single")
+BASELINES = ("same_size", "deeper")
+ROLE_OF = {"same_size": "baseline_same", "deeper": "baseline_deeper"}
+
+
+@dataclass
+class PlannedRun:
+    cfg: config_mod.RunConfig
+    slug: str
+    groups: list[dict] = field(default_factory=list)
+    axes: dict = field(default_factory=dict)
+    resource_class: str | None = None
+    parent: "PlannedRun | None" = None  # a fine-tuning run's pretrained parent
+
+    @property
+    def hash(self) -> str:
+        return self.cfg.hash
+
+    @property
+    def role(self) -> str:
+        return ",".join(sorted({g["role"] for g in self.groups})) or "single"
+
+    def run_dir(self, study_dir: Path) -> Path:
+        return records.run_dir(study_dir, self.slug, self.hash)
+
+    def final_config(self, study: str) -> config_mod.RunConfig:
+        meta = {"study": study, "slug": self.slug, "hash": self.hash, "groups": self.groups, "axes": self.axes,
+                "resource_class": self.resource_class, "steps": self.cfg.steps, "stage": self.cfg.kind,
+                "params": flops.param_counts(self.cfg.model).to_dict(self.cfg.model.expected_loops)}
+        return self.cfg.replace(meta=meta)
+
+
+@dataclass
+class Spec:
+    study: str
+    description: str
+    base: dict
+    axes: dict
+    zip: list
+    baselines: tuple
+    scaling: dict
+    resources: dict
+    resource_classes: dict
+    estimate: dict
+    finetune: dict | None = None
+    path: Path | None = None
+
+
+# -- loading ---------------------------------------------------------------------------------------
+def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
+    """A spec file; ``key=value`` overrides apply to its base config (``optim.lr=1e-3``)."""
+    raw = config_mod.load_yaml_mapping(path, "SPEC", "study:, base:, axes:, ... - e.g. sweeps/demo.yaml")
+    if overrides:
+        base = raw.get("base") or {}
+        if not isinstance(base, dict):
+            raise ConfigError("base", "must be a mapping of RunConfig sections")
+        raw["base"] = config_mod.apply_overrides(base, list(overrides))
+    return parse_spec(raw, Path(path))
+
+
+def parse_spec(raw: dict, path: Path | None = None) -> Spec:
+    reject_unknown_keys("", raw, SPEC_KEYS)
+    study = raw.get("study") or (path.stem if path else None)
+    if not study or records.safe_slug(str(study)) != str(study):
+        raise ConfigError("study", f"{study!r}: use a plain name of [a-z0-9._-] (it names results/<study>/)")
+    axes = raw.get("axes") or {}
+    zips = raw.get("zip") or []
+    if not isinstance(axes, dict):
+        raise ConfigError("axes", "must map dotted keys to lists of values")
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"axes.{key}", "must be a non-empty list of values (one value: put it in base)")
+    if not isinstance(zips, list):
+        raise ConfigError("zip", "must be a list of groups, each mapping keys to equal-length lists")
+    for i, group in enumerate(zips):
+        if not isinstance(group, dict) or not group:
+            raise ConfigError(f"zip[{i}]", "must be a non-empty mapping of keys to lists")
+        lengths = {k: len(v) if isinstance(v, list) else -1 for k, v in group.items()}
+        if min(lengths.values()) < 1 or len(set(lengths.values())) != 1:
+            raise ConfigError(f"zip[{i}]", f"every key needs a non-empty list, all the same length (got {lengths})")
+    baselines = tuple(raw.get("baselines") or ())
+    for b in baselines:
+        if b not in BASELINES:
+            raise ConfigError("baselines", f"{b!r} unknown; allowed: {', '.join(BASELINES)}")
+    scaling = raw.get("scaling") or {}
+    reject_unknown_keys("scaling", scaling, list(RULES))
+    for knob, rule in scaling.items():
+        RULES[knob](str(rule))  # validates the rule name now
+    classes = raw.get("resource_classes") or {}
+    estimate = {"tflops_per_gpu": 989.0, "mfu": 0.4} | (raw.get("estimate") or {})
+    reject_unknown_keys("estimate", estimate, ["tflops_per_gpu", "mfu"])
+    finetune = raw.get("finetune")
+    if finetune is not None:
+        if not isinstance(finetune, dict) or not finetune.get("corpus"):
+            raise ConfigError("finetune", "needs at least `corpus:` (a GSM8K-style jsonl, gsm8k-synth[:difficulty], "
+                              "hf:openai/gsm8k:main) and a budget, e.g. budget: {steps: 500}")
+        roles = finetune.get("roles", ["looped", "baseline_same"])
+        bad = [r for r in roles if r not in ROLES]
+        if bad:
+            raise ConfigError("finetune.roles", f"{bad} unknown; allowed: {', '.join(ROLES)}")
+    return Spec(study=str(study), description=str(raw.get("description", "")), base=raw.get("base") or {},
+                axes=axes, zip=zips, baselines=baselines, scaling=scaling, resources=raw.get("resources") or {},
+                resource_classes=classes, estimate=estimate, finetune=finetune, path=path)
+
+
+# -- expansion ---------------------------------------------------------------------------------------
+def _assignments(spec: Spec) -> list[dict[str, Any]]:
+    """Every combination: the product of the axes, crossed with each zip group's rows."""
+    keys = list(spec.axes)
+    product = [dict(zip(keys, combo)) for combo in itertools.product(*(spec.axes[k] for k in keys))] or [{}]
+    for group in spec.zip:
+        rows = [dict(zip(group, vals)) for vals in zip(*group.values())]
+        product = [a | r for a in product for r in rows]
+    return product
+
+
+def _set(run: dict, dotted: str, value: Any) -> None:
+    node = run
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(dotted, f"'{p}' is not a section")
+    node[parts[-1]] = config_mod.copy_tree(value)
+
+
+def _apply_layout(run: dict) -> None:
+    """``layout: {n_layers: L, looped: [i, j]}`` -> head/mid/tail counts, refusing blocks outside the stack."""
+    layout = run.pop("layout", None)
+    if layout is None:
+        return
+    reject_unknown_keys("layout", layout, ["n_layers", "looped"])
+    n, looped = layout.get("n_layers"), layout.get("looped")
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError("layout.n_layers", f"got {n!r}; the number of layers in the stack, >= 1")
+    if not isinstance(looped, list) or not looped or any(not isinstance(i, int) for i in looped):
+        raise ConfigError("layout.looped", f"got {looped!r}; a list of layer indices such as [1, 2]")
+    lo, hi = min(looped), max(looped)
+    if lo < 0 or hi >= n:
+        raise ConfigError("layout.looped", f"layers {looped} are outside the {n}-layer stack (indices 0..{n - 1})")
+    if sorted(looped) != list(range(lo, hi + 1)):
+        raise ConfigError("layout.looped", f"layers {looped} must be contiguous")
+    model = run.setdefault("model", {})
+    model.update(n_head_layers=lo, n_mid_layers=hi - lo + 1, n_tail_layers=n - hi - 1)
+
+
+class Where:
+    """Names a grid point in error messages; formatted only when an error is raised."""
+
+    def __init__(self, assignment: dict, note: str = ""):
+        self.assignment, self.note = assignment, note
+
+    def __str__(self) -> str:
+        text = json.dumps(self.assignment, default=str) if self.assignment else "base"
+        return f"{text} {self.note}".strip()
+
+
+def _build(run: dict, spec: Spec, where) -> config_mod.RunConfig:
+    """A run dict -> validated RunConfig, scaling rules applied; errors say which grid point failed."""
+    try:
+        _apply_layout(run)
+        for knob in ("batch", "lr"):
+            if knob in spec.scaling:
+                RULES[knob](str(spec.scaling[knob]))(run)
+        cfg = config_mod.from_dict(run)
+        if "warmup" in spec.scaling:
+            RULES["warmup"](str(spec.scaling["warmup"]))(run, cfg.steps)
+            cfg = config_mod.from_dict(run)
+        return cfg
+    except ConfigError as exc:
+        raise ConfigError(exc.field, f"{str(exc).split(': ', 1)[-1]} (in grid point {where})") from None
+
+
+def expand(spec: Spec) -> list[PlannedRun]:
+    """The whole grid with matched baselines, deduplicated by hash (a baseline shared by several looped
+    configs is one run listed in each of their groups)."""
+    runs: dict[str, PlannedRun] = {}
+
+    def add(cfg: config_mod.RunConfig, axes: dict, rclass: str | None, group: dict | None) -> None:
+        pr = runs.get(cfg.hash)
+        if pr is None:
+            pr = runs[cfg.hash] = PlannedRun(cfg=cfg, slug=records.safe_slug(config_mod.slug(cfg)), axes=axes,
+                                             resource_class=rclass)
+        if group is not None and group not in pr.groups:
+            pr.groups.append(group)
+
+    for assignment in _assignments(spec):
+        run = config_mod.copy_tree(spec.base)
+        rclass = run.pop("resource_class", None)
+        for key, value in assignment.items():
+            if key == "resource_class":
+                rclass = value
+            else:
+                _set(run, key, value)
+        where = Where(assignment)
+        axes = dict(assignment)
+        raw = config_mod.copy_tree(run) if spec.baselines else None
+        cfg = _build(run, spec, where)
+        if rclass is not None and rclass not in spec.resource_classes:
+            raise ConfigError("resource_class", f"{rclass!r} is not defined under resource_classes "
+                              f"({', '.join(spec.resource_classes) or 'none defined'})")
+        if not cfg.model.is_looped or not spec.baselines:
+            add(cfg, axes, rclass, None)
+            continue
+        group_id = f"{records.safe_slug(config_mod.slug(cfg))}-{cfg.hash[:8]}"
+        add(cfg, axes, rclass, {"group": group_id, "role": "looped"})
+        for b in spec.baselines:
+            braw = config_mod.copy_tree(raw)
+            _apply_layout(braw)
+            model = dict(cfg.model.non_looped().to_dict() if b == "same_size" else cfg.model.deeper().to_dict())
+            braw["model"] = model
+            braw.setdefault("eval", {}).pop("loops", None)
+            bcfg = _build(braw, spec, Where(assignment, f"({b} baseline)"))
+            add(bcfg, axes, rclass, {"group": group_id, "role": ROLE_OF[b]})
+    pretrain = list(runs.values())
+    return pretrain + (_finetune_children(spec, pretrain) if spec.finetune else [])
+
+
+def _finetune_children(spec: Spec, parents: list[PlannedRun]) -> list[PlannedRun]:
+    """One fine-tuning run per selected parent (`study.plan.finetune.sft_raw`: the parent's network and
+    tokenizer, its weights through a study-relative ``init_from``, the finetune section's data, budget and
+    optimisation)."""
+    ft = dict(spec.finetune)
+    corpus = ft.pop("corpus")
+    roles = set(ft.pop("roles", ["looped", "baseline_same"]))
+    children = []
+    for parent in parents:
+        if not ({g["role"] for g in parent.groups} or {"single"}) & roles:
+            continue
+        try:
+            raw = sft_raw(parent.cfg.to_dict(), corpus, study_relative_parent(parent.run_dir(Path("."))), ft)
+        except ConfigError as exc:
+            raise ConfigError(f"finetune.{exc.field}", str(exc).split(": ", 1)[-1]) from None
+        cfg = _build(raw, spec, f"fine-tuning {parent.slug}")
+        children.append(PlannedRun(cfg=cfg, slug=records.safe_slug(config_mod.slug(cfg)), groups=list(parent.groups),
+                                   axes=parent.axes, resource_class=parent.resource_class, parent=parent))
+    return children
+
+
+# -- the plan ----------------------------------------------------------------------------------------
+def plan_row(pr: PlannedRun, spec: Spec) -> dict:
+    cfg = pr.cfg
+    p = flops.param_counts(cfg.model)
+    row = {"slug": pr.slug, "hash": pr.hash[:12], "role": pr.role, "groups": [g["group"] for g in pr.groups],
+           "axes": pr.axes, "params_embedding": p.embedding, "params_nonembedding": p.nonembedding,
+           "params_effective": p.effective_nonembedding(cfg.model.expected_loops), "steps": cfg.steps,
+           "tokens": cfg.steps * cfg.tokens_per_step, "resource_class": pr.resource_class}
+    for conv in flops.CONVENTIONS:
+        per_step = cfg.flops_per_step(conv)
+        row[f"flops_per_step_{conv}"] = per_step
+        row[f"flops_{conv}"] = per_step * cfg.steps
+    rate = spec.estimate["tflops_per_gpu"] * 1e12 * spec.estimate["mfu"]  # GPU-hours do not depend on GPU count
+    row["est_gpu_hours"] = row["flops_exact"] / rate / 3600
+    return row
+
+
+def format_plan(rows: list[dict]) -> str:
+    cols = [("slug", "slug", "{}"), ("hash", "hash", "{}"), ("role", "role", "{}"),
+            ("N_emb", "params_embedding", "{:.3g}"), ("N_nonemb", "params_nonembedding", "{:.3g}"),
+            ("N_eff", "params_effective", "{:.3g}"), ("steps", "steps", "{}"), ("tokens", "tokens", "{:.3g}"),
+            ("C/step exact", "flops_per_step_exact", "{:.3g}"), ("C 6N_nonemb", "flops_6N_nonembed", "{:.3g}"),
+            ("C 6N_total", "flops_6N_total", "{:.3g}"), ("C exact", "flops_exact", "{:.3g}"),
+            ("GPU-h", "est_gpu_hours", "{:.3g}")]
+    table = [[h for h, _, _ in cols]] + [[f.format(r[k]) for _, k, f in cols] for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in table]
+    total = {k: sum(r[k] for r in rows) for k in ("flops_exact", "est_gpu_hours")}
+    lines.append(f"{len(rows)} runs; {total['flops_exact']:.3g} FLOPs (exact); ~{total['est_gpu_hours']:.3g} GPU-hours")
+    return "\n".join(lines)
+
+
+def select(runs: list[PlannedRun], only: str | None) -> list[PlannedRun]:
+    if not only:
+        return runs
+    return [r for r in runs if fnmatch.fnmatch(r.slug, only) or r.hash.startswith(only) or
+            any(fnmatch.fnmatch(g["group"], only) for g in r.groups)]
+
+
