@@ -20,7 +20,7 @@ import pandas as pd  # noqa: E402
 
 from .claims import Claim  # noqa: E402
 from .select import fixed_loops, unique_points  # noqa: E402
-from .studyfits import StudyFits  # noqa: E402
+from .study_fits import StudyFits  # noqa: E402
 
 COLORS = {"mdm": "#4C72B0", "loopmdm": "#DD8452", "mdm_deeper": "#55A868"}
 LABELS = {"mdm": "MDM (same size)", "loopmdm": "LoopMDM", "mdm_deeper": "MDM (deeper)"}

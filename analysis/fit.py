@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import fits as F
+from . import curves as F
 from ._util import atomic_write_text, dumps, fmt
 
 LAWS = ("frontier", "parametric", "isoflop")

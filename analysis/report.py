@@ -24,7 +24,7 @@ from .claims import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, TASK_EVAL_CONTRACT,
 from .collect import BASE_COLUMNS, load_or_collect, load_task_evals
 from .figures import FigureResult, make_figures
 from .select import CORE_COLUMNS, clean, missing_columns
-from .studyfits import StudyFits, fit_study
+from .study_fits import StudyFits, fit_study
 
 VERDICT_MARK = {SUPPORTED: "✅ supported", NOT_SUPPORTED: "❌ not supported", INCONCLUSIVE: "❔ inconclusive"}
 

@@ -8,7 +8,7 @@ import pytest
 from analysis import claims as CL
 from analysis.collect import BASE_COLUMNS
 from analysis.select import choose_eval_loops
-from analysis.studyfits import fit_study
+from analysis.study_fits import fit_study
 from analysis.synthetic import frontier_pair_table
 
 NB = 200  # bootstrap resamples in tests (the report default is 1000)

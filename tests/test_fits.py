@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from analysis import fits as F
+from analysis import curves as F
 from analysis.synthetic import LAW, isoflop_sizes, law_loss
 
 # Chinchilla approach-3 fit as published (Hoffmann et al. 2022, eq. 10).

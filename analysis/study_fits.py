@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from . import fits as F
+from . import curves as F
 from ._util import CONVENTIONS, derive_rng, jsonable, normalise_convention
 from .select import choose_eval_loops, family_points, final_points, run_schedules
 

@@ -1,0 +1,66 @@
+"""All claims of a study at once, and where the multiplier estimates disagree."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import pandas as pd
+
+from .._util import CONVENTIONS, normalise_convention
+from ..study_fits import StudyFits
+from .common import Claim, _inconclusive
+from .loops import claim_adaptive, claim_deeper, claim_loop_scaling
+from .multiplier import claim_multiplier, claim_protocol
+from .tasks import claim_task_delta
+
+SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
+
+
+# ---------------------------------------------------------------------------------------- all
+def evaluate_claims(
+    df: pd.DataFrame, fits: StudyFits, tasks: pd.DataFrame | None = None, *,
+    conventions: Sequence[str] = CONVENTIONS, n_boot: int = 1000, seed: int = 0,
+    task_names: Sequence[str] | None = None,
+) -> list[Claim]:
+    """Every claim; an unexpected error in one claim becomes an inconclusive claim naming the error."""
+    jobs: list[tuple[str, Callable[[], Claim]]] = []
+    for c in conventions:
+        jobs.append((f"multiplier[{normalise_convention(c)}]", lambda c=c: claim_multiplier(fits, c)))
+    for c in conventions:
+        jobs.append((f"protocol[{normalise_convention(c)}]",
+                     lambda c=c: claim_protocol(df, c, loops=fits.loops, n_boot=n_boot, seed=seed)))
+    jobs.append(("deeper", lambda: claim_deeper(df, loops=fits.loops, n_boot=n_boot, seed=seed)))
+    jobs.append(("loop_scaling", lambda: claim_loop_scaling(df, n_boot=n_boot, seed=seed)))
+    jobs.append(("adaptive", lambda: claim_adaptive(df, n_boot=n_boot, seed=seed)))
+    names = list(task_names) if task_names else []
+    if not names:
+        names = sorted(tasks["task"].unique()) if tasks is not None and not tasks.empty and "task" in tasks else []
+        if "gsm8k" not in names:
+            names = ["gsm8k"] + names
+    for tk in names:
+        jobs.append((f"task[{tk}]", lambda tk=tk: claim_task_delta(tasks, tk, n_boot=n_boot, seed=seed)))
+    out = []
+    for key, job in jobs:
+        try:
+            out.append(job())
+        except Exception as e:  # a claim must never take the report down
+            out.append(_inconclusive(key, key, "", None, "", "", "", f"internal error while evaluating: "
+                                                                     f"{e.__class__.__name__}: {e}"))
+    return out
+
+
+def multiplier_disagreements(claims: Sequence[Claim]) -> list[str]:
+    """Conventions where the fitted multiplier and the paper-protocol multiplier CIs do not overlap."""
+    by = {c.key: c for c in claims}
+    out = []
+    for k, c in by.items():
+        if not k.startswith("multiplier["):
+            continue
+        p = by.get(k.replace("multiplier[", "protocol["))
+        if p is None or None in (c.ci_low, c.ci_high, p.ci_low, p.ci_high):
+            continue
+        if c.ci_high < p.ci_low or p.ci_high < c.ci_low:
+            out.append(f"{k[len('multiplier['):-1]}: fitted {c.measured_str()} {c.ci_str()} vs "
+                       f"protocol {p.measured_str()} {p.ci_str()} — CIs do not overlap")
+    return out
+

@@ -1,0 +1,352 @@
+"""The shared machinery of every fit: intervals, Huber loss, weights, batched multi-start optimisation,
+convergence diagnostics."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from scipy.optimize import minimize
+
+from .._util import jsonable
+
+DELTA = 1e-3
+LEVEL = 0.95
+
+
+# --------------------------------------------------------------------------------------------- basics
+@dataclass
+class Interval:
+    """A point estimate with a percentile-bootstrap interval (``low``/``high`` are None when no CI)."""
+
+    estimate: float
+    low: float | None = None
+    high: float | None = None
+    level: float = LEVEL
+
+    def covers(self, value: float) -> bool | None:
+        if self.low is None or self.high is None:
+            return None
+        return bool(self.low <= value <= self.high)
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable(dataclasses.asdict(self))
+
+
+def huber(r: np.ndarray, delta: float = DELTA) -> np.ndarray:
+    """Huber loss: quadratic inside +-delta, linear outside (robust to a few bad runs)."""
+    a = np.abs(r)
+    return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+
+
+def percentile_ci(samples: np.ndarray, level: float = LEVEL) -> tuple[float | None, float | None]:
+    """Percentile interval over the finite-or-infinite samples; NaN replicates (failed fits) dropped.
+
+    Infinite samples are legitimate (a family that never reaches a loss needs infinite FLOPs), so
+    we use an interpolation-free quantile that can return inf instead of inf-inf=NaN."""
+    s = np.asarray(samples, dtype=float)
+    s = s[~np.isnan(s)]
+    if s.size < 2:
+        return None, None
+    q = [(1 - level) / 2, 1 - (1 - level) / 2]
+    method = "inverted_cdf" if np.isinf(s).any() else "linear"
+    lo, hi = np.quantile(s, q, method=method)
+    return float(lo), float(hi)
+
+
+def _interval(estimate: float, samples: np.ndarray | None, level: float) -> Interval:
+    if samples is None:
+        return Interval(float(estimate), None, None, level)
+    lo, hi = percentile_ci(samples, level)
+    return Interval(float(estimate), lo, hi, level)
+
+
+def mc_weights(loss: np.ndarray, se: np.ndarray | None) -> np.ndarray | None:
+    """Inverse-variance weights in log space from the Monte-Carlo standard error of each NLL.
+
+    Normalised to mean 1 so that the Huber delta keeps its meaning (a residual scale in log loss)."""
+    if se is None:
+        return None
+    loss = np.asarray(loss, float)
+    se = np.asarray(se, float)
+    sl = se / loss
+    ok = np.isfinite(sl) & (sl > 0)
+    if not ok.any():
+        return None
+    floor = np.median(sl[ok]) * 0.1  # a reported se of ~0 must not give one point all the weight
+    sl = np.where(ok, np.maximum(sl, floor), np.median(sl[ok]))
+    w = 1.0 / sl**2
+    return w / w.mean()
+
+
+def bootstrap_weights(
+    rng: np.random.Generator, clusters: np.ndarray, n_boot: int, strata: np.ndarray | None = None
+) -> np.ndarray:
+    """(n_boot, n_points) integer weights equivalent to resampling clusters (runs) with replacement.
+
+    With ``strata`` (e.g. the budget of each run) clusters are resampled within each stratum so every
+    replicate keeps every budget, as an IsoFLOP design requires."""
+    clusters = np.asarray(clusters)
+    _, codes = np.unique(clusters, return_inverse=True)
+    n_c = codes.max() + 1 if codes.size else 0
+    counts = np.zeros((n_boot, n_c))
+    if strata is None:
+        counts[:] = rng.multinomial(n_c, np.full(n_c, 1.0 / n_c), size=n_boot)
+    else:
+        strata = np.asarray(strata)
+        c_stratum = np.empty(n_c, dtype=object)
+        c_stratum[codes] = strata
+        for s in np.unique(strata):
+            members = np.nonzero(c_stratum == s)[0]
+            k = members.size
+            counts[:, members] = rng.multinomial(k, np.full(k, 1.0 / k), size=n_boot)
+    return counts[:, codes]
+
+
+def _gof(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+    """RMSE of log-loss residuals and R^2 of log loss (what the fit minimises, so what it is judged on)."""
+    r = y - pred
+    rmse = float(np.sqrt(np.mean(r**2))) if r.size else math.nan
+    ss_tot = float(np.sum((y - y.mean()) ** 2)) if y.size else 0.0
+    r2 = 1.0 - float(np.sum(r**2)) / ss_tot if ss_tot > 0 else math.nan
+    return rmse, r2
+
+
+# ------------------------------------------------------------------------------------- law models
+class _Model:
+    """A law in log space with its Jacobian, batched over parameter vectors (B, p)."""
+
+    names: tuple[str, ...] = ()
+    lb: np.ndarray
+    ub: np.ndarray
+
+    def pred_jac(self, theta: np.ndarray, X: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class _FrontierModel(_Model):
+    """log L = logaddexp(a' - alpha x, e) with x = log C - x0; theta = (a', e, alpha)."""
+
+    names = ("a", "e", "alpha")
+    lb = np.array([-50.0, -10.0, 0.0])
+    ub = np.array([50.0, 10.0, 5.0])
+
+    def pred_jac(self, theta, X):
+        (x,) = X
+        x = x if x.ndim == 2 else x[None, :]
+        a, e, al = theta[:, 0:1], theta[:, 1:2], theta[:, 2:3]
+        z1 = a - al * x
+        pred = np.logaddexp(z1, e)
+        p1 = np.exp(z1 - pred)
+        jac = np.stack([p1, 1.0 - p1, -p1 * x], axis=-1)
+        return pred, jac
+
+
+class _ParametricModel(_Model):
+    """log L = LSE(a' - alpha u, b' - beta v, e), u = log N - u0, v = log D - v0;
+    theta = (a', b', e, alpha, beta)."""
+
+    names = ("a", "b", "e", "alpha", "beta")
+    lb = np.array([-50.0, -50.0, -10.0, 0.0, 0.0])
+    ub = np.array([50.0, 50.0, 10.0, 5.0, 5.0])
+
+    def pred_jac(self, theta, X):
+        u, v = X
+        u = u if u.ndim == 2 else u[None, :]
+        v = v if v.ndim == 2 else v[None, :]
+        a, b, e = theta[:, 0:1], theta[:, 1:2], theta[:, 2:3]
+        al, be = theta[:, 3:4], theta[:, 4:5]
+        z1 = a - al * u
+        z2 = b - be * v
+        z3 = np.broadcast_to(e, z1.shape)
+        m = np.maximum(np.maximum(z1, z2), z3)
+        s1, s2, s3 = np.exp(z1 - m), np.exp(z2 - m), np.exp(z3 - m)
+        tot = s1 + s2 + s3
+        pred = m + np.log(tot)
+        p1, p2, p3 = s1 / tot, s2 / tot, s3 / tot
+        jac = np.stack([p1, p2, p3, -p1 * u, -p2 * v], axis=-1)
+        return pred, jac
+
+
+def _objective(pred: np.ndarray, y: np.ndarray, W: np.ndarray, delta: float) -> np.ndarray:
+    """Weighted Huber on log residuals, scaled by 1/(delta * sum w) so tolerances are scale-free."""
+    r = (y if y.ndim == 2 else y[None, :]) - pred
+    return np.sum(W * huber(r, delta), axis=1) / (delta * np.maximum(W.sum(axis=1), 1e-300))
+
+
+def _scipy_fun(model: _Model, X, y, w, delta) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
+    wsum = max(float(w.sum()), 1e-300)
+
+    def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        pred, jac = model.pred_jac(theta[None, :], X)
+        r = y - pred[0]
+        f = float(np.sum(w * huber(r, delta))) / (delta * wsum)
+        psi = np.clip(r, -delta, delta)
+        g = -(w * psi) @ jac[0] / (delta * wsum)
+        return f, g
+
+    return fun
+
+
+def _batched_gn(
+    model: _Model,
+    theta0: np.ndarray,
+    X: tuple[np.ndarray, ...],
+    y: np.ndarray,
+    W: np.ndarray,
+    delta: float = DELTA,
+    max_iter: int = 200,
+    ftol: float = 1e-10,
+    xtol: float = 1e-7,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Damped (Levenberg-Marquardt) Gauss-Newton on the Huber objective, for B problems at once.
+
+    Returns (theta, objective, converged). Each replicate has its own damping and stops on its own; a
+    step is kept only if it lowers the true Huber objective. Tolerances are looser than the point
+    fit's (1e-7 relative in the parameters): bootstrap spreads are orders of magnitude wider."""
+    theta = np.array(theta0, dtype=float, copy=True)
+    B, p = theta.shape
+    Y = np.broadcast_to(y, (B, y.shape[-1]))  # one data vector, or one per replicate (parametric bootstrap)
+    lam = np.full(B, 1e-3)
+    wsum = np.maximum(W.sum(axis=1), 1e-300)
+    pred, J = model.pred_jac(theta, X)
+    F = _objective(pred, Y, W, delta)
+    done = np.zeros(B, bool)
+    conv = np.zeros(B, bool)
+    eye = np.eye(p)
+    for _ in range(max_iter):
+        idx = np.nonzero(~done)[0]
+        if idx.size == 0:
+            break
+        Wi, Ji = W[idx], J[idx]
+        r = Y[idx] - pred[idx]
+        a = np.abs(r)
+        psi = np.clip(r, -delta, delta)
+        omega = np.where(a > delta, delta / np.maximum(a, 1e-300), 1.0)
+        scale = (delta * wsum[idx])[:, None]
+        g = -np.einsum("bn,bnp->bp", Wi * psi, Ji) / scale
+        Jt = np.transpose(Ji, (0, 2, 1))
+        # damping scale from the IRLS majoriser (always positive definite where data exist) ...
+        d = np.sum(Ji * Ji * (Wi * omega)[:, :, None], axis=1) / scale
+        # ... curvature from Huber's generalised Hessian (only residuals inside delta curve): semismooth
+        # Newton converges in a few steps once the inlier set settles, where IRLS crawls linearly
+        H = np.matmul(Jt * (Wi * (a <= delta))[:, None, :], Ji) / scale[:, :, None]
+        A = H + lam[idx, None, None] * (d[:, :, None] * eye) + 1e-12 * (d.max(axis=1) + 1e-30)[:, None, None] * eye
+        try:
+            step = np.linalg.solve(A, -g[:, :, None])[:, :, 0]
+        except np.linalg.LinAlgError:
+            step = np.stack([np.linalg.lstsq(A[k], -g[k], rcond=None)[0] for k in range(idx.size)])
+        th_new = np.clip(theta[idx] + step, model.lb, model.ub)
+        pred_new, J_new = model.pred_jac(th_new, tuple(x[idx] if x.ndim == 2 else x for x in X))
+        F_new = _objective(pred_new, Y[idx], W[idx], delta)
+        F_old = F[idx]
+        acc = np.isfinite(F_new) & (F_new <= F_old)
+        ai = idx[acc]
+        theta[ai], pred[ai], J[ai], F[ai] = th_new[acc], pred_new[acc], J_new[acc], F_new[acc]
+        lam[ai] = np.maximum(lam[ai] / 3.0, 1e-12)
+        lam[idx[~acc]] *= 5.0
+        real_step = np.abs(step).max(axis=1)
+        small = (F_old - np.where(acc, F_new, F_old) <= ftol * np.maximum(F_old, 1e-300)) & (
+            real_step <= xtol * (1.0 + np.abs(theta[idx]).max(axis=1))
+        )
+        stop_ok = acc & small
+        stalled = lam[idx] > 1e10
+        done[idx[stop_ok | stalled]] = True
+        conv[idx[stop_ok]] = True
+        # a stalled replicate whose gradient is ~0 is at its optimum (no step can improve it)
+        if stalled.any():
+            th_s = theta[idx[stalled]]
+            gs = g[stalled]
+            # projected gradient: a component pushing against an active bound does not count
+            gs = np.where(((th_s <= model.lb + 1e-9) & (gs > 0)) | ((th_s >= model.ub - 1e-9) & (gs < 0)), 0.0, gs)
+            conv[idx[stalled]] = np.abs(gs).max(axis=1) < 1e-6
+    return theta, F, conv
+
+
+def _multistart(
+    model: _Model,
+    X: tuple[np.ndarray, ...],
+    y: np.ndarray,
+    w: np.ndarray,
+    starts: np.ndarray,
+    delta: float,
+    n_polish: int,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Evaluate the objective on every grid start (vectorised), run L-BFGS-B from the best
+    ``n_polish`` of them, and report how many of those agree with the winner."""
+    W = w[None, :]
+    F0 = np.concatenate([_objective(model.pred_jac(chunk, X)[0], y, W, delta) for chunk in np.array_split(
+        starts, max(1, int(np.ceil(starts.shape[0] * y.size / 2e6))))])
+    F0 = np.where(np.isfinite(F0), F0, np.inf)
+    order = np.argsort(F0)[: max(1, n_polish)]
+    fun = _scipy_fun(model, X, y, w, delta)
+    results = []
+    bounds = list(zip(model.lb, model.ub))
+    for i in order:
+        res = minimize(fun, starts[i], jac=True, method="L-BFGS-B", bounds=bounds,
+                       options=dict(maxiter=20000, maxfun=40000, ftol=1e-15, gtol=1e-11, maxcor=20))
+        results.append(res)
+    best = min(results, key=lambda r: r.fun if np.isfinite(r.fun) else np.inf)
+    # Gauss-Newton polish from the winner: quadratic convergence where L-BFGS-B crawls on flat valleys.
+    th, Fp, cp = _batched_gn(model, best.x[None, :], X, y, W, delta, max_iter=500, ftol=1e-14, xtol=1e-10)
+    theta = th[0] if Fp[0] <= best.fun else best.x
+    f_best = float(min(Fp[0], best.fun))
+    _, g = fun(theta)
+    free = (theta > model.lb + 1e-9) & (theta < model.ub - 1e-9)
+    grad_norm = float(np.max(np.abs(g[free]))) if free.any() else 0.0
+    agree = sum(
+        1 for r in results
+        if np.isfinite(r.fun) and r.fun <= f_best * (1 + 1e-6) + 1e-15
+        and np.allclose(r.x, theta, rtol=1e-3, atol=1e-3)
+    )
+    info = dict(
+        converged=bool((best.success or cp[0]) and grad_norm < 1e-5),
+        optimizer_message=str(best.message),
+        n_grid=int(starts.shape[0]),
+        n_starts=len(results),
+        n_starts_agree=int(agree),
+        grad_norm=grad_norm,
+        objective=f_best,
+        at_bound=[model.names[k] for k in range(len(theta)) if not free[k]],
+    )
+    return theta, info
+
+
+# ---------------------------------------------------------------------------------- diagnostics
+@dataclass
+class FitDiagnostics:
+    """What a reader needs to trust (or not) a fit: optimiser status, agreement of starts, residuals."""
+
+    converged: bool
+    optimizer_message: str
+    n_grid: int
+    n_starts: int
+    n_starts_agree: int
+    grad_norm: float
+    objective: float
+    at_bound: list[str]
+    rmse_log: float
+    r2_log: float
+    max_abs_resid_log: float
+    n_boot: int = 0
+    n_boot_ok: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable(dataclasses.asdict(self))
+
+
+def _diagnostics(info: dict[str, Any], y: np.ndarray, pred: np.ndarray) -> FitDiagnostics:
+    rmse, r2 = _gof(y, pred)
+    return FitDiagnostics(rmse_log=rmse, r2_log=r2,
+                          max_abs_resid_log=float(np.max(np.abs(y - pred))) if y.size else math.nan, **info)
+
+
+def budget_keys(budget: Sequence[float]) -> np.ndarray:
+    """Budgets rounded to 6 significant digits: the same nominal budget recomputed in floating point
+    (6*N*D) must land in one IsoFLOP group."""
+    b = np.asarray(budget, float)
+    with np.errstate(all="ignore"):
+        return np.array([float(f"{x:.6g}") if np.isfinite(x) else np.nan for x in b])
