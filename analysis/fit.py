@@ -49,6 +49,22 @@ def prepare(df: pd.DataFrame, law: str) -> tuple[pd.DataFrame, list[str]]:
     return df, problems
 
 
+def bad_rows(df: pd.DataFrame, law: str) -> dict[str, list[int]]:
+    """Rows a fit cannot use, by reason, as 1-based data row numbers of the CSV (header excluded): a loss that
+    is not a positive finite number, or N / D / C / budget that are not positive finite numbers."""
+    cols = ["loss"] + [c for c in ("N", "D", "C", "budget", "se") if c in df]
+    out: dict[str, list[int]] = {}
+    for c in cols:
+        v = pd.to_numeric(df[c], errors="coerce")
+        text = v.isna() & df[c].notna()
+        bad = text | ~np.isfinite(v.fillna(np.nan).to_numpy(float)) | (v <= 0 if c != "se" else v < 0)
+        for reason, mask in ((f"{c} is not a number", text), (f"{c} is missing, infinite or {'negative' if c == 'se' else 'not > 0'}", bad & ~text)):
+            rows = [int(i) + 1 for i in np.flatnonzero(mask.to_numpy())]
+            if rows:
+                out[reason] = rows
+    return out
+
+
 def run_fit(df: pd.DataFrame, law: str, n_boot: int = 1000, seed: int = 0, weighted: bool = False,
             envelope: bool = True) -> dict[str, Any]:
     """One fit per family; returns {family: fit object}."""
@@ -103,13 +119,16 @@ def format_table(results: dict[str, Any], law: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.fit", description=__doc__.split("\n\n")[0])
-    ap.add_argument("csv")
-    ap.add_argument("--law", choices=LAWS, default="parametric")
-    ap.add_argument("--bootstrap", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("csv", help="one row per point: loss and N,D (parametric, isoflop) or C (frontier); optional family, run, se, budget")
+    ap.add_argument("--law", choices=LAWS, default="parametric", help="frontier: L(C); parametric: L(N, D); isoflop: per-budget parabolas")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (over runs)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     ap.add_argument("--weighted", action="store_true", help="weight by 1/se^2 (needs an 'se' column)")
     ap.add_argument("--all-points", action="store_true", help="frontier: fit all points, not the lower envelope")
     ap.add_argument("--out", default=None, help="write the fits as JSON here")
+    ap.add_argument("--drop-bad-rows", action="store_true",
+                    help="drop rows with a non-numeric, non-positive or non-finite value (and say how many) instead "
+                         "of refusing the file")
     a = ap.parse_args(argv)
     try:
         raw = pd.read_csv(a.csv)
@@ -120,6 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print(f"error: {a.csv}: {'; '.join(problems)} (columns present: {', '.join(raw.columns)})", file=sys.stderr)
         return 2
+    bad = bad_rows(df, a.law)
+    if bad:
+        listing = "; ".join(f"{why}: rows {', '.join(map(str, rows[:10]))}{' ...' if len(rows) > 10 else ''}"
+                            for why, rows in bad.items())
+        if not a.drop_bad_rows:
+            print(f"error: {a.csv}: {listing} (fix them, or pass --drop-bad-rows)", file=sys.stderr)
+            return 2
+        drop = sorted({r - 1 for rows in bad.values() for r in rows})
+        print(f"dropped {len(drop)} of {len(df)} rows: {listing}")
+        df = df.drop(df.index[drop])
+    for c in ["loss"] + [c for c in ("N", "D", "C", "budget", "se") if c in df]:
+        df[c] = pd.to_numeric(df[c])
     res = run_fit(df, a.law, a.bootstrap, a.seed, a.weighted, envelope=not a.all_points)
     print(format_table(res, a.law))
     if a.out:

@@ -119,6 +119,43 @@ def test_adaptive_exit_per_sequence_matches_running_each_alone():
         torch.testing.assert_close(one[0], logits[i], atol=1e-5, rtol=1e-4)
 
 
+def test_adaptive_exit_at_different_loops_equals_each_sequence_at_its_fixed_s():
+    """Sequences that stop looping at different k (batch shrinking) must equal running each one alone at
+    exactly the S it used: the finished sequences keep their state while the rest go on."""
+    torch.manual_seed(3)
+    m = LoopMDM(tiny(s_max=8)).eval()
+    with torch.no_grad():  # a contraction whose speed differs per sequence: exits spread over the loops
+        for blk in m.mid_layers:
+            blk.attn.out.weight.mul_(0.3)
+            blk.mlp[2].weight.mul_(0.3)
+    x = torch.randint(0, 39, (12, 16))
+    best = None
+    for eps in torch.logspace(-4, 0, 41).tolist():
+        _, st = m(x, loops=8, exit_threshold=eps, return_stats=True)
+        spread = len(set(st.loops_used.tolist()))
+        if best is None or spread > best[0]:
+            best = (spread, eps)
+    spread, eps = best
+    assert spread >= 3, "the test needs sequences that exit at different loops"
+    logits, stats = m(x, loops=8, exit_threshold=eps, return_stats=True)
+    for i, k in enumerate(stats.loops_used.tolist()):
+        alone = m(x[i:i + 1], loops=k)  # fixed S = the loops this sequence ran
+        torch.testing.assert_close(alone[0], logits[i], atol=1e-5, rtol=1e-4)
+
+
+def test_mc_standard_error_matches_the_spread_over_noise_seeds():
+    """se_nats is the error of the estimate given the eval tokens: repeated with other noise seeds, the
+    estimates must scatter by about that much (within sampling error of the spread over 40 seeds; the
+    stratified times make the true spread a little smaller than the within-sequence estimate)."""
+    torch.manual_seed(0)
+    m = LoopMDM(tiny(s_max=2))
+    x = torch.randint(0, 39, (8, 24))
+    ests = [validation_nll(m, x, loops=1, n_draws=8, seed=s, batch_size=8) for s in range(40)]
+    spread = torch.tensor([e.nats for e in ests]).std().item()
+    se = sum(e.se_nats for e in ests) / len(ests)
+    assert 0.7 < spread / se < 1.45, (spread, se)  # measured 1.07; without the sqrt(K) it is 0.38
+
+
 def test_train_loops_replayable_and_uniform():
     cfg = tiny(s_max=12)
     a = [train_loops(cfg, seed=3, step=s) for s in range(2000)]

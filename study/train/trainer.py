@@ -258,8 +258,8 @@ class Trainer:
             if found:
                 raise RunError(f"every checkpoint of {self.run_dir} is damaged ({', '.join(p.name for p in found)}); "
                                f"delete {records.ckpt_root(self.run_dir)} to start the run again from step 0")
-            if self.rank == 0:
-                records.cut_logs_to_step(self.run_dir, 0)
+            if self.rank == 0:  # a start from scratch: whatever an earlier attempt logged is replayed
+                records.cut_logs_to_step(self.run_dir, -1)
             return Progress()
         for ckpt in candidates:
             meta = records.ckpt_meta(ckpt)
