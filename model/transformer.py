@@ -52,6 +52,7 @@ class Attention(nn.Module):
                 return_probs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # fp32 tables, bf16 activations: keep q, k, v one dtype
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         probs = None
         if return_probs:  # analysis path only: materialise the attention matrix

@@ -282,6 +282,8 @@ def _train_command(make_config, ns) -> int:
     except _errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if int(os.environ.get("RANK", "0") or 0) != 0:  # under torchrun: rank 0 speaks for the run
+        return EXIT_STOPPED if summary["status"] == "preempted" else 0
     if summary["status"] == "preempted":
         print(f"stopped at step {summary['step']}; run the same command again to resume ({out})")
         return EXIT_STOPPED

@@ -255,3 +255,28 @@ def test_fit_rejects_bad_rows_with_their_numbers(tmp_path, capsys):
     assert "rows 2, 4" in err or "rows 4" in err
     fit_main([str(csv), "--law", "frontier", "--bootstrap", "10", "--drop-bad-rows"])
     assert "dropped 3 of 6 rows" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ many ranks
+@pytest.mark.slow
+def test_two_ranks_every_zero_stage_and_precision_resume_bit_exactly(tmp_path, corpus):
+    """2 gloo ranks x ZeRO {0, 2, 3} x {fp32, bf16}: train, go back to a mid-run checkpoint, resume; the final
+    full weights (gathered under ZeRO-3) and EMA equal the uninterrupted run's. Then a 1-rank start on a
+    2-rank checkpoint is refused (the batch split, and so the sums, would differ)."""
+    train(tiny_cfg(corpus, tmp_path / "cache", **{"budget.steps": 1}), tmp_path / "warm", quiet=True)  # token cache
+    out = tmp_path / "cases.jsonl"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tests" / "multirank_worker.py"), str(out), corpus, str(tmp_path / "cache"), str(tmp_path / "w")]
+    r = subprocess.run(cmd, cwd=ROOT, env=_env() | {"PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cases = records.read_jsonl(out)
+    assert {(c["zero"], c["precision"]) for c in cases} == {(z, p) for z in (0, 2, 3) for p in ("fp32", "bf16")}
+    for c in cases:
+        assert c["identical"] and c["status"] == "done" and c["world"] == 2, c
+        assert c["steps"] == [1, 2, 3, 4, 5, 6] and all(v == v for v in c["final_nll"]), c
+    assert len({c["n_params"] for c in cases}) == 1  # ZeRO-3's safetensors hold the full weights too
+    at3 = tmp_path / "w" / "z2-fp32-at3"
+    raw = records.read_config(at3)
+    cfg = C.from_dict({k: v for k, v in raw.items() if k != "meta"})
+    with pytest.raises(Exception, match="world size 2 .* this start has 1"):
+        train(cfg, at3, quiet=True)

@@ -60,11 +60,29 @@ def safe_checkpoint_engine():
     can execute code."""
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
+    allowed = _deepspeed_state_classes()
+
     class SafeTorchCheckpointEngine(TorchCheckpointEngine):
         def load(self, path: str, map_location=None):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location=map_location, weights_only=True)
 
     return SafeTorchCheckpointEngine()
+
+
+def _deepspeed_state_classes() -> list:
+    """The few plain-data classes DeepSpeed pickles into ZeRO optimizer states (loss scaler, stage enum):
+    allowed by name, so weights_only loading still refuses everything else."""
+    out = []
+    for mod, names in (("deepspeed.runtime.fp16.loss_scaler", ("LossScaler", "DynamicLossScaler")),
+                       ("deepspeed.runtime.zero.config", ("ZeroStageEnum",)),
+                       ("deepspeed.utils.tensor_fragment", ("fragment_address",))):
+        try:
+            m = importlib.import_module(mod)
+        except ImportError:
+            continue
+        out += [getattr(m, n) for n in names if hasattr(m, n)]
+    return out
 
 
 @contextlib.contextmanager
