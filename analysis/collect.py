@@ -198,7 +198,7 @@ def collect(study_dir: str | Path, write: bool = True) -> pd.DataFrame:
     df = df.sort_values(["run", "group", "step", "eval_loops", "exit_threshold"], na_position="first",
                         kind="stable").reset_index(drop=True)
     summary = {
-        "study_dir": str(study_dir),
+        "study_dir": study_dir.name,  # a name, not a path: a committed study must not depend on where it ran
         "n_run_dirs": len(statuses),
         "n_runs_with_evals": sum(1 for s in statuses if s["n_evals"] > 0),
         "n_done": sum(1 for s in statuses if s["done"]),

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+import records
+
 from ._util import CONVENTIONS, atomic_write_text, dumps, fmt, normalise_convention
 from .claims import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, TASK_EVAL_CONTRACT, Claim, evaluate_claims,
                      multiplier_disagreements)
@@ -413,12 +415,17 @@ def run_report(
     payload = dict(study=study, generated=env, n_boot=n_boot, seed=seed, conventions=list(conventions),
                    input_problems=notes, collect=summary, fits=fits.to_dict() if fits else None,
                    claims=[c.to_dict() for c in claims], multiplier_disagreements=multiplier_disagreements(claims),
-                   figures=[f.to_dict() for f in figs], missing=missing, timings_s=timings)
+                   figures=[_relative(f.to_dict(), study_dir) for f in figs], missing=missing, timings_s=timings)
     study_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(study_dir / "fits.json", dumps(payload))
     atomic_write_text(study_dir / "report.md", md)
     return ReportResult(study_dir / "report.md", study_dir / "fits.json", claims, figs, missing,
                         time.perf_counter() - t0, timings)
+
+
+def _relative(fig: dict, study_dir: Path) -> dict:
+    """Figure paths relative to the study: a report that moves (or is committed) keeps working."""
+    return fig | {"files": [os.path.relpath(p, study_dir) for p in fig.get("files") or []]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -435,7 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     sd = Path(a.study_dir)
     if not sd.is_dir():
-        print(f"error: {sd} is not a directory", file=sys.stderr)
+        print(f"error: {sd} is not a directory (run the study first, or pass its --out directory)", file=sys.stderr)
+        return 2
+    if not any(records.read_evals(rd).rows for rd in records.list_run_dirs(sd)):
+        print(f"error: {sd} has no run with an evaluation yet (runs/*/evals.jsonl); nothing to report", file=sys.stderr)
         return 2
     convs = a.convention or list(CONVENTIONS)
     bad = [c for c in convs if normalise_convention(c) not in CONVENTIONS]

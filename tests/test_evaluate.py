@@ -26,6 +26,7 @@ def runs(tmp_path_factory) -> tuple[Path, Path]:
     return tiny_runs(tmp_path_factory.getbasetemp() / "eval_runs")
 
 
+@pytest.mark.slow
 def test_loop_scan_covers_S_1_to_24_adaptive_exit_and_is_idempotent(runs):
     pre, _ = runs
     rows = loop_scan(pre, loops=DEFAULT_SCAN_LOOPS, exit_thresholds=[0.05])

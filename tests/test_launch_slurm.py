@@ -203,6 +203,7 @@ def _fake_preemption(job_id: str) -> None:
 
 @pytest.mark.slurm
 @pytest.mark.skipif(SLURM_SKIP is not None, reason=str(SLURM_SKIP))
+@pytest.mark.slow
 def test_slurm_array_preempted_and_requeued(tmp_path: Path) -> None:
     """Four toy runs as one job array. Run 2 gets submitit's fake preemption (SIGTERM + SIGUSR2: our flag,
     checkpoint at the step boundary, submitit requeues); run 3 is requeued by the scheduler

@@ -126,6 +126,7 @@ def test_lm_eval_cli_wrapper_registers_the_model():
     assert res.stdout.strip() == "LoopMDMLM"
 
 
+@pytest.mark.slow
 def test_bad_task_loops_and_run_fail_before_any_work(runs, tmp_path, monkeypatch):
     _, sft = runs
 

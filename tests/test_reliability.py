@@ -280,3 +280,49 @@ def test_two_ranks_every_zero_stage_and_precision_resume_bit_exactly(tmp_path, c
     cfg = C.from_dict({k: v for k, v in raw.items() if k != "meta"})
     with pytest.raises(Exception, match="world size 2 .* this start has 1"):
         train(cfg, at3, quiet=True)
+
+
+# ------------------------------------------------------------------------------------ a newcomer's path
+@pytest.mark.slow
+def test_ctrl_c_in_a_local_sweep_checkpoints_and_the_rerun_finishes_identically(tmp_path, corpus):
+    cfg = tiny_cfg(corpus, tmp_path / "cache", **{"budget.steps": 300, "system.log_every": 1, "system.ckpt_every": 1000})
+    base = yaml.safe_load(C.dump_yaml(cfg))
+    spec = {"study": "ctrlc", "base": {k: base[k] for k in ("model", "data", "optim", "batch", "budget", "eval", "system")},
+            "resources": {"executor": "local"}}
+    p = tmp_path / "ctrlc.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    ref = tmp_path / "ref"
+    train(cfg, ref, quiet=True)
+    cmd = [sys.executable, "-m", "study.sweep", str(p), "--out", str(tmp_path / "study"), "--no-report", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = records.run_dir(tmp_path / "study", "x", cfg.hash).parent  # runs/
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        rds = records.list_run_dirs(tmp_path / "study")
+        if rds and len(records.read_jsonl(rds[0] / records.METRICS)) >= 5:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 3, out
+    assert "KeyboardInterrupt" not in out and "run the same command again" in out
+    (rd,) = records.list_run_dirs(tmp_path / "study")
+    assert rd.parent == run and records.has_checkpoint(rd) and 5 <= records.ckpt_step(records.latest_checkpoint(rd)) < 300
+    assert records.run_status(rd, queue=None).state == "preempted"
+    again = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert _same(_weights(ref), _weights(rd))
+    assert [m["step"] for m in records.read_jsonl(rd / records.METRICS)] == list(range(1, 301))
+
+
+def test_report_on_missing_or_empty_study_exits_non_zero(tmp_path, capsys):
+    from analysis.report import main as report_main
+
+    (tmp_path / "empty" / "runs").mkdir(parents=True)
+    assert report_main([str(tmp_path / "empty")]) == 2
+    assert "nothing to report" in capsys.readouterr().err
+    assert not (tmp_path / "empty" / "report.md").exists() and not (tmp_path / "empty" / "fits.json").exists()
+    spec = _spec(tmp_path, {"executor": "local"})
+    assert cli.sweep_main(["report", str(spec), "--out", str(tmp_path / "never")]) == 2
+    out = capsys.readouterr()
+    assert "error:" in out.err and "report:" not in out.out

@@ -48,6 +48,7 @@ def _last_step(run_dir: Path) -> int:
     return rows[-1]["step"] if rows else 0
 
 
+@pytest.mark.slow
 def test_sweep_on_slurm_with_a_requeue(tmp_path, capsys, monkeypatch):
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(SPEC))

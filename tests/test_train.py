@@ -93,6 +93,7 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, corpus):
     assert steps == [m["step"] for m in records.read_jsonl(ref / "metrics.jsonl")]
 
 
+@pytest.mark.slow
 def test_sigterm_mid_run_then_rerun_finishes(tmp_path, corpus):
     """The real path: the CLI receives a signal, checkpoints, exits 3; the same command resumes."""
     out = tmp_path / "sig"
