@@ -75,7 +75,8 @@ def sequence_nelbo(model, x: torch.Tensor, t: torch.Tensor, loops: int | None, s
     mask_id = model.cfg.mask_id
     z, masked = forward_mask(x, t, mask_id, schedule, generator, keep, noise)
     t_dev = t.to(x.device)
-    logits, stats = model(z, t_dev, loops=loops, exit_threshold=exit_threshold, return_stats=True)
+    out = model(z, t_dev, loops=loops, exit_threshold=exit_threshold, return_stats=True)
+    logits, stats = out.logits, out.stats
     logits = _masked_logits(logits, mask_id)
     ce = F.cross_entropy(logits.flatten(0, 1).float(), x.flatten(), reduction="none").view_as(x)
     n_positions = x.shape[1] if keep is None else (~keep).sum(1).clamp_min(1)
@@ -245,7 +246,8 @@ def sample(model, prompt: torch.Tensor | None, gen_length: int, steps: int, bloc
         for i in range(steps_per_block):
             masked = (x == mask_id) & in_block
             t = masked[:, P:].float().mean(1).clamp_min(schedule.eps)  # noise level of the generated part
-            logits, stats = model(x, t, loops=loops, exit_threshold=exit_threshold, return_stats=True)
+            out = model(x, t, loops=loops, exit_threshold=exit_threshold, return_stats=True)
+            logits, stats = out.logits, out.stats
             loops_log.append(stats.loops_used.cpu())
             logits = _masked_logits(logits.float(), mask_id)
             if temperature > 0:

@@ -28,6 +28,17 @@ class LoopStats:
     last_rel_change: torch.Tensor  # (B,) float; nan where only one loop ran
 
 
+@dataclass
+class LoopOutput:
+    """What ``forward(..., return_stats=True | return_attention=True)`` returns: the logits, the loop
+    statistics, and (analysis only) the mid layers' attention maps per loop — a list over loops of lists over
+    mid layers of (B, H, L, L) tensors, None unless asked for."""
+
+    logits: torch.Tensor
+    stats: LoopStats
+    attention: list[list[torch.Tensor]] | None = None
+
+
 def rope_tables(seq_len: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)  # (L, hd/2)
@@ -137,13 +148,13 @@ class LoopMDM(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, loops: int | None = None,
                 exit_threshold: float | None = None, return_stats: bool = False,
                 return_attention: bool = False):
-        """Logits over the vocabulary for every position of ``x`` (B, L).
+        """Logits over the vocabulary for every position of ``x`` (B, L) — or, with ``return_stats`` /
+        ``return_attention``, a `LoopOutput` holding them with what the mid block did.
 
         ``loops`` is S, the mid-block repetitions (default ``s_max``; any S >= 1 works, S > s_max too).
         With ``exit_threshold`` a sequence stops looping once ||h_k - h_{k-1}|| / ||h_k|| < threshold,
         ``loops`` then being the cap; finished sequences are dropped from the batch so the savings are real.
-        ``return_attention`` (analysis only) also returns the mid layers' attention probabilities per loop:
-        a list over loops of lists over mid layers of (B, H, L, L) tensors.
+        ``return_attention`` (analysis only) also returns the mid layers' attention probabilities per loop.
         """
         cfg = self.cfg
         loops = cfg.s_max if loops is None else int(loops)
@@ -162,41 +173,57 @@ class LoopMDM(nn.Module):
         h = self.embed(x)
         for blk in self.head_layers:
             h, _ = blk(h, cos, sin, c)
-
-        loops_used = torch.full((B,), loops, dtype=torch.long, device=x.device)
-        last_change = torch.full((B,), float("nan"), device=x.device)
-        attn_maps: list[list[torch.Tensor]] = []
-        active = torch.arange(B, device=x.device)  # sequences still looping
-        for k in range(1, loops + 1):
-            h_act = h if active.numel() == B else h[active]
-            c_act = None if c is None else (c if active.numel() == B else c[active])
-            new = h_act
-            loop_maps = []
-            for blk in self.mid_layers:
-                new, probs = blk(new, cos, sin, c_act, return_attention)
-                if probs is not None:
-                    loop_maps.append(probs)
-            if return_attention:
-                attn_maps.append(loop_maps)
-            if exit_threshold is not None:
-                rel = ((new - h_act).flatten(1).norm(dim=1) / new.flatten(1).norm(dim=1).clamp_min(1e-12)).float()
-                last_change[active] = rel
-                done = rel < exit_threshold
-                if done.any():
-                    loops_used[active[done]] = k
-            h = new if active.numel() == B else h.index_copy(0, active, new)
-            if exit_threshold is not None:
-                active = active[~done]
-                if active.numel() == 0:
-                    break
-
+        attn_maps: list[list[torch.Tensor]] | None = [] if return_attention else None
+        if exit_threshold is None:
+            h = self._loop(h, cos, sin, c, loops, attn_maps)
+            stats = LoopStats(loops_used=torch.full((B,), loops, dtype=torch.long, device=x.device),
+                              last_rel_change=torch.full((B,), float("nan"), device=x.device))
+        else:
+            h, stats = self._loop_until_settled(h, cos, sin, c, loops, exit_threshold, attn_maps)
         for blk in self.tail_layers:
             h, _ = blk(h, cos, sin, c)
         h = self.norm(h)
         logits = F.linear(h, self.embed.weight if self.lm_head is None else self.lm_head.weight)
-        out = [logits]
-        if return_stats:
-            out.append(LoopStats(loops_used=loops_used, last_rel_change=last_change))
-        if return_attention:
-            out.append(attn_maps)
-        return out[0] if len(out) == 1 else tuple(out)
+        if not (return_stats or return_attention):
+            return logits
+        return LoopOutput(logits=logits, stats=stats, attention=attn_maps)
+
+    def _mid(self, h, cos, sin, c, attn_maps) -> torch.Tensor:
+        """One application of the looped block (its layers in order), recording attention when asked."""
+        loop_maps = []
+        for blk in self.mid_layers:
+            h, probs = blk(h, cos, sin, c, attn_maps is not None)
+            if probs is not None:
+                loop_maps.append(probs)
+        if attn_maps is not None:
+            attn_maps.append(loop_maps)
+        return h
+
+    def _loop(self, h, cos, sin, c, loops: int, attn_maps) -> torch.Tensor:
+        """The plain recurrence: the mid block applied ``loops`` times with shared weights."""
+        for _ in range(loops):
+            h = self._mid(h, cos, sin, c, attn_maps)
+        return h
+
+    def _loop_until_settled(self, h, cos, sin, c, cap: int, threshold: float, attn_maps):
+        """Adaptive exit: each sequence stops once its relative change falls under ``threshold`` (at most
+        ``cap`` loops). Finished sequences leave the batch (their state is kept as it was when they stopped),
+        so the compute saved is real."""
+        B = h.shape[0]
+        loops_used = torch.full((B,), cap, dtype=torch.long, device=h.device)
+        last_change = torch.full((B,), float("nan"), device=h.device)
+        active = torch.arange(B, device=h.device)  # sequences still looping
+        for k in range(1, cap + 1):
+            whole = active.numel() == B
+            h_act = h if whole else h[active]
+            c_act = None if c is None or whole else c[active]
+            new = self._mid(h_act, cos, sin, c if whole else c_act, attn_maps)
+            rel = ((new - h_act).flatten(1).norm(dim=1) / new.flatten(1).norm(dim=1).clamp_min(1e-12)).float()
+            last_change[active] = rel
+            done = rel < threshold
+            loops_used[active[done]] = k
+            h = new if whole else h.index_copy(0, active, new)
+            active = active[~done]
+            if active.numel() == 0:
+                break
+        return h, LoopStats(loops_used=loops_used, last_rel_change=last_change)

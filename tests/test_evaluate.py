@@ -12,6 +12,7 @@ import torch
 
 from helpers_eval import tiny_runs
 from model import LoopMDM, ModelConfig
+from model.transformer import LoopOutput, LoopStats
 import records
 from model.config import ConfigError
 from study.cli import eval_main
@@ -96,7 +97,8 @@ def test_attention_share_is_one_when_masked_queries_attend_only_to_themselves():
     def self_attention(x, t=None, loops=None, return_attention=False, **kw):
         B, L = x.shape
         eye = torch.eye(L).expand(B, 2, L, L)
-        return torch.zeros(B, L, 20), [[eye, eye] for _ in range(loops)]
+        stats = LoopStats(loops_used=torch.full((B,), loops), last_rel_change=torch.full((B,), float("nan")))
+        return LoopOutput(logits=torch.zeros(B, L, 20), stats=stats, attention=[[eye, eye] for _ in range(loops)])
 
     model.forward = self_attention
     tokens = torch.randint(0, 19, (4, 24), generator=torch.Generator().manual_seed(1))

@@ -99,12 +99,12 @@ def test_adaptive_exit_reports_fewer_loops_on_converging_input():
             blk.attn.out.weight.mul_(1e-3)
             blk.mlp[2].weight.mul_(1e-3)
     x = torch.randint(0, 39, (3, 16))
-    _, stats = m(x, loops=8, exit_threshold=1e-2, return_stats=True)
+    stats = m(x, loops=8, exit_threshold=1e-2, return_stats=True).stats
     assert (stats.loops_used < 8).all() and (stats.loops_used >= 1).all()
-    _, fixed = m(x, loops=8, return_stats=True)
+    fixed = m(x, loops=8, return_stats=True).stats
     assert (fixed.loops_used == 8).all()
     # a threshold of 0 never exits: the cap is honoured
-    _, never = m(x, loops=5, exit_threshold=0.0, return_stats=True)
+    never = m(x, loops=5, exit_threshold=0.0, return_stats=True).stats
     assert (never.loops_used == 5).all()
 
 
@@ -112,9 +112,11 @@ def test_adaptive_exit_per_sequence_matches_running_each_alone():
     torch.manual_seed(1)
     m = LoopMDM(tiny(s_max=6)).eval()
     x = torch.randint(0, 39, (4, 12))
-    logits, stats = m(x, loops=6, exit_threshold=0.05, return_stats=True)
+    _o = m(x, loops=6, exit_threshold=0.05, return_stats=True)
+    logits, stats = _o.logits, _o.stats
     for i in range(4):
-        one, s1 = m(x[i:i + 1], loops=6, exit_threshold=0.05, return_stats=True)
+        _o = m(x[i:i + 1], loops=6, exit_threshold=0.05, return_stats=True)
+        one, s1 = _o.logits, _o.stats
         assert s1.loops_used.item() == stats.loops_used[i].item()
         torch.testing.assert_close(one[0], logits[i], atol=1e-5, rtol=1e-4)
 
@@ -131,13 +133,14 @@ def test_adaptive_exit_at_different_loops_equals_each_sequence_at_its_fixed_s():
     x = torch.randint(0, 39, (12, 16))
     best = None
     for eps in torch.logspace(-4, 0, 41).tolist():
-        _, st = m(x, loops=8, exit_threshold=eps, return_stats=True)
+        st = m(x, loops=8, exit_threshold=eps, return_stats=True).stats
         spread = len(set(st.loops_used.tolist()))
         if best is None or spread > best[0]:
             best = (spread, eps)
     spread, eps = best
     assert spread >= 3, "the test needs sequences that exit at different loops"
-    logits, stats = m(x, loops=8, exit_threshold=eps, return_stats=True)
+    _o = m(x, loops=8, exit_threshold=eps, return_stats=True)
+    logits, stats = _o.logits, _o.stats
     for i, k in enumerate(stats.loops_used.tolist()):
         alone = m(x[i:i + 1], loops=k)  # fixed S = the loops this sequence ran
         torch.testing.assert_close(alone[0], logits[i], atol=1e-5, rtol=1e-4)

@@ -71,7 +71,7 @@ def attention_shares(model: LoopMDM, tokens: torch.Tensor, ts: Sequence[float], 
             x = tokens[start:start + batch_size]
             tt = torch.full((x.shape[0],), float(t))
             z, masked = forward_mask(x, tt, mask_id, schedule, generator=gen)
-            _, maps = model(z.to(device), tt.to(device), loops=loops, return_attention=True)
+            maps = model(z.to(device), tt.to(device), loops=loops, return_attention=True).attention
             mk = masked.to(device).float()  # (B, L)
             key_frac = mk.mean(1, keepdim=True)  # (B, 1): the share uniform attention would give masked keys
             for k, loop_maps in enumerate(maps, start=1):

@@ -155,7 +155,8 @@ class LoopMDMLM(LM):
         return self.stats["loops"] / n if n else None
 
     def _forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        logits, stats = self.model(x, t, loops=self.loops, exit_threshold=self.exit_threshold, return_stats=True)
+        out = self.model(x, t, loops=self.loops, exit_threshold=self.exit_threshold, return_stats=True)
+        logits, stats = out.logits, out.stats
         self.stats["rows"] += x.shape[0]
         self.stats["forwards"] += 1
         self.stats["loops"] += stats.loops_used.sum().item()
