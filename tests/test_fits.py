@@ -254,3 +254,18 @@ def test_frontier_falls_back_to_pure_power_law():
     assert any("E fixed at 0" in n for n in f.notes)
     assert abs(f.alpha.estimate - 0.08) < 1e-3
     assert np.isfinite(f.invert([L.min() * 0.9])).all()
+
+
+def test_a_fit_at_a_bound_or_with_disagreeing_starts_or_too_few_points_is_not_ok():
+    diag = F.FitDiagnostics(converged=True, optimizer_message="", n_grid=10, n_starts=10, n_starts_agree=10,
+                            grad_norm=0.0, objective=0.0, at_bound=[], rmse_log=0.0, r2_log=1.0, max_abs_resid_log=0.0)
+    assert F.fit_status(diag, 20, 5) == "ok"
+    import dataclasses
+
+    assert "bounds: alpha" in F.fit_status(dataclasses.replace(diag, at_bound=["alpha"]), 20, 5)
+    assert "1/10 starts" in F.fit_status(dataclasses.replace(diag, n_starts_agree=1), 20, 5)
+    assert F.fit_status(dataclasses.replace(diag, converged=False), 20, 5).startswith("NOT reliable")
+    # a 3-parameter frontier through 4 points fits exactly: R^2 = 1 and the fit must say it means nothing
+    C = np.array([1e12, 1e13, 1e14, 1e15])
+    fit = F.fit_frontier(C, 1.5 + 30 * C ** -0.1, n_boot=0)
+    assert fit.ok and "over-parameterised" in fit.message and fit.message != "ok"

@@ -344,6 +344,22 @@ def _diagnostics(info: dict[str, Any], y: np.ndarray, pred: np.ndarray) -> FitDi
                           max_abs_resid_log=float(np.max(np.abs(y - pred))) if y.size else math.nan, **info)
 
 
+def fit_status(diag: FitDiagnostics, n_points: int, n_params: int) -> str:
+    """'ok' only for a fit a reader may trust; otherwise what is wrong with it: no convergence, parameters at
+    their bounds, starts that ended in different optima, or as many parameters as points (R² = 1 then
+    means nothing). One rule for every law, so no fit says 'ok' for a reason another would not."""
+    problems = []
+    if not diag.converged:
+        problems.append("the optimizer did not report convergence")
+    if diag.at_bound:
+        problems.append(f"parameters at their bounds: {', '.join(diag.at_bound)}")
+    if diag.n_starts > 1 and diag.n_starts_agree * 2 < diag.n_starts:
+        problems.append(f"only {diag.n_starts_agree}/{diag.n_starts} starts reached the best optimum")
+    if n_points <= n_params + 1:
+        problems.append(f"{n_params} parameters on {n_points} points: over-parameterised, R² is not meaningful")
+    return "ok" if not problems else "NOT reliable: " + "; ".join(problems)
+
+
 def budget_keys(budget: Sequence[float]) -> np.ndarray:
     """Budgets rounded to 6 significant digits: the same nominal budget recomputed in floating point
     (6*N*D) must land in one IsoFLOP group."""

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._util import jsonable
-from .core import budget_keys, DELTA, FitDiagnostics, Interval, LEVEL, _FrontierModel, _Model, _batched_gn, _diagnostics, _interval, _multistart, bootstrap_weights
+from .core import fit_status, budget_keys, DELTA, FitDiagnostics, Interval, LEVEL, _FrontierModel, _Model, _batched_gn, _diagnostics, _interval, _multistart, bootstrap_weights
 
 
 # -------------------------------------------------------------------------------------- frontier
@@ -354,7 +354,7 @@ def fit_frontier(
     if E_fixed:
         base["method"] = f"{method}, E=0"
     return FrontierFit(
-        True, "ok" if diag.converged else "optimizer did not report convergence", E=ints[0], A=ints[1],
+        True, fit_status(diag, n_fit, 2 if E_fixed else 3), E=ints[0], A=ints[1],
         alpha=ints[2], n_fit_points=n_fit, C_range=(float(C.min()), float(C.max())),
         loss_range=(float(loss.min()), float(loss.max())), diagnostics=diag, residuals=resid, x0=x0,
         E_fixed=E_fixed, notes=notes, theta=theta, boot_theta=boot, **base)

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._util import jsonable
-from .core import DELTA, FitDiagnostics, Interval, LEVEL, _ParametricModel, _batched_gn, _diagnostics, _interval, _multistart, bootstrap_weights
+from .core import fit_status, DELTA, FitDiagnostics, Interval, LEVEL, _ParametricModel, _batched_gn, _diagnostics, _interval, _multistart, bootstrap_weights
 
 
 # ------------------------------------------------------------------------------------ parametric
@@ -118,9 +118,7 @@ def fit_parametric(
     ints = [_interval(raw[k], None if braw is None else braw[:, k], level) for k in range(7)]
     resid = [dict(N=float(n), D=float(d), loss=float(l), pred=float(np.exp(p)), resid_log=float(yy - p))
              for n, d, l, p, yy in zip(N, D, loss, pred, y)]
-    msg = "ok" if diag.converged else "optimizer did not report convergence"
-    if diag.at_bound:
-        msg += f"; parameters at their bounds: {', '.join(diag.at_bound)}"
+    msg = fit_status(diag, int(N.size), 5)
     return ParametricFit(True, msg, family=family, E=ints[0], A=ints[1], B=ints[2], alpha=ints[3], beta=ints[4],
                          N_exponent=ints[5], D_exponent=ints[6], n_points=int(N.size), n_runs=n_runs,
                          diagnostics=diag, residuals=resid, u0=u0, v0=v0, theta=theta, boot_theta=boot)
