@@ -45,6 +45,8 @@ BASE_COLUMNS = [
     # for paired comparisons (analysis.paired): the spread over sequences, how many, each sequence's NLL
     # (a list column; None for runs written before it existed) and which eval set produced them
     "nll_data_se", "n_seqs", "nll_per_seq", "eval_set",
+    # how the run was split over processes (system.json; None for runs written before it existed)
+    "world_size", "grad_accum",
 ]
 EVAL_FIELDS = ["step", "tokens", "flops_6N_nonembed", "flops_6N_total", "flops_exact", "eval_loops",
                "exit_threshold", "nll", "nll_se", "mean_loops", "is_final", "nll_data_se", "n_seqs", "nll_per_seq"]
@@ -52,7 +54,7 @@ FLOAT_COLUMNS = ["params_embedding", "params_nonembedding", "params_total", "par
                  "tokens", "flops_6N_nonembed", "flops_6N_total", "flops_exact", "exit_threshold", "nll",
                  "nll_se", "mean_loops", "nll_data_se"]
 INT_COLUMNS = ["d_model", "n_heads", "n_head_layers", "n_mid_layers", "n_tail_layers", "s_max", "n_layers",
-               "seq_len", "global_batch", "step", "eval_loops", "seed", "n_seqs"]
+               "seq_len", "global_batch", "step", "eval_loops", "seed", "n_seqs", "world_size", "grad_accum"]
 #: config sections that decide which eval sequences and which masking noise a run's evals see
 EVAL_SET_KEYS = {"data": None, "eval": ("n_seqs", "n_draws", "seed")}
 EVAL_SET_SKIP = {"cache_dir"}
@@ -123,6 +125,7 @@ def read_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     status["run"] = str(meta.get("hash") or run_dir.name)
     if not params:
         status["problem_params"] = "no meta.params in config.yaml (parameter counts are NaN)"
+    system = records.read_json(run_dir / records.SYSTEM) or {}
     log = records.read_evals(run_dir)
     evals, status["bad_lines"] = log.rows, log.bad_lines
     status["n_evals"] = len(evals)
@@ -143,6 +146,7 @@ def read_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         "budget_flops": _num(budget.get("flops")), "budget_convention": budget.get("convention"),
         "lr_schedule": (cfg.get("optim") or {}).get("schedule"),
         "done": status["done"], "seed": cfg.get("seed"), "eval_set": eval_set_key(cfg),
+        "world_size": system.get("world_size"), "grad_accum": system.get("grad_accum"),
     }
     for k, v in (meta.get("axes") or {}).items():
         base[f"axis_{k}"] = _axis_value(v)

@@ -29,6 +29,7 @@ DONE = "DONE.json"
 FAILED = "FAILED.json"
 PREEMPTED = "PREEMPTED.json"
 RUNNING = "RUNNING.json"
+SYSTEM = "system.json"  # how the run was executed (world size, precision, machine): not its identity
 METRICS = "metrics.jsonl"
 EVALS = "evals.jsonl"
 EVALS_DIR = "evals"

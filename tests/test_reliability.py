@@ -275,6 +275,10 @@ def test_two_ranks_every_zero_stage_and_precision_resume_bit_exactly(tmp_path, c
         assert c["identical"] and c["status"] == "done" and c["world"] == 2, c
         assert c["steps"] == [1, 2, 3, 4, 5, 6] and all(v == v for v in c["final_nll"]), c
     assert len({c["n_params"] for c in cases}) == 1  # ZeRO-3's safetensors hold the full weights too
+    from analysis.collect import read_run
+
+    rows, _ = read_run(tmp_path / "w" / "z3-bf16")
+    assert rows and {(r["world_size"], r["grad_accum"]) for r in rows} == {(2, 1)}  # in the tidy table
     at3 = tmp_path / "w" / "z2-fp32-at3"
     raw = records.read_config(at3)
     cfg = C.from_dict({k: v for k, v in raw.items() if k != "meta"})

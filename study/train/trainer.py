@@ -360,7 +360,7 @@ class Trainer:
         self._build_engine()
         progress = self._resume()
         if self.rank == 0:
-            records.atomic_write_json(self.run_dir / "system.json", {
+            records.atomic_write_json(self.run_dir / records.SYSTEM, {
                 "world_size": self.world, "grad_accum": self.accum, "micro_batch": self.micro,
                 "zero_stage": cfg.system.zero_stage, "precision": cfg.precision, "device": str(self.device),
                 "tf32": bool(self.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32),
