@@ -16,8 +16,7 @@ import torch
 from study import data
 from study.data import DataError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-GSM8K_TEST = SHARED / "data" / "gsm8k" / "test.jsonl"
+GSM8K_TEST = Path(__file__).resolve().parent / "data" / "gsm8k" / "test.jsonl"  # 50 real problems, MIT
 
 
 # ---------------------------------------------------------------------------------------------- tokenizers

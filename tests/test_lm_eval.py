@@ -22,7 +22,7 @@ from study.evaluate import EvalError, load_run
 from study.evaluate.lm_eval_model import LoopMDMLM
 
 ROOT = Path(__file__).resolve().parents[1]
-GSM8K_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
+GSM8K_DIR = Path(__file__).resolve().parent / "data" / "gsm8k"  # 50 real problems per split, MIT
 CONTRACT = {"task", "metric", "score", "loops", "exit_threshold", "per_sample", "n", "run_hash", "ckpt_step",
             "eval_hash", "config", "versions", "device"}
 MC_N = 100  # problems in the above-chance check
@@ -100,7 +100,7 @@ def test_an_evaluation_on_disk_is_not_recomputed(runs, tmp_path_factory, monkeyp
         evaluate_tasks(sft, dataclasses.replace(req, model_args={"mc_num": 5}))
 
 
-@pytest.mark.skipif(not (GSM8K_DIR / "test.jsonl").is_file(), reason="real GSM8K not in ../shared/data/gsm8k")
+@pytest.mark.skipif(not (GSM8K_DIR / "test.jsonl").is_file(), reason="tests/data/gsm8k is missing")
 def test_real_gsm8k_through_lm_eval_by_model_name(runs, tmp_path):
     """lm-eval's simple_evaluate finds the model by its registered name and runs lm-eval's gsm8k config on
     the real test file; a few problems, so exact match itself is not checked, only lm-eval's output."""

