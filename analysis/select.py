@@ -7,6 +7,8 @@ adaptive-exit rows, and one inference loop count S for the looped family.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
 
@@ -136,3 +138,42 @@ def run_schedules(df: pd.DataFrame) -> dict[str, str | None]:
 
 def is_cosine(schedule: str | None) -> bool:
     return schedule is not None and "cos" in schedule
+
+
+@dataclass
+class ProtocolPoints:
+    """The rows the paper's eval-point protocol reads: every fixed-S point of each looped run at S (its
+    trajectory), and each same-size baseline's final point, per comparison-group membership."""
+
+    membership: pd.DataFrame  # (group, role, run, seed), groups with a name only
+    looped: pd.DataFrame
+    baseline: pd.DataFrame
+    unknown_schedule: list[str] = field(default_factory=list)  # runs whose LR schedule is not recorded
+    cosine: set[str] = field(default_factory=set)  # runs with a cosine LR schedule
+    n_mid_schedule_dropped: int = 0  # mid-schedule points of cosine runs left out
+
+
+def memberships(df: pd.DataFrame) -> pd.DataFrame:
+    """(group, role, run, seed) once per membership, groups with a name only."""
+    m = df[["group", "role", "run", "seed"]].drop_duplicates(["group", "run"])
+    return m[m["group"].astype(str) != ""]
+
+
+def protocol_points(df: pd.DataFrame, conv: str, loops: int) -> ProtocolPoints:
+    """Points at 0 FLOPs (the step-0 eval) have no place on a log-FLOPs axis and are left out; so are the
+    mid-schedule points of cosine runs: read mid-schedule, such a run has a higher loss than a run with that
+    budget would reach, so only its final point may stand for its budget (constant-LR and WSD runs are read
+    along the way)."""
+    mem = memberships(df)
+    fx = unique_points(fixed_loops(df[df["run"].isin(mem["run"])]))
+    fx = fx[np.isfinite(pd.to_numeric(fx[conv], errors="coerce").astype(float))]
+    loop_runs = set(mem.loc[mem["role"] == "looped", "run"])
+    base_runs = set(mem.loc[mem["role"] == "baseline_same", "run"])
+    lt = fx[fx["run"].isin(loop_runs) & (fx["eval_loops"] == loops)]
+    bt = fx[fx["run"].isin(base_runs) & fx["is_final"]]
+    bt = bt[bt["eval_loops"] == bt.groupby("run")["eval_loops"].transform("min")]
+    lt = lt[pd.to_numeric(lt[conv], errors="coerce").astype(float) > 0]
+    sched = run_schedules(df[df["run"].isin(loop_runs | base_runs)])
+    cosine = {r for r, v in sched.items() if is_cosine(v)}
+    mid = lt["run"].isin(cosine) & ~lt["is_final"]
+    return ProtocolPoints(mem, lt[~mid], bt, sorted(r for r, v in sched.items() if v is None), cosine, int(mid.sum()))

@@ -13,7 +13,6 @@ from .loops import claim_adaptive, claim_deeper, claim_loop_scaling
 from .multiplier import claim_multiplier, claim_protocol
 from .tasks import claim_task_delta
 
-SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
 
 # ---------------------------------------------------------------------------------------- all

@@ -12,10 +12,10 @@ from .. import paired as PA
 from .._util import derive_rng, fmt
 from ..select import (CORE_COLUMNS, choose_eval_loops, final_points, fixed_loops, missing_columns,
                      unique_points)
-from .common import Claim, _ensure_columns, _inconclusive, _verdict_gt
-from .multiplier import _membership, _per_run_arrays
+from .common import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim, _ensure_columns, _inconclusive, _verdict_gt
+from ..select import memberships
+from .multiplier import _per_run_arrays
 
-SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
 
 # ------------------------------------------------------------------------------------ 3. deeper MDM
@@ -41,7 +41,7 @@ def claim_deeper(df: pd.DataFrame, *, loops: int | None = None, n_boot: int = 10
         return _inconclusive(*args, "no final fixed-loop evaluations of LoopMDM")
     rng = derive_rng(seed, "deeper")
     df = _ensure_columns(df, ["nll_per_seq", "eval_set"])
-    mem = _membership(df)
+    mem = memberships(df)
     lp = final_points(df, "loopmdm", loops).set_index("run")
     dp = final_points(df, "mdm_deeper").set_index("run")
     rows = []

@@ -12,12 +12,10 @@ import pandas as pd
 from .. import curves as F
 from .. import paired as PA
 from .._util import derive_rng, fmt, normalise_convention
-from ..select import (CORE_COLUMNS, choose_eval_loops, fixed_loops, missing_columns, is_cosine,
-                     run_schedules, unique_points)
+from ..select import CORE_COLUMNS, choose_eval_loops, missing_columns, protocol_points
 from ..study_fits import StudyFits
-from .common import Claim, PAPER_MULTIPLIER, _ensure_columns, _inconclusive, _magnitude_note, _verdict_gt
+from .common import INCONCLUSIVE, NOT_SUPPORTED, Claim, PAPER_MULTIPLIER, _ensure_columns, _inconclusive, _magnitude_note, _verdict_gt
 
-SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
 
 # ---------------------------------------------------------------------------- 1. fitted multiplier
@@ -243,12 +241,6 @@ def bounded_ci_text(lo: float | None, hi: float | None, unit: str = "x") -> str:
     return f"[{fmt(lo)}, {fmt(hi)}]"
 
 
-def _membership(df: pd.DataFrame) -> pd.DataFrame:
-    """(group, role, run, seed) once per membership, groups with a name only."""
-    m = df[["group", "role", "run", "seed"]].drop_duplicates(["group", "run"])
-    return m[m["group"].astype(str) != ""]
-
-
 def _per_run_arrays(d: pd.DataFrame, cols: Sequence[str], order: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
     """Split a table into numpy arrays per run in one pass (pandas per-group filtering is ~100x slower)."""
     if d.empty:
@@ -292,23 +284,9 @@ def claim_protocol(df: pd.DataFrame, convention: str, *, loops: int | None = Non
         return _inconclusive(*args, "no final fixed-loop evaluations of LoopMDM")
     rng = derive_rng(seed, "protocol", conv)
     df = _ensure_columns(df, ["nll_per_seq", "eval_set"])
-    mem = _membership(df)
-    fx = unique_points(fixed_loops(df[df["run"].isin(mem["run"])]))
-    fx = fx[np.isfinite(pd.to_numeric(fx[conv], errors="coerce").astype(float))]
-    loop_runs_all = set(mem.loc[mem["role"] == "looped", "run"])
-    base_runs_all = set(mem.loc[mem["role"] == "baseline_same", "run"])
-    lt_tab = fx[fx["run"].isin(loop_runs_all) & (fx["eval_loops"] == loops)]
-    bt_tab = fx[fx["run"].isin(base_runs_all) & fx["is_final"]]
-    bt_tab = bt_tab[bt_tab["eval_loops"] == bt_tab.groupby("run")["eval_loops"].transform("min")]
-    # a point at 0 FLOPs (the step-0 eval) has no place on a log-FLOPs axis
-    lt_tab = lt_tab[pd.to_numeric(lt_tab[conv], errors="coerce").astype(float) > 0]
-    # a cosine run read mid-schedule has a higher loss than a run with that budget would reach: only its
-    # final point may stand for its budget (constant-LR and WSD runs are read along the way)
-    sched = run_schedules(df[df["run"].isin(loop_runs_all | base_runs_all)])
-    cosine = {r for r, v in sched.items() if is_cosine(v)}
-    unknown = sorted(r for r, v in sched.items() if v is None)
-    n_mid_dropped = int((lt_tab["run"].isin(cosine) & ~lt_tab["is_final"]).sum())
-    lt_tab = lt_tab[~(lt_tab["run"].isin(cosine) & ~lt_tab["is_final"])]
+    sel = protocol_points(df, conv, loops)
+    mem, lt_tab, bt_tab = sel.membership, sel.looped, sel.baseline
+    unknown, cosine, n_mid_dropped = sel.unknown_schedule, sel.cosine, sel.n_mid_schedule_dropped
     cols = [conv, "nll", "nll_se", "step", "nll_per_seq", "eval_set"]
     traj = _per_run_arrays(lt_tab, cols, [conv, "step"])
     fin = _per_run_arrays(bt_tab, cols, ["step"])

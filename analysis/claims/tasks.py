@@ -10,7 +10,6 @@ from .. import curves as F
 from .._util import derive_rng
 from .common import Claim, PAPER_GSM8K_POINTS, _inconclusive, _magnitude_note, _verdict_gt
 
-SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
 
 # ------------------------------------------------------------------------------------ 6. task deltas
