@@ -86,6 +86,38 @@ def run_fit(df: pd.DataFrame, law: str, n_boot: int = 1000, seed: int = 0, weigh
     return out
 
 
+def outlier_rows(results: dict[str, Any], df: pd.DataFrame, k: float) -> dict[str, list[int]]:
+    """Per family, the data rows (0-based positions in ``df``) whose residual in log loss lies more than
+    ``k`` robust standard deviations (1.4826 x MAD) from the median residual. A rule, not a judgement: it is
+    always reported; ``--drop-outliers`` applies it."""
+    out: dict[str, list[int]] = {}
+    for fam, r in results.items():
+        resid = np.array([p["resid_log"] for p in (getattr(r, "residuals", None) or [])], float)
+        rows = np.flatnonzero((df["family"].astype(str) == fam).to_numpy())
+        if resid.size < 5 or resid.size != rows.size:
+            continue
+        mad = 1.4826 * np.median(np.abs(resid - np.median(resid)))
+        if mad > 0:
+            flagged = rows[np.abs(resid - np.median(resid)) > k * mad]
+            if flagged.size:
+                out[fam] = [int(i) for i in flagged]
+    return out
+
+
+PARAMS = {"frontier": ("E", "A", "alpha"), "parametric": ("E", "A", "B", "alpha", "beta")}
+
+
+def _moves(before: dict[str, Any], after: dict[str, Any], law: str) -> str:
+    parts = []
+    for fam, r in before.items():
+        a = after.get(fam)
+        if a is None or not (r.ok and a.ok) or law not in PARAMS:
+            continue
+        parts.append(f"{fam}: " + ", ".join(f"{p} {fmt(getattr(r, p).estimate)} -> {fmt(getattr(a, p).estimate)}"
+                                             for p in PARAMS[law]))
+    return "; ".join(parts)
+
+
 def _iv(x: F.Interval | None) -> str:
     return "—" if x is None else f"{fmt(x.estimate, 4)} [{fmt(x.low)}, {fmt(x.high)}]"
 
@@ -126,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weighted", action="store_true", help="weight by 1/se^2 (needs an 'se' column)")
     ap.add_argument("--all-points", action="store_true", help="frontier: fit all points, not the lower envelope")
     ap.add_argument("--out", default=None, help="write the fits as JSON here")
+    ap.add_argument("--outlier-k", type=float, default=3.0,
+                    help="outlier rule: |residual in log loss - median| > k x 1.4826 MAD (always reported)")
+    ap.add_argument("--drop-outliers", action="store_true", help="refit without the points the outlier rule flags")
     ap.add_argument("--drop-bad-rows", action="store_true",
                     help="drop rows with a non-numeric, non-positive or non-finite value (and say how many) instead "
                          "of refusing the file")
@@ -151,7 +186,18 @@ def main(argv: list[str] | None = None) -> int:
         df = df.drop(df.index[drop])
     for c in ["loss"] + [c for c in ("N", "D", "C", "budget", "se") if c in df]:
         df[c] = pd.to_numeric(df[c])
+    df = df.reset_index(drop=True)
     res = run_fit(df, a.law, a.bootstrap, a.seed, a.weighted, envelope=not a.all_points)
+    flagged = outlier_rows(res, df, a.outlier_k) if a.law != "isoflop" else {}
+    if flagged:
+        rows = sorted(i for v in flagged.values() for i in v)
+        without = run_fit(df.drop(index=rows), a.law, 0, a.seed, a.weighted, envelope=not a.all_points)
+        print(f"outliers (|residual| > {a.outlier_k:g} x MAD in log loss): {len(rows)} point(s), data rows "
+              f"{', '.join(str(i + 1) for i in rows[:20])}{' ...' if len(rows) > 20 else ''}; without them: "
+              f"{_moves(res, without, a.law)}" + ("" if a.drop_outliers else " (--drop-outliers refits without them)"))
+        if a.drop_outliers:
+            df = df.drop(index=rows)
+            res = run_fit(df, a.law, a.bootstrap, a.seed, a.weighted, envelope=not a.all_points)
     print(format_table(res, a.law))
     if a.out:
         atomic_write_text(Path(a.out), dumps({"law": a.law, "csv": str(a.csv), "n_boot": a.bootstrap,

@@ -269,3 +269,27 @@ def test_a_fit_at_a_bound_or_with_disagreeing_starts_or_too_few_points_is_not_ok
     C = np.array([1e12, 1e13, 1e14, 1e15])
     fit = F.fit_frontier(C, 1.5 + 30 * C ** -0.1, n_boot=0)
     assert fit.ok and "over-parameterised" in fit.message and fit.message != "ok"
+
+
+def test_fit_lists_planted_outliers_and_what_they_move(tmp_path, capsys):
+    """245 Chinchilla-like points (35 budgets x 7 sizes) with 5 planted outliers (loss x 1.25): the fit
+    names exactly those rows and how the parameters move without them; --drop-outliers refits without them."""
+    from analysis.fit import main
+
+    rng = np.random.default_rng(5)
+    budgets = np.geomspace(6e18, 3e21, 35)
+    N = np.array([n for c in budgets for n in isoflop_sizes(c, (0.2, 0.35, 0.6, 1.0, 1.7, 3.0, 5.0), CHIN)])
+    C = np.repeat(budgets, 7)
+    D = C / (6 * N)
+    L = law_loss(N, D, CHIN) * np.exp(rng.normal(0, 0.003, N.size))
+    planted = [10, 60, 120, 180, 230]
+    L[planted] *= 1.25
+    csv = tmp_path / "p.csv"
+    csv.write_text("N,D,loss\n" + "".join(f"{n},{d},{l}\n" for n, d, l in zip(N, D, L)))
+    main([str(csv), "--law", "parametric", "--bootstrap", "0"])
+    out = capsys.readouterr().out
+    assert f"5 point(s), data rows {', '.join(str(i + 1) for i in planted)};" in out, out
+    assert "without them: all: E " in out and "beta" in out
+    main([str(csv), "--law", "parametric", "--bootstrap", "0", "--drop-outliers"])
+    out = capsys.readouterr().out
+    assert "== all: ok" in out.split("outliers")[-1]
