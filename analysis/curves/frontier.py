@@ -255,12 +255,7 @@ def fit_frontier(
     strata = None if strata is None else np.asarray(strata)[good]
     bud = None if budget is None else np.asarray(budget, float)[good]
     w = np.ones(C.size) if weights is None else np.asarray(weights, float)[good]
-    if sel == "budget_min":
-        mask = budget_minima(loss, bud)
-    elif sel == "envelope":
-        mask = lower_envelope(C, loss)
-    else:
-        mask = np.ones(C.size, bool)
+    mask = _frontier_mask(sel, C, loss, bud)
     n_fit = int(mask.sum())
     n_distinct = np.unique(np.round(np.log10(C[mask]), 3)).size if n_fit else 0
     if n_fit < min_points or n_distinct < 3:
@@ -272,75 +267,20 @@ def fit_frontier(
     x0 = float(np.mean(np.log(C[mask])))
     x = np.log(C) - x0
     y = np.log(loss)
-    wfit = w
-    model = _FrontierModel()
-    theta, info = _multistart(model, (x[mask],), y[mask], wfit[mask], _frontier_starts(y[mask]), delta, n_polish)
-    notes: list[str] = []
-    E_fixed = False
-    reason = None
-    if not info["converged"]:
-        reason = "the 3-parameter fit did not converge"
-    elif "e" in info["at_bound"]:
-        reason = "E ran to its lower bound (the points show no loss floor)"
-    pmodel = _PowerModel()
-    if reason and fixed_E_fallback:
-        p_starts = np.array(list(itertools.product(
-            float(np.median(y[mask])) + np.log([0.5, 1.0, 2.0]), [0.03, 0.1, 0.3, 0.8])))
-        th2, info2 = _multistart(pmodel, (x[mask],), y[mask], wfit[mask], p_starts, delta, min(n_polish, 4))
-        theta, info, E_fixed = _pad_power(th2)[0], info2, True
-        info["at_bound"] = [n for n in info["at_bound"] if n != "a"]
-        notes.append(f"E fixed at 0 (pure power law L = A·C^-α): {reason}")
+    model, pmodel = _FrontierModel(), _PowerModel()
+    theta, info, E_fixed, notes = _point_fit(model, pmodel, x[mask], y[mask], w[mask], delta, n_polish, fixed_E_fallback)
     pred_all = model.pred_jac(theta[None, :], (x,))[0][0]
     diag = _diagnostics(info, y[mask], pred_all[mask])
     boot = None
     if n_boot and n_boot > 0:
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        Yfull = None
-        if sel == "budget_min" and se is not None:
-            sl = np.asarray(se, float)[good] / loss
-            sl = np.where(np.isfinite(sl) & (sl > 0), sl, 0.0)
-            r = np.where(mask, y - pred_all, 0.0)
-            scale = np.sqrt(sl**2 + r**2)
-            Yfull = y[None, :] + rng.standard_normal((n_boot, y.size)) * scale[None, :]
-            Wb = _budget_minima_batched_y(Yfull, bud) * w[None, :]
-        else:
-            Wb = bootstrap_weights(rng, clusters, n_boot, strata) * w[None, :]
-        if Yfull is not None:
-            pass
-        elif sel == "envelope":
-            order = np.lexsort((loss, C))
-            inc = np.zeros_like(Wb, dtype=bool)
-            inc[:, order] = _envelope_batched(order, loss[order], Wb[:, order])
-            Wb = Wb * inc
-        elif sel == "budget_min":
-            Wb = _budget_minima_batched(loss, bud, Wb) * wfit[None, :]
-        npts = (Wb > 0).sum(axis=1)
-        if Yfull is None:
-            Xb, Yb, Wg = _gather_nonzero(Wb, x, y)  # each replicate only carries its own frontier points
-        else:
-            order = np.argsort(~(Wb > 0), axis=1, kind="stable")[:, : max(1, int(npts.max()))]
-            Xb, Yb, Wg = x[order], np.take_along_axis(Yfull, order, 1), np.take_along_axis(Wb, order, 1)
-        nb = int(n_boot)
-        th2b, F2, cv2 = _batched_gn(pmodel, np.repeat(_power_start(theta, x[mask], y[mask])[None, :], nb, 0),
-                                    (Xb,), Yb, Wg, delta)
-        ok2 = (npts >= 2) & cv2 & np.isfinite(F2)
-        if E_fixed:
-            th = _pad_power(th2b)
-            ok = ok2
-            n_fixed = int(ok.sum())
-        else:
-            th3, F3, cv3 = _batched_gn(model, np.repeat(theta[None, :], nb, 0), (Xb,), Yb, Wg, delta)
-            ok3 = (npts >= 3) & cv3 & np.isfinite(F3) & (th3[:, 1] > model.lb[1] + 1e-6)
-            use2 = ~ok3 & ok2 if fixed_E_fallback else np.zeros(nb, bool)
-            th = np.where(use2[:, None], _pad_power(th2b), th3)
-            ok = ok3 | use2
-            n_fixed = int(use2.sum())
-        th[~ok] = np.nan
-        boot = th
-        diag.n_boot, diag.n_boot_ok = nb, int(ok.sum())
+        point_se = None if se is None else np.asarray(se, float)[good]
+        boot, n_ok, n_fixed = _bootstrap(model, pmodel, sel, rng, int(n_boot), x, y, C, loss, w, mask, pred_all,
+                                         theta, E_fixed, fixed_E_fallback, clusters, strata, bud, point_se, delta)
+        diag.n_boot, diag.n_boot_ok = int(n_boot), n_ok
         if not E_fixed and n_fixed:
-            notes.append(f"{n_fixed}/{nb} bootstrap replicates fell back to E = 0 (their 3-parameter fit did not "
-                         f"converge or put E at its bound)")
+            notes.append(f"{n_fixed}/{int(n_boot)} bootstrap replicates fell back to E = 0 (their 3-parameter fit "
+                         f"did not converge or put E at its bound)")
     raw = _frontier_params(theta, x0)[0]
     braw = _frontier_params(boot, x0) if boot is not None else None
     ints = [_interval(raw[k], None if braw is None else braw[:, k], level) for k in range(3)]
@@ -359,6 +299,81 @@ def fit_frontier(
         loss_range=(float(loss.min()), float(loss.max())), diagnostics=diag, residuals=resid, x0=x0,
         E_fixed=E_fixed, notes=notes, theta=theta, boot_theta=boot, **base)
 
+
+
+def _frontier_mask(sel: str, C: np.ndarray, loss: np.ndarray, bud: np.ndarray | None) -> np.ndarray:
+    """Which points form the frontier under the selection rule (see `fit_frontier`)."""
+    if sel == "budget_min":
+        return budget_minima(loss, bud)
+    if sel == "envelope":
+        return lower_envelope(C, loss)
+    return np.ones(C.size, bool)
+
+
+def _point_fit(model, pmodel, x, y, w, delta: float, n_polish: int, fixed_E_fallback: bool):
+    """The 3-parameter fit on the frontier points, falling back to E = 0 (a pure power law) when it does not
+    converge or E runs to its bound. -> (theta, info, E_fixed, notes)."""
+    theta, info = _multistart(model, (x,), y, w, _frontier_starts(y), delta, n_polish)
+    notes: list[str] = []
+    reason = None
+    if not info["converged"]:
+        reason = "the 3-parameter fit did not converge"
+    elif "e" in info["at_bound"]:
+        reason = "E ran to its lower bound (the points show no loss floor)"
+    if reason and fixed_E_fallback:
+        p_starts = np.array(list(itertools.product(
+            float(np.median(y)) + np.log([0.5, 1.0, 2.0]), [0.03, 0.1, 0.3, 0.8])))
+        th2, info2 = _multistart(pmodel, (x,), y, w, p_starts, delta, min(n_polish, 4))
+        theta, info = _pad_power(th2)[0], info2
+        info["at_bound"] = [n for n in info["at_bound"] if n != "a"]
+        notes.append(f"E fixed at 0 (pure power law L = A·C^-α): {reason}")
+        return theta, info, True, notes
+    return theta, info, False, notes
+
+
+def _bootstrap(model, pmodel, sel, rng, nb, x, y, C, loss, w, mask, pred_all, theta, E_fixed, fixed_E_fallback,
+               clusters, strata, bud, se, delta):
+    """Replicates of the whole fit, the frontier re-selected in each (see `fit_frontier` for the two
+    schemes). -> (parameters per replicate with NaN rows for failed ones, replicates ok, replicates at E = 0)."""
+    Yfull = None
+    if sel == "budget_min" and se is not None:
+        sl = se / loss
+        sl = np.where(np.isfinite(sl) & (sl > 0), sl, 0.0)
+        r = np.where(mask, y - pred_all, 0.0)
+        scale = np.sqrt(sl**2 + r**2)
+        Yfull = y[None, :] + rng.standard_normal((nb, y.size)) * scale[None, :]
+        Wb = _budget_minima_batched_y(Yfull, bud) * w[None, :]
+    else:
+        Wb = bootstrap_weights(rng, clusters, nb, strata) * w[None, :]
+    if Yfull is not None:
+        pass
+    elif sel == "envelope":
+        order = np.lexsort((loss, C))
+        inc = np.zeros_like(Wb, dtype=bool)
+        inc[:, order] = _envelope_batched(order, loss[order], Wb[:, order])
+        Wb = Wb * inc
+    elif sel == "budget_min":
+        Wb = _budget_minima_batched(loss, bud, Wb) * w[None, :]
+    npts = (Wb > 0).sum(axis=1)
+    if Yfull is None:
+        Xb, Yb, Wg = _gather_nonzero(Wb, x, y)  # each replicate only carries its own frontier points
+    else:
+        order = np.argsort(~(Wb > 0), axis=1, kind="stable")[:, : max(1, int(npts.max()))]
+        Xb, Yb, Wg = x[order], np.take_along_axis(Yfull, order, 1), np.take_along_axis(Wb, order, 1)
+    th2b, F2, cv2 = _batched_gn(pmodel, np.repeat(_power_start(theta, x[mask], y[mask])[None, :], nb, 0),
+                                (Xb,), Yb, Wg, delta)
+    ok2 = (npts >= 2) & cv2 & np.isfinite(F2)
+    if E_fixed:
+        th, ok, n_fixed = _pad_power(th2b), ok2, int(ok2.sum())
+    else:
+        th3, F3, cv3 = _batched_gn(model, np.repeat(theta[None, :], nb, 0), (Xb,), Yb, Wg, delta)
+        ok3 = (npts >= 3) & cv3 & np.isfinite(F3) & (th3[:, 1] > model.lb[1] + 1e-6)
+        use2 = ~ok3 & ok2 if fixed_E_fallback else np.zeros(nb, bool)
+        th = np.where(use2[:, None], _pad_power(th2b), th3)
+        ok = ok3 | use2
+        n_fixed = int(use2.sum())
+    th[~ok] = np.nan
+    return th, int(ok.sum()), n_fixed
 
 def _power_start(theta: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Start for the E = 0 refits: the point fit's own (a', alpha) if it is a pure power law, else OLS."""

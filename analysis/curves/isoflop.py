@@ -158,58 +158,11 @@ def fit_isoflop(
     boot_L = np.full((max(n_boot, 0), ub.size), np.nan)
     for j, c in enumerate(ub):
         m = budget == c
-        n_sizes = int(np.unique(np.round(np.log(N[m]), 6)).size)
-        if n_sizes < 3:
-            out.append(IsoFlopBudget(float(c), int(m.sum()), n_sizes, None, None, None, None, False, False,
-                                     "fewer than 3 model sizes: no parabola", N=N[m].tolist(), D=D[m].tolist(),
-                                     loss=loss[m].tolist()))
-            continue
-        xc = float(np.mean(np.log(N[m])))
-        x = np.log(N[m]) - xc
-        yy = loss[m]
-        coef = _wquad(x, yy, np.ones((1, x.size)))[0]
-        kd, cd = np.polyfit(x, np.log(D[m]), 1)
-        c2 = float(coef[2])
-        note = ""
-        if not c2 > 0:
-            out.append(IsoFlopBudget(float(c), int(m.sum()), n_sizes, None, None, None, c2, True, False,
-                                     "loss is not convex in log N here: no interior optimum", N=N[m].tolist(),
-                                     D=D[m].tolist(), loss=yy.tolist(), coeffs=coef.tolist(), xc=xc))
-            continue
-        xs = -coef[1] / (2 * c2)
-        ls = coef[0] - coef[1] ** 2 / (4 * c2)
-        i_min = int(np.argmin(yy))
-        edge = bool(xs <= x.min() or xs >= x.max() or x[i_min] in (x.min(), x.max()))
-        if edge:
-            note = "optimum at the edge of the sizes tried: extend the grid"
-        bN = bL = None
-        if n_boot > 0:
-            if bootstrap == "runs":
-                cb = _wquad(x, yy, bootstrap_weights(rng, clusters[m], n_boot))
-            else:
-                cb = _wild_quad(x, yy, coef, None if se is None else se[m], rng, n_boot)
-            with np.errstate(all="ignore"):
-                valid = cb[:, 2] > 0
-                xsb = np.where(valid, -cb[:, 1] / (2 * cb[:, 2]), np.nan)
-                lsb = np.where(valid, cb[:, 0] - cb[:, 1] ** 2 / (4 * cb[:, 2]), np.nan)
-            # an optimum extrapolated far outside the sizes tried is not an estimate; drop it
-            far = (xsb < x.min() - 1.0) | (xsb > x.max() + 1.0)
-            xsb[far] = np.nan
-            lsb[far] = np.nan
-            bN, bL = np.exp(xsb + xc), lsb
-            boot_logN[:, j] = xsb + xc
-            boot_logD[:, j] = kd * xsb + cd
-            boot_L[:, j] = lsb
-        c_star = {}
-        for name, cv in Cs.items():
-            ok = np.isfinite(cv[m]) & (cv[m] > 0)
-            if ok.sum() >= 2:
-                kc, cc = np.polyfit(x[ok], np.log(cv[m][ok]), 1)
-                c_star[name] = float(math.exp(kc * xs + cc))
-        out.append(IsoFlopBudget(
-            float(c), int(m.sum()), n_sizes, _interval(math.exp(xs + xc), bN, level),
-            float(math.exp(kd * xs + cd)), _interval(ls, bL, level), c2, edge, not edge, note,
-            N=N[m].tolist(), D=D[m].tolist(), loss=yy.tolist(), coeffs=coef.tolist(), xc=xc, C_star=c_star))
+        b, draws = _one_budget(float(c), N[m], D[m], loss[m], clusters[m], None if se is None else se[m],
+                               {k: v[m] for k, v in Cs.items()}, n_boot, bootstrap, rng, level)
+        out.append(b)
+        if draws is not None:
+            boot_logN[:, j], boot_logD[:, j], boot_L[:, j] = draws
     trusted = np.array([b.trusted for b in out]) if out else np.zeros(0, bool)
     n_tr = int(trusted.sum())
     fit = IsoFlopFit(n_tr >= 2, "", family=family, budgets=out, n_trusted=n_tr, n_boot=int(max(n_boot, 0)),
@@ -221,28 +174,83 @@ def fit_isoflop(
     lc = np.log(ub[trusted])
     lN = np.log([b.N_star.estimate for b, t in zip(out, trusted) if t])
     lD = np.log([b.D_star for b, t in zip(out, trusted) if t])
-    laws = []
-    for ly, bl in ((lN, boot_logN), (lD, boot_logD)):
-        k, c0 = np.polyfit(lc, ly, 1)
-        _, r2 = _gof(ly, k * lc + c0)
-        ks = cs = None
-        if n_boot > 0:
-            Y = bl[:, trusted]
-            M = np.isfinite(Y)
-            cnt = M.sum(axis=1)
-            with np.errstate(all="ignore"):
-                mx = np.where(M, lc[None, :], 0).sum(1) / cnt
-                my = np.where(M, Y, 0).sum(1) / cnt
-                dx = np.where(M, lc[None, :] - mx[:, None], 0)
-                ks = (dx * np.where(M, Y - my[:, None], 0)).sum(1) / (dx**2).sum(1)
-                cs = np.exp(my - ks * mx)
-            bad = cnt < 2
-            ks[bad] = np.nan
-            cs[bad] = np.nan
-        laws.append(PowerLaw(_interval(math.exp(c0), cs, level), _interval(k, ks, level), int(lc.size), r2))
+    laws = [_optimum_law(lc, ly, bl[:, trusted] if n_boot > 0 else None, level)
+            for ly, bl in ((lN, boot_logN), (lD, boot_logD))]
     fit.N_opt, fit.D_opt = laws
     fit.message = "ok" if n_tr >= 3 else "only 2 trusted budgets: power laws are exact lines, judge with care"
     return fit
+
+
+
+def _one_budget(c: float, N, D, loss, clusters, se, Cs: dict, n_boot: int, bootstrap: str, rng, level: float):
+    """One budget's parabola in log N, its optimum and (with ``n_boot``) the optimum's replicates.
+    -> (IsoFlopBudget, (log N*, log D*, L*) per replicate, or None when there is no parabola)."""
+    n_sizes = int(np.unique(np.round(np.log(N), 6)).size)
+    if n_sizes < 3:
+        return IsoFlopBudget(c, int(N.size), n_sizes, None, None, None, None, False, False,
+                             "fewer than 3 model sizes: no parabola", N=N.tolist(), D=D.tolist(),
+                             loss=loss.tolist()), None
+    xc = float(np.mean(np.log(N)))
+    x = np.log(N) - xc
+    coef = _wquad(x, loss, np.ones((1, x.size)))[0]
+    kd, cd = np.polyfit(x, np.log(D), 1)
+    c2 = float(coef[2])
+    if not c2 > 0:
+        return IsoFlopBudget(c, int(N.size), n_sizes, None, None, None, c2, True, False,
+                             "loss is not convex in log N here: no interior optimum", N=N.tolist(),
+                             D=D.tolist(), loss=loss.tolist(), coeffs=coef.tolist(), xc=xc), None
+    xs = -coef[1] / (2 * c2)
+    ls = coef[0] - coef[1] ** 2 / (4 * c2)
+    i_min = int(np.argmin(loss))
+    edge = bool(xs <= x.min() or xs >= x.max() or x[i_min] in (x.min(), x.max()))
+    note = "optimum at the edge of the sizes tried: extend the grid" if edge else ""
+    bN = bL = draws = None
+    if n_boot > 0:
+        if bootstrap == "runs":
+            cb = _wquad(x, loss, bootstrap_weights(rng, clusters, n_boot))
+        else:
+            cb = _wild_quad(x, loss, coef, se, rng, n_boot)
+        with np.errstate(all="ignore"):
+            valid = cb[:, 2] > 0
+            xsb = np.where(valid, -cb[:, 1] / (2 * cb[:, 2]), np.nan)
+            lsb = np.where(valid, cb[:, 0] - cb[:, 1] ** 2 / (4 * cb[:, 2]), np.nan)
+        # an optimum extrapolated far outside the sizes tried is not an estimate; drop it
+        far = (xsb < x.min() - 1.0) | (xsb > x.max() + 1.0)
+        xsb[far] = np.nan
+        lsb[far] = np.nan
+        bN, bL = np.exp(xsb + xc), lsb
+        draws = (xsb + xc, kd * xsb + cd, lsb)
+    c_star = {}
+    for name, cv in Cs.items():
+        ok = np.isfinite(cv) & (cv > 0)
+        if ok.sum() >= 2:
+            kc, cc = np.polyfit(x[ok], np.log(cv[ok]), 1)
+            c_star[name] = float(math.exp(kc * xs + cc))
+    return IsoFlopBudget(
+        c, int(N.size), n_sizes, _interval(math.exp(xs + xc), bN, level),
+        float(math.exp(kd * xs + cd)), _interval(ls, bL, level), c2, edge, not edge, note,
+        N=N.tolist(), D=D.tolist(), loss=loss.tolist(), coeffs=coef.tolist(), xc=xc, C_star=c_star), draws
+
+
+def _optimum_law(lc: np.ndarray, ly: np.ndarray, Y: np.ndarray | None, level: float) -> PowerLaw:
+    """log y* = k log C + c through the trusted budgets' optima, with the slope's and prefactor's replicates
+    from each replicate's optima (``Y``: replicates x trusted budgets, NaN where a replicate has none)."""
+    k, c0 = np.polyfit(lc, ly, 1)
+    _, r2 = _gof(ly, k * lc + c0)
+    ks = cs = None
+    if Y is not None:
+        M = np.isfinite(Y)
+        cnt = M.sum(axis=1)
+        with np.errstate(all="ignore"):
+            mx = np.where(M, lc[None, :], 0).sum(1) / cnt
+            my = np.where(M, Y, 0).sum(1) / cnt
+            dx = np.where(M, lc[None, :] - mx[:, None], 0)
+            ks = (dx * np.where(M, Y - my[:, None], 0)).sum(1) / (dx**2).sum(1)
+            cs = np.exp(my - ks * mx)
+        bad = cnt < 2
+        ks[bad] = np.nan
+        cs[bad] = np.nan
+    return PowerLaw(_interval(math.exp(c0), cs, level), _interval(k, ks, level), int(lc.size), r2)
 
 
 def fit_frontier_isoflop(
