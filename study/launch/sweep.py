@@ -126,6 +126,9 @@ def run_locally(study_dir: Path, spec: Spec, runs: list[PlannedRun], quiet: bool
                 print(f"    stopped at step {summary['step']}: checkpointed; run the same command again to resume",
                       flush=True)
                 return EXIT_STOPPED
+            if summary.get("already_done"):  # another process finished it since this sweep looked
+                print("    already done (by another process)", flush=True)
+                continue
             eta.record(r, time.time() - t0, 1.0 - min(start_step, r.cfg.steps) / max(r.cfg.steps, 1))
             finals = [f"S={e['eval_loops']}: {e['nll']:.3f}" for e in summary.get("final_eval", [])
                       if e.get("exit_threshold") is None]

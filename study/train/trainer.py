@@ -501,7 +501,7 @@ def train(cfg: RunConfig, run_dir: str | Path, stop: Callable[[], bool] | None =
     run_dir = Path(run_dir)
     done = records.done_summary(run_dir) if run_dir.is_dir() else None
     if done is not None and done.get("config_hash") == cfg.hash:
-        return done
+        return done | {"already_done": True}
     rank = int(os.environ.get("RANK", "0") or 0)
     trainer = Trainer(cfg, run_dir, stop=stop, quiet=quiet)
     trainer._check_writable()
@@ -512,7 +512,7 @@ def train(cfg: RunConfig, run_dir: str | Path, stop: Callable[[], bool] | None =
     try:
         done = records.done_summary(run_dir)  # finished by the previous holder while we waited to look
         if done is not None and done.get("config_hash") == cfg.hash:
-            return done
+            return done | {"already_done": True}
         try:
             return trainer.run()
         except ForeignRunDir:
