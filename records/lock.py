@@ -29,24 +29,16 @@ class Locked(RuntimeError):
 
 
 class RunLock:
-    """``with RunLock(run_dir): ...`` — or `acquire()` / `release()`; re-entrant within one process."""
-
-    _held: dict[str, "RunLock"] = {}
+    """``with RunLock(run_dir): ...`` — or `acquire()` / `release()`. Not re-entrant: a second acquire, even
+    from this process, is refused like any other holder's."""
 
     def __init__(self, directory: str | os.PathLike, what: str | None = None, name: str = LOCK):
         self.dir = Path(directory)
         self.path = self.dir / name
         self.what = what or f"run {self.dir.name}"
         self._fd: int | None = None
-        self._depth = 0
 
     def acquire(self) -> "RunLock":
-        key = str(self.path.resolve())
-        owner = RunLock._held.get(key)
-        if owner is not None:  # this process already holds it (a sweep calling train, say)
-            owner._depth += 1
-            self._fd, self._depth = None, -1
-            return self
         self.dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -60,23 +52,12 @@ class RunLock:
                           f"locks; put the study on one that supports flock") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(job_context()) + "\n").encode(), 0)
-        self._fd, self._depth = fd, 1
-        RunLock._held[key] = self
+        self._fd = fd
         return self
 
     def release(self) -> None:
-        if self._depth == -1:  # a nested acquire: the outer holder releases
-            owner = RunLock._held.get(str(self.path.resolve()))
-            if owner is not None:
-                owner._depth -= 1
-            self._depth = 0
-            return
         if self._fd is None:
             return
-        self._depth -= 1
-        if self._depth > 0:
-            return
-        RunLock._held.pop(str(self.path.resolve()), None)
         try:
             os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)

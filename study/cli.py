@@ -12,6 +12,7 @@ written or submitted; a run stopped by a signal exits 3 after checkpointing (run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -146,7 +147,7 @@ def cmd_submit(ns, spec, runs, resources, sdir: Path) -> int:
     from study.plan.spec import expand
 
     slurm = resources.resolved_executor() == "slurm"
-    with run_mod.submission_lock(sdir) if slurm else _nothing():
+    with run_mod.submission_lock(sdir) if slurm else contextlib.nullcontext():
         todo, counts = run_mod.to_submit(sdir, runs, ns.retry)
         print(f"{spec.study}: {len(runs)} runs ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}); "
               f"{len(todo)} to {'submit' if slurm else 'run'} -> {sdir}", flush=True)
@@ -163,14 +164,6 @@ def cmd_submit(ns, spec, runs, resources, sdir: Path) -> int:
     if rc in (0, 1) and ns.report and (not slurm or ns.wait):
         rc = max(rc, cmd_report(sdir))
     return rc
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
 
 
 def cmd_report(sdir: Path) -> int:

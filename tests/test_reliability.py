@@ -92,7 +92,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, corp
     assert newest.name == "step_00000025"
     for f in sorted(p for p in newest.rglob("*") if p.is_file() and p.suffix in (".pt", ".safetensors")):
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncated, as by a full disk or a killed copy
-    assert "model.safetensors" in records.verify_checkpoint(newest) or records.verify_checkpoint(newest)
+    assert records.verify_checkpoint(newest) is not None
     summary = train(cfg, out)
     said = capsys.readouterr().out
     assert "step_00000025 is damaged" in said and "resuming from step 20" in said

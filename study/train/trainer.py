@@ -352,7 +352,6 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True  # recorded in the run: MFU is then against TF32 peak
             torch.backends.cudnn.allow_tf32 = True
         self.rank, self.world = init_distributed(self.device)
-        self._check_writable()
         self._load_data()
         self._claim_run_dir()
         if self.rank == 0:
