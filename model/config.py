@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 LOOP_DISTS = ("uniform", "fixed")
+LOOP_INPUTS = ("none", "add", "concat")
 
 
 class ConfigError(ValueError):
@@ -55,6 +57,10 @@ class ModelConfig:
     time_cond: bool = False  # adaLN conditioning on t; off by default, as in MDLM
     tie_weights: bool = True
     mask_token_id: int | None = None  # None -> vocab_size - 1
+    # Looped-block variants (defaults = the plain weight-tied recurrence; see transformer.LoopMDM._enter):
+    loop_input: str = "none"  # re-inject the head output into every loop: none | add | concat (+ projection)
+    loop_embed: bool = False  # a learned loop-index embedding added before each loop (index clamped at s_max)
+    loop_norm: bool = False  # a LayerNorm on the state after each loop
 
     def __post_init__(self) -> None:
         self.validate()
@@ -76,6 +82,10 @@ class ModelConfig:
     def expected_loops(self) -> float:
         """E[S] under the training distribution; sets the depth of the equal-compute deeper MDM."""
         return (1 + self.s_max) / 2 if self.loop_dist == "uniform" else float(self.s_max)
+
+    @property
+    def has_loop_variant(self) -> bool:
+        return self.loop_input != "none" or self.loop_embed or self.loop_norm
 
     @property
     def d_mlp(self) -> int:
@@ -105,6 +115,16 @@ class ModelConfig:
             raise ConfigError("model.mlp_ratio", f"got {self.mlp_ratio!r}; must be > 0")
         if self.loop_dist not in LOOP_DISTS:
             raise ConfigError("model.loop_dist", f"got {self.loop_dist!r}; allowed: {', '.join(LOOP_DISTS)}")
+        if self.loop_input not in LOOP_INPUTS:
+            raise ConfigError("model.loop_input", f"got {self.loop_input!r}; allowed: {', '.join(LOOP_INPUTS)}")
+        for name in ("loop_embed", "loop_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"model.{name}", f"got {getattr(self, name)!r}; must be true or false")
+        if self.has_loop_variant and not self.is_looped:
+            raise ConfigError("model.loop_input" if self.loop_input != "none" else
+                              ("model.loop_embed" if self.loop_embed else "model.loop_norm"),
+                              "a looped-block variant needs a looped model (model.s_max > 1); set it back to its "
+                              "default (loop_input: none, loop_embed: false, loop_norm: false) or raise s_max")
         if not 0 <= self.mask_id < self.vocab_size:
             raise ConfigError("model.mask_token_id", f"{self.mask_id} is outside the vocabulary [0, {self.vocab_size})")
 
@@ -120,17 +140,41 @@ class ModelConfig:
         """A non-looped MDM of ``n_layers``, written canonically (all layers in the 'mid' slot, S = 1): where a
         looped block sat makes no difference once nothing loops, so baselines of different placements are
         one and the same run (and, as blocks are built in order, the same initial weights)."""
-        return self.replace(n_head_layers=0, n_mid_layers=n_layers, n_tail_layers=0, s_max=1, loop_dist="fixed")
+        return self.replace(n_head_layers=0, n_mid_layers=n_layers, n_tail_layers=0, s_max=1, loop_dist="fixed",
+                            loop_input="none", loop_embed=False, loop_norm=False)
 
     def non_looped(self) -> "ModelConfig":
         """The same-size MDM: the same layers, the mid block applied once."""
         return self.plain_stack(self.n_layers_physical)
 
-    def deeper(self, loops: float | None = None) -> "ModelConfig":
-        """The non-looped MDM whose depth equals the looped model's at ``loops`` (default E[S]): the mid block
-        unrolled into round(loops * n_mid_layers) distinct layers (E[S]=6.5 with 2 looped layers -> 13)."""
-        k = self.expected_loops if loops is None else loops
-        return self.plain_stack(self.n_head_layers + max(1, int(round(k * self.n_mid_layers))) + self.n_tail_layers)
+    def deeper_depths(self, seq_len: int, tolerance: float = 0.05) -> list[tuple[int, float]]:
+        """The deeper MDM at equal expected per-step compute: [(layers, per-step FLOPs ratio deeper/looped)].
+
+        The depth is the integer whose exact forward FLOPs (at ``seq_len``, the looped variant's extra
+        matmuls included) lie closest to the looped model's at E[S], in ratio. When that one is more than
+        ``tolerance`` away (E[S] x n_mid not integral: 1 + 2.5 + 1 = 4.5 layers), both bracketing depths are
+        returned, lower first, so the comparison can be interpolated to equal compute instead of resting on
+        a model 10% cheaper or dearer than the looped one."""
+        from .flops import forward_flops  # flops imports this module
+
+        target = forward_flops(self, seq_len, self.expected_loops)
+        ratio = {n: forward_flops(self.plain_stack(n), seq_len, 1) / target for n in range(1, 4 * self.n_layers_physical
+                                                                                           + 4 * self.s_max * self.n_mid_layers)}
+        lo = max((n for n, r in ratio.items() if r <= 1), default=1)
+        hi = lo + 1 if ratio[lo] < 1 else lo
+        best = min((lo, hi), key=lambda n: abs(math.log(ratio[n])))
+        if abs(math.log(ratio[best])) <= math.log1p(tolerance) or lo == hi:
+            return [(best, ratio[best])]
+        return [(lo, ratio[lo]), (hi, ratio[hi])]
+
+    def unrolled(self, loops: int) -> "ModelConfig":
+        """The non-looped MDM that runs the same layers as this model at a fixed S = ``loops``, unrolled."""
+        return self.plain_stack(self.effective_layers(loops))
+
+    def deeper(self, seq_len: int | None = None) -> "ModelConfig":
+        """The deeper MDM closest in per-step FLOPs (see `deeper_depths`; ``seq_len`` defaults to max_seq_len)."""
+        depths = self.deeper_depths(seq_len or self.max_seq_len, tolerance=float("inf"))
+        return self.plain_stack(depths[0][0])
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return type(self)(**{**asdict(self), **changes})

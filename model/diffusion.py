@@ -124,6 +124,16 @@ class NLLEstimate:
                 "mean_loops": self.mean_loops, "nll_per_seq": self.per_seq}
 
 
+def eval_noise(shape: tuple[int, int], seed: int, draw: int, n_draws: int,
+               schedule: Schedule = Schedule()) -> tuple[torch.Tensor, torch.Tensor]:
+    """The times (N,) and uniform masking noise (N, L) of eval draw ``draw`` of ``n_draws``: a pure function of
+    (seed, draw), drawn for the whole eval set, so every model, loop count and rank sees the same masks."""
+    offsets = torch.rand(shape[0], generator=torch.Generator().manual_seed(seed))
+    t = schedule.eps + (1 - schedule.eps) * ((offsets + draw / n_draws) % 1)
+    noise = torch.rand(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + draw + 1))
+    return t, noise
+
+
 @torch.no_grad()
 def nelbo_draws(model, tokens: torch.Tensor, loops: int | None = None, n_draws: int = 4, seed: int = 0,
                 batch_size: int = 16, exit_threshold: float | None = None, schedule: Schedule = Schedule(),
@@ -140,14 +150,10 @@ def nelbo_draws(model, tokens: torch.Tensor, loops: int | None = None, n_draws: 
     device = next(model.parameters()).device
     N = tokens.shape[0]
     rows = range(N) if rows is None else rows
-    g = torch.Generator().manual_seed(seed)
-    offsets = torch.rand(N, generator=g)
     per = torch.empty(len(rows), n_draws, dtype=torch.float64)
     loops_sum, loops_n = 0.0, 0
     for k in range(n_draws):
-        u = (offsets + k / n_draws) % 1
-        t_all = schedule.eps + (1 - schedule.eps) * u
-        noise = torch.rand(tokens.shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + k + 1))
+        t_all, noise = eval_noise(tokens.shape, seed, k, n_draws, schedule)
         for lo in range(0, len(rows), batch_size):
             idx = slice(rows.start + lo, min(rows.start + lo + batch_size, rows.stop))
             x = tokens[idx].to(device)

@@ -7,7 +7,8 @@ scale the conventions differ by up to ~1.7x, so every number is available under 
   *effective* count N_head + S * N_mid + N_tail (+ the final norm etc.): weights are shared, compute is not.
 - ``6N_total``: the same with the embedding (and an untied output head) included.
 - ``exact``: every matmul of the forward pass — QKV and output projections, bidirectional attention scores
-  and values (L^2 terms), the MLP, the output head, adaLN modulation when present — at 2 FLOPs per
+  and values (L^2 terms), the MLP, the output head, adaLN modulation when present, the concat adapter of
+  ``loop_input: concat`` (once per loop) — at 2 FLOPs per
   multiply-add; backward = 2x forward. Norms, softmax and elementwise ops are not counted (as in
   ``torch.utils.flop_counter``, which the tests check this against).
 
@@ -35,10 +36,10 @@ def _check(convention: str) -> None:
 class ParamCounts:
     """Parameters by where they sit; ``effective(S)`` counts the mid block S times."""
 
-    embedding: int  # token embedding (+ untied output head)
+    embedding: int  # token embedding (+ untied output head, + the loop-index embedding: lookups, no matmul)
     per_layer: int
     head: int
-    mid: int
+    mid: int  # the looped block's layers plus what runs once per loop (concat adapter, state norm)
     tail: int
     other: int  # final norm, time embedding: non-embedding, outside the layer stack
 
@@ -69,9 +70,10 @@ def param_counts(cfg: ModelConfig) -> ParamCounts:
     else:
         norms, ada, time_embed = 4 * d, 0, 0
     per_layer = 4 * d * d + 2 * d * cfg.d_mlp + norms + ada
-    embedding = cfg.vocab_size * d * (1 if cfg.tie_weights else 2)
+    embedding = cfg.vocab_size * d * (1 if cfg.tie_weights else 2) + (cfg.s_max * d if cfg.loop_embed else 0)
+    per_loop = (2 * d * d if cfg.loop_input == "concat" else 0) + (2 * d if cfg.loop_norm else 0)
     return ParamCounts(embedding=embedding, per_layer=per_layer, head=cfg.n_head_layers * per_layer,
-                       mid=cfg.n_mid_layers * per_layer, tail=cfg.n_tail_layers * per_layer,
+                       mid=cfg.n_mid_layers * per_layer + per_loop, tail=cfg.n_tail_layers * per_layer,
                        other=2 * d + time_embed)
 
 
@@ -80,6 +82,8 @@ def forward_flops(cfg: ModelConfig, seq_len: int, loops: int | float, batch: int
     d, L = cfg.d_model, seq_len
     per_layer = 2 * L * (4 * d * d + 2 * d * cfg.d_mlp) + 4 * L * L * d
     per_seq = cfg.effective_layers(loops) * per_layer + 2 * L * d * cfg.vocab_size
+    if cfg.loop_input == "concat":
+        per_seq += loops * 2 * L * (2 * d) * d
     if cfg.time_cond:
         per_seq += cfg.effective_layers(loops) * 2 * d * 6 * d + 2 * (TIME_FREQS * d + d * d)
     return float(batch * per_seq)

@@ -2,6 +2,22 @@
 
     tokens -> embed -> [head layers] -> [mid layers] x S (shared weights) -> [tail layers] -> norm -> logits
 
+The looped block has three optional variants (``ModelConfig.loop_input / loop_embed / loop_norm``), all off
+by default (the plain weight-tied recurrence). A plain pre-norm recurrence with nothing re-injected tends to
+drift rather than settle (its state norm grows with every loop); these are the field's usual remedies:
+
+    e   = output of the head layers (the token embedding when there are none)
+    h_0 = e                                   (loop_input none)   |  h_0 = 0  (add, concat)
+    u_k = h_{k-1}                             (none)
+        = h_{k-1} + e                         (add: Huginn-style input injection, additive)
+        = W [h_{k-1}; e]                      (concat: Huginn's concat + adapter; W starts as [I, I])
+    u_k += P[min(k, s_max)]                   (loop_embed: learned loop-index embedding, clamped past s_max)
+    h_k = mid_block(u_k);  h_k = LN(h_k)      (loop_norm: a norm on the state between loops)
+
+The head output is re-injected rather than the raw embedding because it is what the block sees at S = 1 in
+the plain model: re-injection keeps every loop anchored to the same input representation. With h_0 = 0 the
+first loop of ``add`` sees exactly e (no doubled input), and ``concat`` starts out equal to ``add``.
+
 With ``s_max=1`` it is an ordinary masked-diffusion transformer (MDLM-style, no causal mask), so the
 same class gives the looped model and both baselines. Attention goes through
 ``F.scaled_dot_product_attention`` so CUDA picks flash / memory-efficient kernels. Linear layers have no
@@ -124,6 +140,9 @@ class LoopMDM(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.head_layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_head_layers))
         self.mid_layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_mid_layers))
+        self.loop_adapter = nn.Linear(2 * cfg.d_model, cfg.d_model, bias=False) if cfg.loop_input == "concat" else None
+        self.loop_index = nn.Embedding(cfg.s_max, cfg.d_model) if cfg.loop_embed else None
+        self.loop_state_norm = nn.LayerNorm(cfg.d_model) if cfg.loop_norm else None
         self.tail_layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_tail_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.lm_head = None if cfg.tie_weights else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -137,6 +156,10 @@ class LoopMDM(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("attn.out.weight") or name.endswith("mlp.2.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * depth))
+        if self.loop_adapter is not None:  # [I, I]: concat starts as additive injection, not a random squeeze
+            with torch.no_grad():
+                eye = torch.eye(cfg.d_model)
+                self.loop_adapter.weight.copy_(torch.cat([eye, eye], dim=1))
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -156,23 +179,11 @@ class LoopMDM(nn.Module):
         ``loops`` then being the cap; finished sequences are dropped from the batch so the savings are real.
         ``return_attention`` (analysis only) also returns the mid layers' attention probabilities per loop.
         """
-        cfg = self.cfg
-        loops = cfg.s_max if loops is None else int(loops)
+        loops = self.cfg.s_max if loops is None else int(loops)
         if loops < 1:
             raise ValueError(f"loops must be >= 1, got {loops}")
-        B, L = x.shape
-        if L > cfg.max_seq_len:
-            raise ValueError(f"sequence length {L} exceeds model.max_seq_len={cfg.max_seq_len}")
-        cos, sin = self.rope_cos[:L].to(x.device), self.rope_sin[:L].to(x.device)
-        c = None
-        if self.time_embed is not None:
-            if t is None:
-                raise ValueError("this model is time-conditioned (model.time_cond=true): pass t")
-            c = self.time_embed(t.expand(B) if t.dim() == 0 else t)
-
-        h = self.embed(x)
-        for blk in self.head_layers:
-            h, _ = blk(h, cos, sin, c)
+        B = x.shape[0]
+        h, cos, sin, c = self._prelude(x, t)
         attn_maps: list[list[torch.Tensor]] | None = [] if return_attention else None
         if exit_threshold is None:
             h = self._loop(h, cos, sin, c, loops, attn_maps)
@@ -188,6 +199,22 @@ class LoopMDM(nn.Module):
             return logits
         return LoopOutput(logits=logits, stats=stats, attention=attn_maps)
 
+    def _prelude(self, x: torch.Tensor, t: torch.Tensor | None):
+        """Embedding and head layers: the head output e, with the RoPE tables and the t conditioning."""
+        B, L = x.shape
+        if L > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {L} exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        cos, sin = self.rope_cos[:L].to(x.device), self.rope_sin[:L].to(x.device)
+        c = None
+        if self.time_embed is not None:
+            if t is None:
+                raise ValueError("this model is time-conditioned (model.time_cond=true): pass t")
+            c = self.time_embed(t.expand(B) if t.dim() == 0 else t)
+        h = self.embed(x)
+        for blk in self.head_layers:
+            h, _ = blk(h, cos, sin, c)
+        return h, cos, sin, c
+
     def _mid(self, h, cos, sin, c, attn_maps) -> torch.Tensor:
         """One application of the looped block (its layers in order), recording attention when asked."""
         loop_maps = []
@@ -199,26 +226,47 @@ class LoopMDM(nn.Module):
             attn_maps.append(loop_maps)
         return h
 
-    def _loop(self, h, cos, sin, c, loops: int, attn_maps) -> torch.Tensor:
-        """The plain recurrence: the mid block applied ``loops`` times with shared weights."""
-        for _ in range(loops):
-            h = self._mid(h, cos, sin, c, attn_maps)
+    def _start(self, e: torch.Tensor) -> torch.Tensor:
+        """h_0: the head output itself, or zeros when the head output is re-injected into every loop."""
+        return e if self.cfg.loop_input == "none" else torch.zeros_like(e)
+
+    def _step(self, h, e, k: int, cos, sin, c, attn_maps) -> torch.Tensor:
+        """Loop k (1-based): h_{k-1} -> h_k, with the configured variants (see the module docstring)."""
+        if self.cfg.loop_input == "add":
+            h = h + e
+        elif self.cfg.loop_input == "concat":
+            h = self.loop_adapter(torch.cat([h, e], dim=-1))
+        if self.loop_index is not None:
+            h = h + self.loop_index.weight[min(k, self.cfg.s_max) - 1].to(h.dtype)
+        h = self._mid(h, cos, sin, c, attn_maps)
+        return h if self.loop_state_norm is None else self.loop_state_norm(h)
+
+    def _loop(self, h, cos, sin, c, loops: int, attn_maps, trace: list | None = None) -> torch.Tensor:
+        """The recurrence: the mid block applied ``loops`` times with shared weights. ``trace`` (analysis only)
+        receives the state after every loop, for the loop diagnostics."""
+        e, h = h, self._start(h)
+        for k in range(1, loops + 1):
+            h = self._step(h, e, k, cos, sin, c, attn_maps)
+            if trace is not None:
+                trace.append(h)
         return h
 
     def _loop_until_settled(self, h, cos, sin, c, cap: int, threshold: float, attn_maps):
         """Adaptive exit: each sequence stops once its relative change falls under ``threshold`` (at most
         ``cap`` loops). Finished sequences leave the batch (their state is kept as it was when they stopped),
-        so the compute saved is real."""
+        so the compute saved is real. The first loop's change is measured from h_0 (the head output, or 0
+        with input injection, where it is 1 by construction)."""
         B = h.shape[0]
         loops_used = torch.full((B,), cap, dtype=torch.long, device=h.device)
         last_change = torch.full((B,), float("nan"), device=h.device)
         active = torch.arange(B, device=h.device)  # sequences still looping
+        e, h = h, self._start(h)
         for k in range(1, cap + 1):
             whole = active.numel() == B
-            h_act = h if whole else h[active]
-            c_act = None if c is None or whole else c[active]
-            new = self._mid(h_act, cos, sin, c if whole else c_act, attn_maps)
-            rel = ((new - h_act).flatten(1).norm(dim=1) / new.flatten(1).norm(dim=1).clamp_min(1e-12)).float()
+            h_act, e_act = (h, e) if whole else (h[active], e[active])
+            c_act = c if c is None or whole else c[active]
+            new = self._step(h_act, e_act, k, cos, sin, c_act, attn_maps)
+            rel = relative_change(new, h_act)
             last_change[active] = rel
             done = rel < threshold
             loops_used[active[done]] = k
@@ -227,3 +275,16 @@ class LoopMDM(nn.Module):
             if active.numel() == 0:
                 break
         return h, LoopStats(loops_used=loops_used, last_rel_change=last_change)
+
+    @torch.no_grad()
+    def loop_trace(self, x: torch.Tensor, t: torch.Tensor | None, loops: int) -> list[torch.Tensor]:
+        """The state after each of ``loops`` loops, h_0 first (analysis only: the loop diagnostics)."""
+        h, cos, sin, c = self._prelude(x, t)
+        trace = [self._start(h)]
+        self._loop(h, cos, sin, c, loops, None, trace)
+        return trace
+
+
+def relative_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """||h_k - h_{k-1}|| / ||h_k|| per sequence (B,), in fp32: the adaptive-exit criterion."""
+    return ((new - old).flatten(1).norm(dim=1) / new.flatten(1).norm(dim=1).clamp_min(1e-12)).float()

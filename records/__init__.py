@@ -13,9 +13,9 @@ from .io import (Records, append_jsonl, atomic_write, atomic_write_bytes, atomic
 from .ledger import (LEDGER, KnownJob, QueueEntry, job_comment, known_jobs, ledger_failed, ledger_intent,
                      ledger_submitted, new_submission_id, slurm_queue)
 from .lock import Locked, RunLock, lock_holder
-from .rundir import (CKPT_DIR, CKPT_META, CONFIG, DONE, EVALS, EVALS_DIR, FAILED, MANIFEST, METRICS, PREEMPTED, RUNNING, SYSTEM,
+from .rundir import (CKPT_DIR, CKPT_META, CONFIG, DONE, EVALS, EVALS_DIR, FAILED, LOOP_DIAG, MANIFEST, METRICS, PREEMPTED, RUNNING, SYSTEM,
                      RUNS_DIR, SLUG_MAX, attention_path, ckpt_meta, ckpt_name, ckpt_root, ckpt_step, ckpt_tmp,
-                     clean_partial_checkpoints, complete_checkpoints, cut_logs_to_step, done_summary, read_evals,
+                     clean_partial_checkpoints, complete_checkpoints, cut_logs_to_step, done_summary, read_evals, read_loop_diagnostics,
                      has_checkpoint, heartbeat, is_task_eval_file, job_context, last_preemption, latest_checkpoint, list_run_dirs,
                      mark_done, mark_failed, mark_preempted, read_config, recorded_hash, run_dir, run_key,
                      safe_slug, study_of, task_eval_path, verify_checkpoint, write_manifest)

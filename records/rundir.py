@@ -3,6 +3,7 @@ train, evaluate and analysis (docs/INTERFACES.md, "Run directory").
 
     runs/<slug>-<hash12>/
       config.yaml      the resolved config (+ meta)       metrics.jsonl / evals.jsonl   append-only logs
+                                                          loops.jsonl (looped runs)     loop diagnostics
       ckpt/step_NNNNNNNN/  ... MANIFEST.json (last)        evals/<task>-<hash>.json      task results
       RUNNING.json (heartbeat)  DONE.json | FAILED.json | PREEMPTED.json                  markers
       .lock            held (flock) by the live process that trains the run
@@ -32,6 +33,7 @@ RUNNING = "RUNNING.json"
 SYSTEM = "system.json"  # how the run was executed (world size, precision, machine): not its identity
 METRICS = "metrics.jsonl"
 EVALS = "evals.jsonl"
+LOOP_DIAG = "loops.jsonl"  # per-loop state diagnostics of looped runs at each eval point (model.diagnostics)
 EVALS_DIR = "evals"
 CKPT_DIR = "ckpt"
 CKPT_PREFIX = "step_"
@@ -292,12 +294,17 @@ def cut_logs_to_step(run_dir: PathLike, step: int) -> dict[str, int]:
     to checkpoints and are kept. Returns the rows dropped per file."""
     rd = Path(run_dir)
     keep = lambda r: r.get("scan") or (isinstance(r.get("step"), int) and r["step"] <= step)  # noqa: E731
-    return {METRICS: truncate_jsonl(rd / METRICS, keep), EVALS: truncate_jsonl(rd / EVALS, keep)}
+    return {name: truncate_jsonl(rd / name, keep) for name in (METRICS, EVALS, LOOP_DIAG)}
 
 
 def read_evals(run_dir: PathLike):
     """The eval log of a run (records and the count of torn lines)."""
     return read_records(Path(run_dir) / EVALS)
+
+
+def read_loop_diagnostics(run_dir: PathLike):
+    """The loop-diagnostics log of a looped run (records and the count of torn lines; empty for other runs)."""
+    return read_records(Path(run_dir) / LOOP_DIAG)
 
 
 def holder_text(info: Mapping[str, Any] | None) -> str:

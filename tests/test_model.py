@@ -198,16 +198,33 @@ def test_exact_flops_match_torch_flop_counter(d, heads, layers, S, L, tc):
     assert per_token * 2 * L == pytest.approx(3 * expect)
 
 
-def test_deeper_mdm_has_flops_of_looped_at_k():
+def test_unrolled_mdm_has_flops_of_looped_at_k():
     cfg = tiny(s_max=6)
     for k in (1, 2, 5):
-        deep = cfg.deeper(k)
+        deep = cfg.unrolled(k)
         assert deep.n_layers_physical == cfg.n_head_layers + k * cfg.n_mid_layers + cfg.n_tail_layers
         for conv in flops.CONVENTIONS:
             assert flops.train_flops_per_token(deep, 32, 1, conv) == pytest.approx(
                 flops.train_flops_per_token(cfg, 32, k, conv))
-    assert cfg.deeper().n_layers_physical == 1 + round(cfg.expected_loops * cfg.n_mid_layers) + 1
-    assert tiny(s_max=12).deeper().n_layers_physical == 1 + 13 + 1  # E[S] = 6.5 with 2 looped layers
+    assert cfg.deeper(32).n_layers_physical == 1 + round(cfg.expected_loops * cfg.n_mid_layers) + 1  # 3.5 x 2 = 7
+    assert tiny(s_max=12).deeper(32).n_layers_physical == 1 + 13 + 1  # E[S] = 6.5 with 2 looped layers
+
+
+def test_deeper_depth_matches_per_step_flops_or_brackets_them():
+    """E[S] x n_mid = 2.5 (s_max 4, one looped layer): no integer depth is within 5% of the looped model's
+    per-step FLOPs, so both bracketing depths come back (banker's rounding used to give only the cheaper)."""
+    cfg = tiny(n_mid_layers=1, s_max=4)  # 1 + 2.5 + 1 = 4.5 layers
+    depths = cfg.deeper_depths(32)
+    assert [n for n, _ in depths] == [4, 5]
+    target = flops.forward_flops(cfg, 32, cfg.expected_loops)
+    for n, ratio in depths:
+        assert ratio == pytest.approx(flops.forward_flops(cfg.plain_stack(n), 32, 1) / target)
+    assert depths[0][1] < 1 < depths[1][1]
+    # integral E[S] x n_mid: one depth, exactly equal compute
+    assert cfg.replace(s_max=3).deeper_depths(32) == [(4, pytest.approx(1.0))]
+    # a looser tolerance accepts the closest one alone
+    (n, r), = cfg.deeper_depths(32, tolerance=0.2)
+    assert n in (4, 5) and abs(r - 1) < 0.2
     # the same-size baseline holds the same layers, so the same parameters
     assert flops.param_counts(cfg.non_looped()).total == flops.param_counts(cfg).total
 

@@ -27,6 +27,9 @@ SCHEDULES = ("constant", "cosine", "wsd")
 KINDS = ("pretrain", "sft")
 PRECISIONS = ("fp32", "bf16")
 NON_SEMANTIC = ("system", "data.cache_dir", "eval.batch_size", "meta")
+#: fields added after runs existed: left out of the hash while at their default, so a config that does not
+#: use them keeps the identity (and the run directory) it had before they were added
+HASHED_ONLY_IF_SET = {"model.loop_input": "none", "model.loop_embed": False, "model.loop_norm": False}
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,10 @@ class RunConfig:
             for p in parts[:-1]:
                 node = node.get(p, {})
             node.pop(parts[-1], None)
+        for key, default in HASHED_ONLY_IF_SET.items():
+            section, name = key.split(".")
+            if d.get(section, {}).get(name, default) == default:
+                d.get(section, {}).pop(name, None)
         return d
 
     @functools.cached_property
@@ -408,7 +415,9 @@ def slug(cfg: RunConfig) -> str:
     budget = f"c{b.flops:.0e}" if b.flops is not None else (f"t{b.tokens:.0e}" if b.tokens is not None else f"n{b.steps}")
     budget = budget.replace("+", "")
     kind = "" if cfg.kind == "pretrain" else f"{cfg.kind}-"
-    return f"{kind}d{m.d_model}-l{m.n_head_layers}.{m.n_mid_layers}.{m.n_tail_layers}-s{m.s_max}-{budget}"
+    variant = ("" if m.loop_input == "none" else f"-x{m.loop_input}") + ("-pe" if m.loop_embed else "") + \
+        ("-ln" if m.loop_norm else "")
+    return f"{kind}d{m.d_model}-l{m.n_head_layers}.{m.n_mid_layers}.{m.n_tail_layers}-s{m.s_max}{variant}-{budget}"
 
 
 def dump_yaml(cfg: RunConfig) -> str:

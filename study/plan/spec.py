@@ -16,7 +16,7 @@ Spec keys:
   scaling: {lr: RULE, batch: RULE, warmup: RULE}   # study/scaling.py
   resources: {executor, partition, gpus_per_node, time_min, ...}   # study/launch.py ResourceSpec
   resource_classes: {NAME: {overrides}}  # chosen per run by the axis/base key `resource_class`
-  estimate: {tflops_per_gpu: 989, mfu: 0.4}   # for the plan's GPU-hours column
+  estimate: {tflops_per_gpu: 989, mfu: 0.4, cpu_gflops: 37}   # the plan's GPU-hours and CPU-time columns
   finetune: {corpus: SOURCE, roles: [looped, baseline_same], budget: {steps: N}, optim: {...}}
                               # a second stage: each selected pretraining run gets a fine-tuned child
                               # (kind: sft, init_from: its parent), submitted after the parent (SLURM
@@ -45,6 +45,10 @@ SPEC_KEYS = ["study", "description", "base", "axes", "zip", "baselines", "scalin
 ROLES = ("looped", "baseline_same", "baseline_deeper", "single")
 BASELINES = ("same_size", "deeper")
 ROLE_OF = {"same_size": "baseline_same", "deeper": "baseline_deeper"}
+#: end-to-end rate of the embedded default on 2 idle CPU cores (training and evaluations, exact FLOPs per
+#: second of wall time: 4.85e13 FLOPs in 22 min, results/demo/MACHINE.md): the plan's CPU-time column
+CPU_GFLOPS = 37.0
+CPU_GFLOPS_NOTE = "the spec's estimate.cpu_gflops (default: the demo's rate on 2 cores, evals included)"
 
 
 @dataclass
@@ -131,8 +135,11 @@ def parse_spec(raw: dict, path: Path | None = None) -> Spec:
     for knob, rule in scaling.items():
         RULES[knob](str(rule))  # validates the rule name now
     classes = raw.get("resource_classes") or {}
-    estimate = {"tflops_per_gpu": 989.0, "mfu": 0.4} | (raw.get("estimate") or {})
-    reject_unknown_keys("estimate", estimate, ["tflops_per_gpu", "mfu"])
+    estimate = {"tflops_per_gpu": 989.0, "mfu": 0.4, "cpu_gflops": CPU_GFLOPS} | (raw.get("estimate") or {})
+    reject_unknown_keys("estimate", estimate, ["tflops_per_gpu", "mfu", "cpu_gflops"])
+    for k, v in estimate.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ConfigError(f"estimate.{k}", f"got {v!r}; must be a positive number")
     finetune = raw.get("finetune")
     if finetune is not None:
         if not isinstance(finetune, dict) or not finetune.get("corpus"):
@@ -249,13 +256,20 @@ def expand(spec: Spec) -> list[PlannedRun]:
         group_id = f"{records.safe_slug(config_mod.slug(cfg))}-{cfg.hash[:8]}"
         add(cfg, axes, rclass, {"group": group_id, "role": "looped"})
         for b in spec.baselines:
-            braw = config_mod.copy_tree(raw)
-            _apply_layout(braw)
-            model = dict(cfg.model.non_looped().to_dict() if b == "same_size" else cfg.model.deeper().to_dict())
-            braw["model"] = model
-            braw.setdefault("eval", {}).pop("loops", None)
-            bcfg = _build(braw, spec, Where(assignment, f"({b} baseline)"))
-            add(bcfg, axes, rclass, {"group": group_id, "role": ROLE_OF[b]})
+            if b == "same_size":
+                models = [(cfg.model.non_looped(), None)]
+            else:  # one depth within 5% of the looped model's per-step FLOPs, else the two bracketing depths
+                models = [(cfg.model.plain_stack(n), ratio) for n, ratio in cfg.model.deeper_depths(cfg.data.seq_len)]
+            for model, ratio in models:
+                braw = config_mod.copy_tree(raw)
+                _apply_layout(braw)
+                braw["model"] = dict(model.to_dict())
+                braw.setdefault("eval", {}).pop("loops", None)
+                bcfg = _build(braw, spec, Where(assignment, f"({b} baseline)"))
+                member = {"group": group_id, "role": ROLE_OF[b]}
+                if ratio is not None:
+                    member["flops_ratio"] = round(ratio, 4)  # per-step FLOPs, deeper / looped at E[S]
+                add(bcfg, axes, rclass, member)
     pretrain = list(runs.values())
     return pretrain + (_finetune_children(spec, pretrain) if spec.finetune else [])
 
@@ -295,6 +309,9 @@ def plan_row(pr: PlannedRun, spec: Spec) -> dict:
         row[f"flops_{conv}"] = per_step * cfg.steps
     rate = spec.estimate["tflops_per_gpu"] * 1e12 * spec.estimate["mfu"]  # GPU-hours do not depend on GPU count
     row["est_gpu_hours"] = row["flops_exact"] / rate / 3600
+    row["est_cpu_minutes"] = row["flops_exact"] / (spec.estimate["cpu_gflops"] * 1e9) / 60
+    ratios = [g["flops_ratio"] for g in pr.groups if "flops_ratio" in g]
+    row["flops_ratio_vs_looped"] = ratios[0] if ratios else None
     return row
 
 
@@ -304,12 +321,14 @@ def format_plan(rows: list[dict]) -> str:
             ("N_eff", "params_effective", "{:.3g}"), ("steps", "steps", "{}"), ("tokens", "tokens", "{:.3g}"),
             ("C/step exact", "flops_per_step_exact", "{:.3g}"), ("C 6N_nonemb", "flops_6N_nonembed", "{:.3g}"),
             ("C 6N_total", "flops_6N_total", "{:.3g}"), ("C exact", "flops_exact", "{:.3g}"),
-            ("GPU-h", "est_gpu_hours", "{:.3g}")]
-    table = [[h for h, _, _ in cols]] + [[f.format(r[k]) for _, k, f in cols] for r in rows]
+            ("C/step vs loop", "flops_ratio_vs_looped", "{:.3f}"), ("GPU-h", "est_gpu_hours", "{:.3g}"),
+            ("CPU-min", "est_cpu_minutes", "{:.2g}")]
+    table = [[h for h, _, _ in cols]] + [["—" if r.get(k) is None else f.format(r[k]) for _, k, f in cols] for r in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in table]
-    total = {k: sum(r[k] for r in rows) for k in ("flops_exact", "est_gpu_hours")}
-    lines.append(f"{len(rows)} runs; {total['flops_exact']:.3g} FLOPs (exact); ~{total['est_gpu_hours']:.3g} GPU-hours")
+    total = {k: sum(r[k] for r in rows) for k in ("flops_exact", "est_gpu_hours", "est_cpu_minutes")}
+    lines.append(f"{len(rows)} runs; {total['flops_exact']:.3g} FLOPs (exact); ~{total['est_gpu_hours']:.3g} GPU-hours; "
+                 f"~{total['est_cpu_minutes']:.3g} CPU-minutes at {CPU_GFLOPS_NOTE}")
     return "\n".join(lines)
 
 

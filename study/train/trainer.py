@@ -31,6 +31,7 @@ import torch
 
 import records
 from model import LoopMDM, flops, masked_diffusion_loss, train_loops
+from model.diagnostics import loop_means, loop_sums
 from model.diffusion import estimate_from_draws, nelbo_draws
 from study.plan.config import RunConfig, dump_yaml
 from study.plan.config import from_dict as config_from_dict
@@ -294,10 +295,11 @@ class Trainer:
                        f"start the run again from step 0")
 
     # -- evaluation ----------------------------------------------------------------------------------
-    def _eval(self, progress: Progress, final: bool) -> list[dict]:
+    def _eval(self, progress: Progress, final: bool) -> None:
         """Every rank evaluates a contiguous share of the eval sequences (same noise per sequence whatever
-        the split), the shares are gathered, rank 0 returns the rows. With EMA, a plain copy of the model
-        holds the EMA weights, so the training weights are never touched."""
+        the split), the shares are gathered, rank 0 appends the rows to evals.jsonl (and, for a looped
+        model, the per-loop state diagnostics to loops.jsonl). With EMA, a plain copy of the model holds the
+        EMA weights, so the training weights are never touched."""
         cfg = self.cfg
         if self.ema is not None or cfg.system.zero_stage == 3:
             state = self.ema if self.ema is not None else self._full_state()
@@ -328,7 +330,20 @@ class Trainer:
                                f"optim.warmup_steps")
             rows.append({"step": progress.step, "tokens": progress.tokens, **progress.flops(), "eval_loops": loops,
                          "exit_threshold": eps, **est.to_dict(), "is_final": final})
-        return rows if self.rank == 0 else []
+        diag = None
+        if cfg.model.is_looped:  # as far as the deepest loop count evaluated: drift shows past s_max
+            K = max([*cfg.eval_loops, cfg.model.s_max])
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                sums = loop_sums(model, self.eval_tokens, K, seed=cfg.eval.seed, n_draws=cfg.eval.n_draws,
+                                 batch_size=cfg.eval.batch_size, rows=rows_here)
+            parts = all_gather(sums, self.world)
+            diag = {"step": progress.step, "tokens": progress.tokens, **progress.flops(), "loops": K,
+                    **loop_means({k: sum(p[k] for p in parts) for k in sums}), "is_final": final}
+        if self.rank == 0:
+            for row in rows:
+                records.append_jsonl(self.run_dir / records.EVALS, row)
+            if diag is not None:
+                records.append_jsonl(self.run_dir / records.LOOP_DIAG, diag)
 
     def _check_weights(self, progress: Progress) -> None:
         """Every parameter finite after the last update (a NaN produced by that update shows nowhere else)."""
@@ -406,8 +421,7 @@ class Trainer:
 
             bar = tqdm(total=steps, initial=progress.step, desc=self.run_dir.name[:40], unit="step", leave=False)
         if progress.step == 0 and 0 not in eval_steps and cfg.kind == "pretrain":
-            for row in self._eval(progress, final=False):  # the untrained point anchors every curve
-                records.append_jsonl(evals_path, row)
+            self._eval(progress, final=False)  # the untrained point anchors every curve
         status = "done"
         window = Window()
         window.reset(self.device)
@@ -445,8 +459,7 @@ class Trainer:
                 self._log(metrics_path, progress, window, loops, loss_val, lr, peak, quiet=bar is not None)
                 window.reset(self.device)
             if do_eval:
-                for row in self._eval(progress, final=is_last):
-                    records.append_jsonl(evals_path, row)
+                self._eval(progress, final=is_last)
             if do_ckpt:
                 self._save(progress)
         if bar is not None:
