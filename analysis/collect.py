@@ -47,6 +47,8 @@ BASE_COLUMNS = [
     "nll_data_se", "n_seqs", "nll_per_seq", "eval_set",
     # how the run was split over processes (system.json; None for runs written before it existed)
     "world_size", "grad_accum",
+    # the looped block's variant ("plain" = the weight-tied recurrence; model.loop_input/loop_embed/loop_norm)
+    "variant",
 ]
 EVAL_FIELDS = ["step", "tokens", "flops_6N_nonembed", "flops_6N_total", "flops_exact", "eval_loops",
                "exit_threshold", "nll", "nll_se", "mean_loops", "is_final", "nll_data_se", "n_seqs", "nll_per_seq"]
@@ -94,6 +96,39 @@ def _seq_list(v: Any) -> np.ndarray | None:
     except (TypeError, ValueError):
         return None
     return a if a.ndim == 1 and a.size else None
+
+
+def variant_label(model: dict[str, Any]) -> str:
+    """'plain', or the looped-block variants joined by '+': 'inject=concat+loop-embed+loop-norm'."""
+    parts = []
+    if (model.get("loop_input") or "none") != "none":
+        parts.append(f"inject={model['loop_input']}")
+    if model.get("loop_embed"):
+        parts.append("loop-embed")
+    if model.get("loop_norm"):
+        parts.append("loop-norm")
+    return "+".join(parts) or "plain"
+
+
+def load_loop_diagnostics(study_dir: str | Path) -> pd.DataFrame:
+    """Per-loop state diagnostics of looped runs (``runs/*/loops.jsonl``, written at every eval point by
+    the trainer): one row per (run, eval step) with the per-loop lists of ``model.diagnostics``."""
+    rows = []
+    for run_dir in records.list_run_dirs(study_dir):
+        log = records.read_loop_diagnostics(run_dir)
+        if not log.rows:
+            continue
+        try:
+            cfg = records.read_config(run_dir) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        meta, model = cfg.get("meta") or {}, cfg.get("model") or {}
+        for r in log.rows:
+            rows.append({"run": str(meta.get("hash") or run_dir.name), "slug": meta.get("slug") or run_dir.name,
+                         "variant": variant_label(model), "s_max": model.get("s_max"),
+                         "n_head_layers": model.get("n_head_layers"), "n_mid_layers": model.get("n_mid_layers"),
+                         "n_tail_layers": model.get("n_tail_layers"), **r})
+    return pd.DataFrame(rows)
 
 
 def _infer_groups(cfg: dict[str, Any], model: dict[str, Any]) -> list[dict[str, str]]:
@@ -147,6 +182,7 @@ def read_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         "lr_schedule": (cfg.get("optim") or {}).get("schedule"),
         "done": status["done"], "seed": cfg.get("seed"), "eval_set": eval_set_key(cfg),
         "world_size": system.get("world_size"), "grad_accum": system.get("grad_accum"),
+        "variant": variant_label(model),
     }
     for k, v in (meta.get("axes") or {}).items():
         base[f"axis_{k}"] = _axis_value(v)
@@ -176,7 +212,7 @@ def _coerce(df: pd.DataFrame) -> pd.DataFrame:
     for c in ("is_final", "done"):
         df[c] = df[c].map(lambda v: bool(v) if v is not None and not (isinstance(v, float) and math.isnan(v))
                           else False).astype(bool)
-    for c in ("study", "run", "slug", "group", "role", "family", "budget_convention", "lr_schedule", "eval_set"):
+    for c in ("study", "run", "slug", "group", "role", "family", "budget_convention", "lr_schedule", "eval_set", "variant"):
         df[c] = df[c].astype("object").where(df[c].notna(), None)
     df["nll_per_seq"] = pd.Series([_seq_list(v) for v in df["nll_per_seq"]], index=df.index, dtype="object")
     return df

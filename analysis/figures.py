@@ -305,8 +305,42 @@ def fig_adaptive(df: pd.DataFrame, figdir: Path, formats=("png", "pdf")) -> Figu
         return FigureResult(name, _save(fig, figdir, name, formats), caption=cap)
 
 
+def fig_loop_state(diag: pd.DataFrame | None, figdir: Path, formats=("png", "pdf")) -> FigureResult:
+    """Relative change, increment size and state norm vs loop k, one line per looped run (last eval point)."""
+    name = "loop_state"
+    cap = ("Looped state per loop k, last eval point of each looped run: relative change ||h_k − h_{k−1}||/||h_k|| "
+           "(left), increment ||h_k − h_{k−1}|| per token (middle), state norm per token (right); dotted: s_max")
+    if diag is None or diag.empty:
+        return FigureResult(name, note="no loop diagnostics (loops.jsonl: looped runs trained with this version)",
+                            caption=cap)
+    last = diag.sort_values("step").groupby("run", sort=False).tail(1).sort_values("slug")
+    cmap = plt.get_cmap("tab10")
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
+        for i, (_, r) in enumerate(last.iterrows()):
+            k = np.arange(1, len(r["rel_change"]) + 1)
+            label = f"{r['variant']} · {r['n_head_layers']}+{r['n_mid_layers']}+{r['n_tail_layers']}"
+            style = dict(color=cmap(i % 10), marker="os^vD<>ph*"[i % 10], ms=3.5, label=label)
+            axes[0].plot(k, r["rel_change"], **style)
+            axes[1].plot(k, r["increment_norm"], **style)
+            axes[2].plot(k, r["state_norm"], **style)
+        smax = pd.to_numeric(last["s_max"], errors="coerce").dropna().unique()
+        for a, ylab in zip(axes, ("relative change", "increment norm per token", "state norm per token")):
+            a.set_xlabel("loop k")
+            a.set_ylabel(ylab)
+            for sm in smax:
+                a.axvline(sm, color="k", lw=0.8, ls=":")
+        axes[0].set_yscale("log")
+        axes[1].set_yscale("log")
+        axes[0].legend(fontsize=7, loc="best")
+        fig.suptitle("Does the looped state settle or drift?")
+        fig.tight_layout()
+        return FigureResult(name, _save(fig, figdir, name, formats), caption=cap)
+
+
 def make_figures(df: pd.DataFrame, tasks: pd.DataFrame | None, fits: StudyFits | None, claims: Sequence[Claim],
-                 figdir: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[FigureResult]:
+                 figdir: str | Path, formats: Sequence[str] = ("png", "pdf"),
+                 loop_diag: pd.DataFrame | None = None) -> list[FigureResult]:
     """All figures; each failure is contained to its figure."""
     figdir = Path(figdir)
     jobs = []
@@ -316,7 +350,8 @@ def make_figures(df: pd.DataFrame, tasks: pd.DataFrame | None, fits: StudyFits |
         for fam in ("mdm", "loopmdm", "mdm_deeper"):
             jobs.append(lambda fam=fam: fig_isoflop(fits, fam, figdir, formats))
     jobs += [lambda: fig_multiplier(claims, figdir, formats), lambda: fig_nll_vs_loops(df, figdir, formats),
-             lambda: fig_score_vs_loops(tasks, figdir, formats), lambda: fig_adaptive(df, figdir, formats)]
+             lambda: fig_score_vs_loops(tasks, figdir, formats), lambda: fig_adaptive(df, figdir, formats),
+             lambda: fig_loop_state(loop_diag, figdir, formats)]
     out = []
     for j in jobs:
         try:

@@ -23,7 +23,8 @@ import records
 from ._util import CONVENTIONS, atomic_write_text, dumps, fmt, normalise_convention
 from .claims import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, TASK_EVAL_CONTRACT, Claim, evaluate_claims,
                      multiplier_disagreements)
-from .collect import BASE_COLUMNS, load_or_collect, load_task_evals
+from . import loop_diagnostics as LD
+from .collect import BASE_COLUMNS, load_loop_diagnostics, load_or_collect, load_task_evals
 from .figures import FigureResult, make_figures
 from .select import CORE_COLUMNS, clean, missing_columns
 from .study_fits import StudyFits, fit_study
@@ -52,6 +53,12 @@ def _ci(c: Claim) -> str:
 
 def _measured(c: Claim) -> str:
     return c.measured_str()
+
+
+def _vs_paper(c: Claim) -> str:
+    if c.paper_verdict is None:
+        return "— (the paper states a direction)"
+    return f"{c.paper_verdict} ({c.paper_text})" if c.paper_verdict != "undetermined" else "undetermined"
 
 
 def environment() -> dict[str, str]:
@@ -233,7 +240,7 @@ def _claim_section(kind: str, claims: Sequence[Claim], figs: dict[str, FigureRes
         L += [f"_Rule:_ {cs[0].rule}.", ""]
     for c in cs:
         L.append(f"**{c.name}** — {VERDICT_MARK.get(c.verdict, c.verdict)}: measured {_measured(c)}, 95% CI {_ci(c)}"
-                 f" (paper: {c.paper_text}).")
+                 f" (paper: {c.paper_text}; vs the paper: {_vs_paper(c)}; detectable: {c.mde_text or '—'}).")
         for cv in c.caveats:
             L.append(f"- {cv}")
         L.append("")
@@ -310,9 +317,59 @@ def _claim_section(kind: str, claims: Sequence[Claim], figs: dict[str, FigureRes
     return L
 
 
+def _loop_md(sens: pd.DataFrame | None, states: pd.DataFrame | None, figs: dict[str, FigureResult],
+             study_dir: Path) -> list[str]:
+    """Per looped run: loop sensitivity (inert?), NLL beyond s_max, and whether the looped state settles."""
+    if (sens is None or sens.empty) and (states is None or states.empty):
+        return []
+    L = ["## Loop diagnostics", "",
+         f"_Sensitivity_ = NLL(S=1) − NLL(S=s_max), final eval, paired 95% CI; **inert** when the CI lies within "
+         f"±{LD.INERT_NATS} nats/token. _Beyond s_max_ = NLL(largest S evaluated) − NLL(S=s_max). _State_ from the "
+         f"per-loop diagnostics at the last eval point: **settles** when the increment ||h_k − h_(k−1)|| shrinks "
+         f"below {LD.SETTLE_RATIO:g}× its loop-2 size by the last loop, **drifts** when it does not while consecutive "
+         f"increments stay aligned (cosine > {LD.DRIFT_COS:g}) and the norm grows.", "",
+         "| run | variant | sensitivity, nats/token [95% CI] | inert | beyond s_max [95% CI] | state | increment last/2nd "
+         "| late cosine | norm growth | rel. change k=1 → last |", "|---|---|---|---|---|---|---|---|---|---|"]
+    st = {} if states is None or states.empty else {r["run"]: r for _, r in states.iterrows()}
+    sn = {} if sens is None or sens.empty else {r["run"]: r for _, r in sens.iterrows()}
+    for run in list(sn) + [r for r in st if r not in sn]:
+        a, b = sn.get(run), st.get(run)
+        slug, variant = (a if a is not None else b)["slug"], (a if a is not None else b)["variant"]
+        if a is not None:
+            sens_t = f"{a['sensitivity']:+.4f} [{a['sens_low']:+.4f}, {a['sens_high']:+.4f}]"
+            inert = "**yes**" if a["inert"] else "no"
+            bey = (f"S={int(a['beyond_S'])}: {a['beyond_delta']:+.4f} [{a['beyond_low']:+.4f}, {a['beyond_high']:+.4f}]"
+                   if pd.notna(a.get("beyond_S")) else "— (no S > s_max)")
+        else:
+            sens_t, inert, bey = "—", "—", "—"
+        if b is not None:
+            state = (b["state"], fmt(b["increment_ratio"]), fmt(b["late_cos"]), f"{fmt(b['norm_growth'])}×",
+                     f"{fmt(b['rel_change_first'])} → {fmt(b['rel_change_last'])} (k={b['loops']})")
+        else:
+            state = ("— (no loops.jsonl)", "—", "—", "—", "—")
+        L.append(f"| {_cell(slug)} | {_cell(variant)} | {sens_t} | {inert} | {bey} | " + " | ".join(map(_cell, state)) + " |")
+    L.append("")
+    if sens is not None and not sens.empty and "variant" in sens:
+        L += ["Per variant (mean over its runs):", "", "| variant | runs | sensitivity | inert runs | beyond s_max | state(s) |",
+              "|---|---|---|---|---|---|"]
+        for v, g in sens.groupby("variant", sort=False):
+            kinds = sorted({st[r]["state"] for r in g["run"] if r in st}) or ["—"]
+            bd = g["beyond_delta"].dropna() if "beyond_delta" in g else pd.Series(dtype=float)
+            L.append(f"| {_cell(v)} | {len(g)} | {g['sensitivity'].mean():+.4f} | {int(g['inert'].sum())} | "
+                     f"{'—' if bd.empty else f'{bd.mean():+.4f}'} | {', '.join(kinds)} |")
+        L.append("")
+    f = figs.get("loop_state")
+    if f is not None and f.made:
+        png = [p for p in f.files if p.endswith(".png")]
+        if png:
+            L += [f"![{f.caption}]({os.path.relpath(png[0], study_dir)})", "", f"_{f.caption}_", ""]
+    return L
+
+
 def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd.DataFrame, fits: StudyFits | None,
                     claims: Sequence[Claim], figs: Sequence[FigureResult], missing: Sequence[str],
-                    notes: Sequence[str], n_boot: int, seed: int, env: dict[str, str]) -> str:
+                    notes: Sequence[str], n_boot: int, seed: int, env: dict[str, str],
+                    loop_sens: pd.DataFrame | None = None, loop_states: pd.DataFrame | None = None) -> str:
     n_runs = int(df["run"].nunique()) if "run" in df and not df.empty else 0
     s = summary or {}
     L = [f"# LoopMDM claims report — {study}", "",
@@ -323,12 +380,21 @@ def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd
         L.append(f"> **Input problem:** {n}")
     if notes:
         L.append("")
-    L += ["## Claims", "", "| claim | paper | measured | 95% CI | verdict | caveats |", "|---|---|---|---|---|---|"]
+    L += ["## Claims", "",
+          "Two verdicts per claim: against no effect (the claim's rule) and against the paper's value where it states "
+          "one; the last column is the smallest effect this study would detect at 80% power from its own errors, so "
+          "an _inconclusive_ says whether more data would help.", "",
+          "| claim | paper | measured | 95% CI | verdict (vs no effect) | vs the paper | detectable (80% power) | caveats |",
+          "|---|---|---|---|---|---|---|---|"]
     for c in claims:
         cav = "; ".join(c.caveats[:3]) + (f" (+{len(c.caveats) - 3} more)" if len(c.caveats) > 3 else "")
         L.append(f"| {_cell(c.name)} | {_cell(c.paper_text)} | {_cell(_measured(c))} | {_ci(c)} | "
-                 f"{VERDICT_MARK.get(c.verdict, c.verdict)} | {_cell(cav)} |")
+                 f"{VERDICT_MARK.get(c.verdict, c.verdict)} | {_cell(_vs_paper(c))} | {_cell(c.mde_text or '—')} | "
+                 f"{_cell(cav)} |")
     L.append("")
+    inert = [c for c in claims if c.details.get("inert_runs")]
+    if inert:
+        L += [f"> **Inert looping:** {inert[0].details['inert_runs']} — see *Loop diagnostics*.", ""]
     dis = multiplier_disagreements(claims)
     if dis:
         L += ["**The fitted multiplier and the paper-protocol multiplier disagree** (CIs do not overlap): "
@@ -336,6 +402,7 @@ def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd
     figmap = {f.name: f for f in figs}
     for kind in SECTION_TITLES:
         L += _claim_section(kind, claims, figmap, study_dir, dis)
+    L += _loop_md(loop_sens, loop_states, figmap, study_dir)
     L += _diagnostics_md(fits)
     L += ["## What is missing", ""]
     L += [f"- {m}" for m in missing] if missing else ["Nothing: every claim had its inputs."]
@@ -405,17 +472,26 @@ def run_report(
                              conventions=conventions, n_boot=n_boot, seed=seed)
     timings["claims"] = time.perf_counter() - t1
     t1 = time.perf_counter()
+    loop_diag = load_loop_diagnostics(study_dir) if (study_dir / "runs").is_dir() else pd.DataFrame()
+    try:
+        loop_sens = LD.loop_sensitivity(df) if len(df) and not miss_core else pd.DataFrame()
+        loop_states = LD.state_table(loop_diag)
+    except Exception as e:  # diagnostics never take the report down
+        notes.append(f"loop diagnostics failed: {e.__class__.__name__}: {e}")
+        loop_sens = loop_states = pd.DataFrame()
     figs: list[FigureResult] = []
     if figures and len(df) and not miss_core:
-        figs = make_figures(df, tasks, fits, claims, study_dir / "figures", formats)
+        figs = make_figures(df, tasks, fits, claims, study_dir / "figures", formats, loop_diag=loop_diag)
     timings["figures"] = time.perf_counter() - t1
     missing = _missing_list(summary, df if not miss_core else pd.DataFrame(), fits, claims, [])
     env = environment()
-    md = render_markdown(study, study_dir, summary, df, fits, claims, figs, missing, notes, n_boot, seed, env)
+    md = render_markdown(study, study_dir, summary, df, fits, claims, figs, missing, notes, n_boot, seed, env,
+                         loop_sens, loop_states)
     payload = dict(study=study, generated=env, n_boot=n_boot, seed=seed, conventions=list(conventions),
                    input_problems=notes, collect=summary, fits=fits.to_dict() if fits else None,
                    claims=[c.to_dict() for c in claims], multiplier_disagreements=multiplier_disagreements(claims),
-                   figures=[_relative(f.to_dict(), study_dir) for f in figs], missing=missing, timings_s=timings)
+                   figures=[_relative(f.to_dict(), study_dir) for f in figs], missing=missing, timings_s=timings,
+                   loop_sensitivity=loop_sens.to_dict("records"), loop_state=loop_states.to_dict("records"))
     study_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(study_dir / "fits.json", dumps(payload))
     atomic_write_text(study_dir / "report.md", md)
@@ -455,7 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     res = run_report(sd, n_boot=a.bootstrap, conventions=convs, seed=a.seed, figures=not a.no_figures,
                      force_collect=a.force_collect, loops=a.loops, weighted=a.weighted)
     for c in res.claims:
-        print(f"{c.verdict:>14}  {c.name}: {_measured(c)} {_ci(c)}")
+        vs = f" — {c.paper_verdict}" if c.paper_verdict else ""
+        print(f"{c.verdict:>14}  {c.name}: {_measured(c)} {_ci(c)}{vs}")
     if res.missing:
         print(f"{len(res.missing)} item(s) missing — see the report")
     print(f"wrote {res.report_path} and {res.fits_path} in {res.seconds:.1f} s")

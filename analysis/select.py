@@ -7,6 +7,8 @@ adaptive-exit rows, and one inference loop count S for the looped family.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -177,3 +179,21 @@ def protocol_points(df: pd.DataFrame, conv: str, loops: int) -> ProtocolPoints:
     cosine = {r for r, v in sched.items() if is_cosine(v)}
     mid = lt["run"].isin(cosine) & ~lt["is_final"]
     return ProtocolPoints(mem, lt[~mid], bt, sorted(r for r, v in sched.items() if v is None), cosine, int(mid.sum()))
+
+
+def loss_trend(df: pd.DataFrame, family: str = "mdm", floor: float = 0.005) -> dict[str, Any]:
+    """Does the baseline's loss fall with compute? The best final NLL at the smallest and at the largest FLOPs
+    budget: it falls when the drop exceeds twice their combined MC error (and ``floor`` nats). A study where it
+    does not (a held-out corpus the models cannot learn, budgets too close together) cannot measure a
+    training-compute multiplier, however the fits come out."""
+    d = final_points(df, family) if not df.empty and "family" in df else df
+    if d.empty or "budget_flops" not in d or d["budget_flops"].nunique() < 2:
+        return dict(falls=None, text="fewer than 2 budgets: the loss trend in compute is not tested")
+    best = d.sort_values("nll").groupby("budget_flops", sort=True).head(1).sort_values("budget_flops")
+    lo, hi = best.iloc[0], best.iloc[-1]
+    se = float(np.hypot(np.nan_to_num(float(lo["nll_se"])), np.nan_to_num(float(hi["nll_se"]))))
+    fall, noise = float(lo["nll"] - hi["nll"]), max(2 * se, floor)
+    ratio = float(hi["budget_flops"] / lo["budget_flops"])
+    text = (f"{family}: best final NLL {lo['nll']:.4f} at budget {lo['budget_flops']:.3g} vs {hi['nll']:.4f} at "
+            f"{hi['budget_flops']:.3g} ({ratio:.3g}x the compute): a fall of {fall:+.4f} nats/token")
+    return dict(falls=bool(fall > noise), fall=fall, noise=noise, compute_ratio=ratio, text=text)

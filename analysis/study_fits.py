@@ -76,6 +76,7 @@ def fit_study(
     n_col: str = "params_nonembedding",
     families: Sequence[str] = FAMILIES,
     frontier_method: str = "auto",
+    extras: bool = True,
 ) -> StudyFits:
     """Fit what can be fitted; anything that cannot is recorded with the reason, never raised.
 
@@ -90,6 +91,9 @@ def fit_study(
       legitimate (loss, FLOPs) observation, so the lower envelope of all eval points at or above the
       smallest final FLOPs ("trajectory envelope"); with a decaying schedule, the other of the two
       final-point methods above.
+
+    ``extras=False`` fits only what claim 1 reads (IsoFLOP parabolas and the primary frontier): no robustness
+    frontier, Chinchilla L(N, D) or backtests — for coverage studies that refit many synthetic studies.
     """
     conventions = tuple(normalise_convention(c) for c in conventions)
     if loops is None:
@@ -120,7 +124,7 @@ def fit_study(
         else:
             out.isoflop[fam] = F.IsoFlopFit(False, "no budget_flops: runs cannot be grouped into IsoFLOP budgets",
                                             family=fam)
-        traj = _trajectory_points(df, fam, loops) if const_lr.get(fam) else None
+        traj = _trajectory_points(df, fam, loops) if const_lr.get(fam) and extras else None
         for conv in conventions:
             if conv not in d.columns or d[conv].isna().all():
                 out.notes.append(f"family {fam}: no {conv} column/values")
@@ -150,10 +154,12 @@ def fit_study(
                     clusters=t["run"].to_numpy(), strata=tb, n_boot=n_boot,
                     seed=derive_rng(seed, "frontier_traj", fam, conv), family=fam, convention=conv,
                     method="trajectory envelope")
-            elif other is not None:
+            elif other is not None and extras:
                 alt = other
             if alt is not None:
                 out.frontier_alt[f"{fam}|{conv}"] = alt
+        if not extras:
+            continue
         if np.isfinite(N).sum() >= 8 and np.isfinite(D).sum() >= 8:
             out.parametric[fam] = F.fit_parametric(N, D, L, clusters=runs, weights=w, n_boot=n_boot,
                                                    seed=derive_rng(seed, "parametric", fam), family=fam)

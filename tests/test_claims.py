@@ -102,6 +102,44 @@ def test_deeper_mdm_verdicts(delta, verdict):
     assert c.details["eval_loops"] == 8
 
 
+def test_a_study_whose_loss_does_not_fall_with_compute_gets_no_multiplier_headline():
+    """The held-out-corpus case: every final NLL within a few thousandths whatever the budget."""
+    df = frontier_pair_table(3.3)
+    rng = np.random.default_rng(0)
+    df["nll"] = 3.06 + rng.normal(0, 0.002, len(df))
+    fits = fit_study(df, n_boot=NB, conventions=["flops_6N_nonembed"])
+    cs = CL.evaluate_claims(df, fits, None, conventions=["flops_6N_nonembed"], n_boot=NB)
+    mult = [c for c in cs if c.key.startswith(("multiplier", "protocol"))]
+    assert mult and all(c.measured is None and c.verdict == CL.INCONCLUSIVE for c in mult)
+    assert all("no headline" in c.measured_str() and "does not fall with compute" in c.caveats[0] for c in mult)
+    # a study whose loss does fall keeps its headline
+    ok = CL.evaluate_claims(frontier_pair_table(3.3), fit_study(frontier_pair_table(3.3), n_boot=NB,
+                                                                 conventions=["flops_6N_nonembed"]),
+                            None, conventions=["flops_6N_nonembed"], n_boot=NB)
+    assert next(c for c in ok if c.key.startswith("multiplier")).measured is not None
+
+
+def test_deeper_mdm_interpolated_between_bracketing_depths_to_equal_compute():
+    """Two deeper depths at 0.9x and 1.1x LoopMDM's per-step FLOPs (E[S] x n_mid not integral): the comparison
+    is made at 1.0x, between them in log FLOPs — not against the cheaper one alone (banker's rounding)."""
+    rows = []
+    for g in range(4):
+        rows.append(row(run=f"L{g}", group=f"g{g}", role="looped", family="loopmdm", eval_loops=8, nll=3.0,
+                        tokens=1e9, flops_exact=1.0e16))
+        rows.append(row(run=f"Dlo{g}", group=f"g{g}", role="baseline_deeper", family="mdm_deeper", s_max=1,
+                        nll=3.10, tokens=1e9 / 0.9, flops_exact=1.0e16))  # 0.9x per token: 1/0.9 the tokens
+        rows.append(row(run=f"Dhi{g}", group=f"g{g}", role="baseline_deeper", family="mdm_deeper", s_max=1,
+                        nll=2.90, tokens=1e9 / 1.1, flops_exact=1.0e16))
+    c = CL.claim_deeper(table(rows), n_boot=NB)
+    w = -np.log(0.9) / (np.log(1.1) - np.log(0.9))
+    assert c.measured == pytest.approx((1 - w) * 3.10 + w * 2.90 - 3.0, abs=1e-9)
+    assert all(gr["interpolated"] and gr["flops_ratio_deeper_over_loop"] == 1.0 for gr in c.details["groups"])
+    assert any("interpolated" in cv for cv in c.caveats)
+    # only the cheaper depth: compared as it is, and the report says per-step compute is not matched
+    c1 = CL.claim_deeper(table([r for r in rows if not r["run"].startswith("Dhi")]), n_boot=NB)
+    assert c1.measured == pytest.approx(0.10) and any("not matched within 5%" in cv for cv in c1.caveats)
+
+
 # ----------------------------------------------------------------------------------- 4: loops
 def loops_table(slope, n_runs=6, se=0.002, beyond=0.0, seed=0):
     rng = np.random.default_rng(seed)

@@ -29,7 +29,7 @@ def report(tmp_path_factory):
 def test_report_files_and_claims_table(report):
     d, res = report
     md = (d / "report.md").read_text()
-    table = md.split("## Claims", 1)[1].split("\n\n", 2)[1]
+    table = "| claim" + md.split("## Claims", 1)[1].split("| claim", 1)[1].split("\n\n", 1)[0]
     rows = [r for r in table.splitlines() if r.startswith("| ") and not r.startswith("| claim")]
     assert len(rows) == len(CLAIM_KEYS)
     assert [c.key for c in res.claims] == CLAIM_KEYS
@@ -41,6 +41,11 @@ def test_report_files_and_claims_table(report):
     assert by["multiplier[flops_6N_nonembed]"].ci_low <= 3.3 <= by["multiplier[flops_6N_nonembed]"].ci_high
     assert by["deeper"].verdict == "supported" and by["loop_scaling"].verdict == "supported"
     assert by["task[gsm8k]"].verdict == "supported"
+    # ... so against the paper's values: consistent, each with a minimum detectable effect
+    assert by["multiplier[flops_6N_nonembed]"].paper_verdict == "consistent with the paper"
+    assert by["task[gsm8k]"].paper_verdict == "consistent with the paper"
+    assert by["deeper"].paper_verdict is None  # the paper states a direction only
+    assert "| consistent with the paper (up to 3.3x) |" in table and "at 80% power" in table
     for section in ("## Fit diagnostics", "### Backtests", "## What is missing", "Python", "numpy"):
         assert section in md
     assert "1 run(s) without any evaluation" in md and "failed run(s)" in md and "unfinished" in md

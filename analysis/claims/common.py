@@ -1,7 +1,18 @@
 """The paper's claims, each turned into a number with a CI and a verdict by a rule stated in the Claim.
 
-Verdicts are one of ``supported``, ``not supported``, ``inconclusive``. A claim whose inputs are
-missing is ``inconclusive`` with a caveat naming what is missing; no claim function raises on bad data.
+Every claim gets two verdicts and a statement of power:
+
+- against no effect: ``supported`` / ``not supported`` / ``inconclusive`` (the claim's own rule);
+- against the paper's value, where the paper states one (3.3x, +8.5 points): ``consistent with the paper``
+  (the CI covers it) / ``smaller than the paper`` (the CI lies below) / ``larger than the paper`` /
+  ``undetermined`` (no CI, or only a bound on the side that cannot decide);
+- the minimum detectable effect (MDE): the smallest true effect this study would find significant against
+  no effect with 80% power at its own noise, (z_0.975 + z_0.8) x s.e., the s.e. read off the claim's own
+  bootstrap CI (on log scale for multipliers). With it, how much more data the paper's value would need:
+  s.e. falls as 1/sqrt(n), so (MDE / paper effect)^2 times the eval sequences or comparison groups.
+
+A claim whose inputs are missing is ``inconclusive`` with a caveat naming what is missing; no claim function
+raises on bad data.
 
 Task-evaluation contract (``runs/<run>/evals/<name>-<hash>.json``, one file per (task, checkpoint,
 eval config)), read by ``analysis.collect.load_task_evals``::
@@ -25,6 +36,7 @@ Deltas are reported in points (100 x difference of fractions), paired by problem
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -37,6 +49,9 @@ SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclu
 PAPER_MULTIPLIER = 3.3
 PAPER_GSM8K_POINTS = 8.5
 Z95 = 1.959963984540054
+Z80 = 0.8416212335729143  # one-sided: 80% power
+CONSISTENT, SMALLER, LARGER, UNDETERMINED = ("consistent with the paper", "smaller than the paper",
+                                             "larger than the paper", "undetermined")
 
 TASK_EVAL_CONTRACT = __doc__.split("::", 1)[1].split("Deltas are")[0]
 
@@ -61,6 +76,9 @@ class Claim:
     level: float = 0.95
     measured_text: str | None = None  # display override when the measurement is a bound (censored)
     ci_text: str | None = None
+    paper_verdict: str | None = None  # against the paper's value (None: the paper states a direction only)
+    mde: float | None = None  # minimum detectable effect at 80% power, in the claim's unit
+    mde_text: str | None = None
 
     def measured_str(self) -> str:
         if self.measured_text is not None:
@@ -111,3 +129,64 @@ def _magnitude_note(low: float | None, high: float | None, paper: float, unit: s
     return f"the CI lies above the paper's {paper:g}{unit}: the effect here is larger than claimed"
 
 
+
+
+def paper_verdict(low: float | None, high: float | None, paper: float | None, *, multiplicative: bool) -> str | None:
+    """The CI against the paper's value. A multiplier CI with a censored lower end (<= 0: 'not reached',
+    only an upper bound) can still be 'smaller'; an unbounded upper end can still be 'larger'."""
+    if paper is None:
+        return None
+    if low is None or high is None or (isinstance(low, float) and math.isnan(low)) or \
+            (isinstance(high, float) and math.isnan(high)):
+        return UNDETERMINED
+    if high < paper:
+        return SMALLER
+    if low > paper:
+        return LARGER
+    censored = (multiplicative and low <= 0) or math.isinf(high) or math.isinf(low)
+    return UNDETERMINED if censored else CONSISTENT
+
+
+def minimum_detectable(low: float | None, high: float | None, *, multiplicative: bool) -> float | None:
+    """(z_0.975 + z_0.8) x s.e., the s.e. from a 95% CI's width (log scale for a multiplier, returned as a
+    multiplier); None when the CI is missing, censored or unbounded."""
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return None
+    if multiplicative:
+        if low <= 0 or high <= 0:
+            return None
+        se = (math.log(high) - math.log(low)) / (2 * Z95)
+        return math.exp((Z95 + Z80) * se)
+    return (Z95 + Z80) * (high - low) / (2 * Z95)
+
+
+def _power_ci(c: Claim) -> tuple[float | None, float | None]:
+    """The CI that measures the study's noise: for a multiplier known only as a bound, the CI of the
+    extrapolated frontier (claim 1) — its width still says how noisy the fits are."""
+    if c.unit == "x" and (c.ci_low is None or c.ci_low <= 0):
+        ev = c.details.get("extrapolated_value") or {}
+        return ev.get("low"), ev.get("high")
+    return c.ci_low, c.ci_high
+
+
+def state_power(c: Claim) -> Claim:
+    """Fill ``paper_verdict``, ``mde`` and ``mde_text`` of a claim from its CI (see the module docstring)."""
+    mult = c.unit == "x"
+    c.paper_verdict = paper_verdict(c.ci_low, c.ci_high, c.paper_value, multiplicative=mult)
+    if c.details.get("missing_input"):
+        c.mde, c.mde_text = None, "— (no data)"
+        return c
+    lo, hi = _power_ci(c)
+    c.mde = minimum_detectable(lo, hi, multiplicative=mult)
+    if c.mde is None:
+        c.mde_text = "not determined (censored or missing CI)"
+        return c
+    what = f"{fmt(c.mde)}x" if mult else f"|effect| >= {fmt(c.mde)} {c.unit}"
+    c.mde_text = f"{'>= ' if mult else ''}{what} at 80% power"
+    paper = c.paper_value
+    if paper is not None and paper not in (0, 1):
+        effect, need = (math.log(paper), math.log(c.mde)) if mult else (abs(paper), c.mde)
+        factor = (need / effect) ** 2 if effect > 0 else math.inf
+        c.mde_text += ("; enough to detect the paper's value" if factor <= 1 else
+                       f"; the paper's value needs ~{factor:.2g}x the data (eval sequences / groups)")
+    return c

@@ -8,7 +8,8 @@ import pandas as pd
 
 from .._util import CONVENTIONS, normalise_convention
 from ..study_fits import StudyFits
-from .common import Claim, _inconclusive
+from ..select import loss_trend
+from .common import INCONCLUSIVE, Claim, _inconclusive, state_power
 from .loops import claim_adaptive, claim_deeper, claim_loop_scaling
 from .multiplier import claim_multiplier, claim_protocol
 from .tasks import claim_task_delta
@@ -41,11 +42,51 @@ def evaluate_claims(
     out = []
     for key, job in jobs:
         try:
-            out.append(job())
+            out.append(state_power(job()))
         except Exception as e:  # a claim must never take the report down
             out.append(_inconclusive(key, key, "", None, "", "", "", f"internal error while evaluating: "
                                                                      f"{e.__class__.__name__}: {e}"))
+    from ..loop_diagnostics import inert_note, loop_sensitivity  # it imports claims.common: not at module load
+
+    try:
+        note = inert_note(loop_sensitivity(df))
+    except Exception as e:  # diagnostics must not take the claims down either
+        note = None
+        out[0].caveats.append(f"loop sensitivity not computed: {e.__class__.__name__}: {e}")
+    flat_loss(out, df)
+    if note:
+        for c in out:
+            if c.key.split("[")[0] in INERT_CLAIMS:
+                c.caveats.insert(0, note)
+                c.details["inert_runs"] = note
     return out
+
+
+def flat_loss(claims: Sequence[Claim], df: pd.DataFrame) -> None:
+    """No multiplier headline when the baseline's loss does not fall with compute: the multiplier is the ratio
+    of FLOPs at which two flat curves meet, i.e. noise. The numbers stay in the details."""
+    try:
+        trend = loss_trend(df)
+    except Exception:  # the trend is a guard, never a reason to lose the claims
+        return
+    if trend.get("falls") is not False:
+        return
+    for c in claims:
+        if c.key.split("[")[0] in ("multiplier", "protocol") and not c.details.get("missing_input"):
+            c.details["flat_loss"] = dict(trend, measured=c.measured, ci=[c.ci_low, c.ci_high], verdict=c.verdict)
+            c.measured_text = "no headline: loss does not fall with compute"
+            c.ci_text = "—"
+            c.measured = c.ci_low = c.ci_high = None
+            c.verdict = INCONCLUSIVE
+            c.paper_verdict = "undetermined" if c.paper_value is not None else None
+            c.mde, c.mde_text = None, "— (loss flat in compute)"
+            c.caveats.insert(0, f"the loss does not fall with compute — {trend['text']}, within its noise "
+                                f"(±{trend['noise']:.4f}): no multiplier can be read off (the fitted value is kept in "
+                                f"fits.json)")
+
+
+#: the claims about what looping buys, which an inert looped run (loop sensitivity ~ 0) explains away
+INERT_CLAIMS = ("multiplier", "protocol", "deeper", "loop_scaling")
 
 
 def multiplier_disagreements(claims: Sequence[Claim]) -> list[str]:

@@ -20,6 +20,8 @@ from .multiplier import _per_run_arrays
 
 # ------------------------------------------------------------------------------------ 3. deeper MDM
 DEEPER_RULE = ("ΔNLL = NLL(deeper MDM) − NLL(LoopMDM at S), final evals, paired by comparison group (and seed); "
+               "where two deeper depths bracket LoopMDM's per-step FLOPs, the deeper NLL is interpolated between them "
+               "(linearly in log per-step FLOPs) to equal compute; "
                "mean over groups with a 95% CI from each group's standard error (paired over the shared eval "
                "sequences when nll_per_seq is there, else the two MC errors combined) and resampling groups: "
                "supported if the "
@@ -50,21 +52,29 @@ def claim_deeper(df: pd.DataFrame, *, loops: int | None = None, n_boot: int = 10
         de = [r for r in mg.loc[mg["role"] == "baseline_deeper", "run"] if r in dp.index]
         if not la or not de:
             continue
-        pairs = [(a, b) for a in la for b in de if lp.at[a, "seed"] == dp.at[b, "seed"]] or \
-                [(a, b) for a in la for b in de]
-        d = np.array([dp.at[b, "nll"] - lp.at[a, "nll"] for a, b in pairs], float)
-        ses = [PA.diff_se(dp.at[b, "nll_per_seq"], lp.at[a, "nll_per_seq"], dp.at[b, "nll_se"], lp.at[a, "nll_se"],
-                          dp.at[b, "eval_set"], lp.at[a, "eval_set"]) for a, b in pairs]
+        d, ses, fl = [], [], []
+        for a in la:
+            same_seed = [b for b in de if dp.at[b, "seed"] == lp.at[a, "seed"]] or de
+            pt = _per_token_flops(lp.loc[a])
+            ratios = {b: _per_token_flops(dp.loc[b]) / pt for b in same_seed}
+            for parts, weights, ratio in _equal_compute(ratios):
+                deep = {k: _mix([dp.at[b, k] for b in parts], weights) for k in ("nll", "nll_per_seq")}
+                deep["nll_se"] = float(np.sqrt(sum((w * np.nan_to_num(float(dp.at[b, "nll_se"]))) ** 2
+                                                   for b, w in zip(parts, weights))))
+                key = dp.at[parts[0], "eval_set"] if len({str(dp.at[b, "eval_set"]) for b in parts}) == 1 else None
+                d.append(float(deep["nll"] - lp.at[a, "nll"]))
+                ses.append(PA.diff_se(deep["nll_per_seq"], lp.at[a, "nll_per_seq"], deep["nll_se"], lp.at[a, "nll_se"],
+                                      key, lp.at[a, "eval_set"]))
+                fl.append(ratio)
+        d = np.array(d, float)
         se = np.array([x[0] for x in ses])
-        fl = []
-        for a, b in pairs:
-            num, den = float(dp.at[b, "flops_6N_nonembed"]), float(lp.at[a, "flops_6N_nonembed"])
-            if np.isfinite(num) and np.isfinite(den) and num > 0 and den > 0:
-                fl.append(num / den)
         method = PA.PAIRED if all(x[1] == PA.PAIRED for x in ses) else PA.UNPAIRED
+        interp = [r for r in fl if r == 1.0 and len(de) > 1]
+        fin = [r for r in fl if np.isfinite(r)]
         rows.append(dict(group=str(g), delta=float(d.mean()), se=float(np.sqrt(np.sum(se**2)) / len(d)),
                          se_method=method, n_seqs=min(x[2] for x in ses), n_pairs=len(d),
-                         flops_ratio_deeper_over_loop=float(np.mean(fl)) if fl else None))
+                         flops_ratio_deeper_over_loop=float(np.mean(fin)) if fin else None,
+                         interpolated=bool(interp)))
     if not rows:
         return _inconclusive(*args, f"no comparison group has a LoopMDM final eval at S={loops} and a deeper-MDM "
                                     f"final eval")
@@ -79,13 +89,51 @@ def claim_deeper(df: pd.DataFrame, *, loops: int | None = None, n_boot: int = 10
     if dlt.size == 1:
         caveats.append("a single comparison group: the CI reflects eval noise only")
     fr = [r["flops_ratio_deeper_over_loop"] for r in rows if r["flops_ratio_deeper_over_loop"] is not None]
-    if fr and (np.nanmax(np.abs(np.log(fr))) > np.log(1.1)):
-        caveats.append(f"training FLOPs of the pair differ by up to {np.nanmax(np.exp(np.abs(np.log(fr)))):.2f}x: "
-                       f"per-step compute not matched")
+    n_interp = sum(r["interpolated"] for r in rows)
+    if n_interp:
+        caveats.append(f"in {n_interp} of {len(rows)} group(s) no integer depth matches LoopMDM's per-step FLOPs: the "
+                       f"deeper MDM's NLL is interpolated (linearly in log per-step FLOPs) between the two bracketing "
+                       f"depths to equal per-step compute")
+    if fr and (np.nanmax(np.abs(np.log(fr))) > np.log(1.05)):
+        caveats.append(f"per-step FLOPs of the deeper MDM / LoopMDM (actual S draws) are up to "
+                       f"{np.nanmax(np.exp(np.abs(np.log(fr)))):.3f}x apart: per-step compute not matched within 5% "
+                       f"(plan with both bracketing depths to interpolate)")
     if all(r["n_pairs"] == 1 for r in rows):
         caveats.append("one seed per config: training-seed variance is not in the CI")
     return Claim(key, name, statement, None, "LoopMDM better (ΔNLL > 0)", float(dlt.mean()), lo, hi, "nats/token",
                  _verdict_gt(lo, hi, 0.0), DEEPER_RULE, caveats, dict(eval_loops=loops, groups=rows))
+
+
+def _per_token_flops(row: pd.Series) -> float:
+    """Exact training FLOPs per token actually spent (a looped run's realised S draws included)."""
+    f, t = float(row.get("flops_exact", np.nan)), float(row.get("tokens", np.nan))
+    return f / t if np.isfinite(f) and np.isfinite(t) and t > 0 else np.nan
+
+
+def _equal_compute(ratios: dict[str, float]) -> list[tuple[list[str], list[float], float]]:
+    """How to read the deeper MDM at LoopMDM's per-step compute from the deeper runs at hand, given each one's
+    per-step FLOPs ratio to LoopMDM: (runs, weights, ratio) per comparison. Two runs bracketing 1 are
+    interpolated linearly in log FLOPs (one comparison at ratio 1); otherwise each run is compared as it is."""
+    fin = {b: r for b, r in ratios.items() if np.isfinite(r) and r > 0}
+    lo = [b for b, r in fin.items() if r <= 1]
+    hi = [b for b, r in fin.items() if r > 1]
+    if lo and hi:
+        b0, b1 = max(lo, key=fin.get), min(hi, key=fin.get)
+        w = -np.log(fin[b0]) / (np.log(fin[b1]) - np.log(fin[b0]))
+        return [([b0, b1], [1 - w, w], 1.0)]
+    return [([b], [1.0], ratios[b]) for b in ratios]
+
+
+def _mix(values: list, weights: list[float]):
+    """The weighted combination of numbers or of per-sequence arrays (None where any array is missing)."""
+    if len(values) == 1:
+        return values[0]
+    arrs = [PA.seq_array(v) for v in values]
+    if all(a is not None for a in arrs) and len({a.size for a in arrs}) == 1:
+        return sum(w * a for w, a in zip(weights, arrs))
+    if any(isinstance(v, (list, np.ndarray)) or v is None for v in values):
+        return None
+    return float(sum(w * float(v) for w, v in zip(weights, values)))
 
 
 # ------------------------------------------------------------------------------ 4. inference loops

@@ -1,0 +1,104 @@
+"""Ground truth the analysis was not built on (issue: verdicts with power): studies drawn from a Kaplan-form
+law L = E + [(Nc/N)^(aN/aD) + Dc/D]^aD — not `analysis.synthetic`'s Chinchilla sum — with a per-run offset
+(training-seed variance, which no CI of a one-seed study can contain) and per-eval noise. LoopMDM is
+exactly ``m`` times cheaper: a looped run of size N with D tokens has the loss of the baseline with m·D
+tokens, so both frontiers are m apart at every loss.
+
+Over 20 noise seeds per truth, the fitted multiplier's 95% CI must cover the truth as often as binomial
+limits allow, a true 1.0x must be called "smaller than the paper" whenever its CI excludes 3.3, a true 3.3x
+"consistent with the paper" as often as it is covered, and every claim states a minimum detectable effect.
+"""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis import claims as CL
+from analysis.study_fits import fit_study
+
+KAPLAN = dict(E=1.2, Nc=8.8e13, Dc=5.4e13, aN=0.076, aD=0.095)
+N_SEEDS = 20
+NB = 100
+pytestmark = pytest.mark.slow
+
+
+def kaplan_loss(N, D):
+    k = KAPLAN
+    return k["E"] + ((k["Nc"] / N) ** (k["aN"] / k["aD"]) + k["Dc"] / D) ** k["aD"]
+
+
+def study_table(m: float, seed: int, *, run_sd: float = 0.004, eval_sd: float = 0.002) -> pd.DataFrame:
+    """Two families, 5 budgets x 5 sizes, trajectories of 4 eval points, one seed per config."""
+    rng = np.random.default_rng([seed, int(m * 1000)])
+    rows = []
+    for C in (1e15, 3e15, 1e16, 3e16, 1e17):
+        k, a = KAPLAN, KAPLAN["aN"] / KAPLAN["aD"]  # compute-optimal N of this law under C = 6 N D
+        n_opt = (a * k["Nc"] ** a * C / (6 * k["Dc"])) ** (1 / (1 + a))
+        for N in (n_opt * f for f in (0.25, 0.5, 1.0, 2.0, 4.0)):
+            group = f"n{N:.2e}-c{C:.0e}"
+            for fam, role, mult in (("mdm", "baseline_same", 1.0), ("loopmdm", "looped", m)):
+                run = f"{fam}-{group}"
+                offset = rng.normal(0, run_sd)
+                for frac in (0.25, 0.5, 0.75, 1.0):
+                    c = C * frac
+                    D = c / (6 * N)
+                    nll = float(kaplan_loss(N, mult * D)) + offset + rng.normal(0, eval_sd)
+                    rows.append(dict(study="kaplan", run=run, slug=run, group=group, role=role, family=fam,
+                                     d_model=64, n_heads=1, n_head_layers=1, n_mid_layers=2, n_tail_layers=1,
+                                     s_max=8 if fam == "loopmdm" else 1, n_layers=4, params_embedding=1e5,
+                                     params_nonembedding=N, params_total=N + 1e5, params_effective=N + 1e5,
+                                     seq_len=256, global_batch=64, budget_flops=C, budget_convention="6N_nonembed",
+                                     lr_schedule="constant", step=int(1000 * frac), tokens=D, flops_6N_nonembed=c,
+                                     flops_6N_total=c * 1.1, flops_exact=c * 1.2,
+                                     eval_loops=8 if fam == "loopmdm" else 1, exit_threshold=np.nan, nll=nll,
+                                     nll_se=eval_sd, mean_loops=8.0 if fam == "loopmdm" else 1.0,
+                                     is_final=frac == 1.0, done=True, seed=0))
+    return pd.DataFrame(rows)
+
+
+def fitted_claim(m: float, seed: int) -> CL.Claim:
+    df = study_table(m, seed)
+    fits = fit_study(df, n_boot=NB, seed=seed, conventions=["flops_6N_nonembed"], extras=False)
+    return CL.state_power(CL.claim_multiplier(fits, "6N_nonembed"))
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return {m: [fitted_claim(m, s) for s in range(N_SEEDS)] for m in (1.0, 3.3)}
+
+
+def _covered(c: CL.Claim, truth: float) -> bool:
+    return c.ci_low is not None and c.ci_high is not None and c.ci_low <= truth <= c.ci_high
+
+
+@pytest.mark.parametrize("truth", [1.0, 3.3])
+def test_fitted_multiplier_ci_covers_the_truth_within_binomial_limits(runs, truth):
+    cover = sum(_covered(c, truth) for c in runs[truth])
+    # nominal 95%: fewer than this many covered out of 20 would happen by chance < 1% of the time
+    floor = int(stats.binom.ppf(0.01, N_SEEDS, 0.95))
+    assert cover >= floor, (truth, cover, [(c.ci_low, c.ci_high) for c in runs[truth]])
+
+
+def test_a_true_1x_is_smaller_than_the_paper_whenever_its_ci_excludes_3p3(runs):
+    cs = runs[1.0]
+    excl = [c for c in cs if c.ci_high is not None and c.ci_high < 3.3]
+    assert len(excl) >= N_SEEDS - 1  # the study has the power to tell 1.0x from 3.3x
+    assert all(c.paper_verdict == CL.SMALLER for c in excl)
+    assert all(c.verdict != CL.SUPPORTED for c in cs)
+
+
+def test_a_true_3p3x_is_consistent_with_the_paper_when_covered(runs):
+    cs = runs[3.3]
+    assert all(c.paper_verdict == CL.CONSISTENT for c in cs if _covered(c, 3.3))
+    assert sum(c.verdict == CL.SUPPORTED for c in cs) >= N_SEEDS - 1
+
+
+@pytest.mark.parametrize("truth", [1.0, 3.3])
+def test_every_study_states_a_minimum_detectable_effect(runs, truth):
+    for c in runs[truth]:
+        assert c.mde is not None and 1.0 < c.mde < 3.3 and "80% power" in c.mde_text
+        # the MDE follows from the CI's width: (z.975 + z.8) / (2 z.975) x log-width
+        w = math.log(c.ci_high) - math.log(c.ci_low)
+        assert math.log(c.mde) == pytest.approx((1.959964 + 0.841621) * w / (2 * 1.959964), rel=1e-4)
