@@ -25,6 +25,7 @@ from .study_fits import StudyFits  # noqa: E402
 COLORS = {"mdm": "#4C72B0", "loopmdm": "#DD8452", "mdm_deeper": "#55A868"}
 LABELS = {"mdm": "MDM (same size)", "loopmdm": "LoopMDM", "mdm_deeper": "MDM (deeper)"}
 CONV_LABEL = {"flops_6N_nonembed": "6·N_nonembed·D", "flops_6N_total": "6·N_total·D", "flops_exact": "exact matmul"}
+MIN_DNLL_SPAN = 0.02  # nats/token: the smallest half-range a ΔNLL axis shows
 STYLE = {
     "figure.figsize": (6.0, 4.2), "figure.dpi": 110, "savefig.dpi": 130, "axes.grid": True, "grid.alpha": 0.3,
     "axes.spines.top": False, "axes.spines.right": False, "font.size": 9.5, "legend.fontsize": 8,
@@ -45,6 +46,14 @@ class FigureResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(name=self.name, files=self.files, note=self.note, caption=self.caption)
+
+
+def _short(message: str, limit: int = 48) -> str:
+    """A fit's message for a legend: its first clause, cut at a word boundary (never mid-word)."""
+    first = message.split(" (")[0].split(": ")[0].split("; ")[0]
+    if len(first) <= limit:
+        return first
+    return first[:limit].rsplit(" ", 1)[0] + " …"
 
 
 def _sci(v: float) -> str:
@@ -116,14 +125,17 @@ def fig_loss_vs_flops(df: pd.DataFrame, fits: StudyFits, conv: str, figdir: Path
                 ax.scatter([r["C"] for r in pts], [r["loss"] for r in pts], s=22, color=COLORS[fam],
                            edgecolor="k", lw=0.4, zorder=3)
                 lo_c, hi_c = fit.C_range
-                cg = np.geomspace(lo_c / 1.5, hi_c * 1.5, 120)
+                cg = np.geomspace(lo_c, hi_c, 120)  # solid where there are data, dashed where extrapolated
                 ax.plot(cg, fit.predict(cg), color=COLORS[fam],
                         label=f"{LABELS[fam]}: α={fit.alpha.estimate:.3f}, "
                               f"{'E=0 fixed' if fit.E_fixed else f'E={fit.E.estimate:.2f}'} ({fit.method})")
+                for a, b in ((lo_c / 1.5, lo_c), (hi_c, hi_c * 1.5)):
+                    ce = np.geomspace(a, b, 20)
+                    ax.plot(ce, fit.predict(ce), color=COLORS[fam], ls="--", lw=1.0)
                 lo, hi = fit.predict_band(cg)
                 ax.fill_between(cg, lo, hi, color=COLORS[fam], alpha=0.15, lw=0)
             else:
-                ax.plot([], [], color=COLORS[fam], label=f"{LABELS[fam]}: no fit ({fit.message[:40]})")
+                ax.plot([], [], color=COLORS[fam], label=f"{LABELS[fam]}: no fit ({_short(fit.message)})")
         ax.set_xscale("log")
         ax.set_yscale("log")
         _log_x_clean(ax)
@@ -136,6 +148,7 @@ def fig_loss_vs_flops(df: pd.DataFrame, fits: StudyFits, conv: str, figdir: Path
         ax.set_title(title)
         ax.scatter([], [], s=22, color="0.5", edgecolor="k", lw=0.4, label="points the frontier is fitted to")
         ax.scatter([], [], s=10, color="0.5", alpha=0.35, lw=0, label="other final runs")
+        ax.plot([], [], color="0.5", ls="--", lw=1.0, label="fit extrapolated beyond the data")
         # below the axes: bands and points fill the plot area
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=7)
         if not any(fits.get_frontier(f, conv).ok for f in fams):
@@ -244,6 +257,9 @@ def fig_nll_vs_loops(df: pd.DataFrame, figdir: Path, formats=("png", "pdf")) -> 
         ax.xaxis.set_minor_locator(mticker.NullLocator())
         ax.set_xlabel("inference loops S")
         ax.set_ylabel("ΔNLL vs S=1 [nats/token]")
+        # never stretch a tiny effect over the whole plot: at least ±MIN_DNLL_SPAN around 0 stays in view
+        y0, y1 = ax.get_ylim()
+        ax.set_ylim(min(y0, -MIN_DNLL_SPAN), max(y1, MIN_DNLL_SPAN))
         ax.set_title("Inference-loop scaling (LoopMDM, final checkpoints)")
         ax.legend()
         return FigureResult(name, _save(fig, figdir, name, formats), caption=cap)

@@ -26,7 +26,7 @@ from .claims import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, TASK_EVAL_CONTRACT,
 from . import loop_diagnostics as LD
 from .collect import BASE_COLUMNS, load_loop_diagnostics, load_or_collect, load_task_evals
 from .figures import FigureResult, make_figures
-from .select import CORE_COLUMNS, clean, missing_columns
+from .select import CORE_COLUMNS, clean, missing_columns, seed_spread
 from .study_fits import StudyFits, fit_study
 
 VERDICT_MARK = {SUPPORTED: "✅ supported", NOT_SUPPORTED: "❌ not supported", INCONCLUSIVE: "❔ inconclusive"}
@@ -402,6 +402,11 @@ def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd
     figmap = {f.name: f for f in figs}
     for kind in SECTION_TITLES:
         L += _claim_section(kind, claims, figmap, study_dir, dis)
+    try:
+        seeds = seed_spread(df, fits.loops if fits is not None else None)
+        L += ["## Training seeds", "", seeds["text"] + ".", ""]
+    except Exception as e:  # never lose the report for a summary line
+        L += ["## Training seeds", "", f"not computed: {e.__class__.__name__}: {e}", ""]
     L += _loop_md(loop_sens, loop_states, figmap, study_dir)
     L += _diagnostics_md(fits)
     L += ["## What is missing", ""]

@@ -10,7 +10,7 @@ import pandas as pd
 
 from . import curves as F
 from ._util import CONVENTIONS, derive_rng, jsonable, normalise_convention
-from .select import choose_eval_loops, family_points, final_points, run_schedules
+from .select import choose_eval_loops, collapse_seeds, family_points, final_points, run_schedules
 
 FAMILIES = ("mdm", "loopmdm", "mdm_deeper")
 
@@ -108,6 +108,11 @@ def fit_study(
         if d.empty:
             out.notes.append(f"family {fam}: no final evaluations")
             continue
+        n_raw = len(d)
+        d = collapse_seeds(d)
+        if len(d) < n_raw:
+            out.notes.append(f"family {fam}: {n_raw} runs averaged over training seeds into {len(d)} configs (each "
+                             f"config's s.e. from its seed spread)")
         runs = d["run"].to_numpy()
         w = F.mc_weights(d["nll"].to_numpy(float), d["nll_se"].to_numpy(float)) if weighted else None
         N = d[n_col].to_numpy(float)

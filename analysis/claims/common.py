@@ -147,26 +147,31 @@ def paper_verdict(low: float | None, high: float | None, paper: float | None, *,
     return UNDETERMINED if censored else CONSISTENT
 
 
-def minimum_detectable(low: float | None, high: float | None, *, multiplicative: bool) -> float | None:
+def minimum_detectable(low: float | None, high: float | None, *, multiplicative: bool,
+                       estimate: float | None = None) -> float | None:
     """(z_0.975 + z_0.8) x s.e., the s.e. from a 95% CI's width (log scale for a multiplier, returned as a
-    multiplier); None when the CI is missing, censored or unbounded."""
-    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+    multiplier). With one end unbounded (a frontier that never reaches the loss in some replicates), the s.e.
+    comes from the finite half around ``estimate``; None when neither works."""
+    g = (lambda v: math.log(v) if v is not None and v > 0 else None) if multiplicative else (lambda v: v)
+    lo, hi, est = g(low), g(high), g(estimate)
+    fin = lambda v: v is not None and math.isfinite(v)  # noqa: E731
+    if fin(lo) and fin(hi):
+        se = (hi - lo) / (2 * Z95)
+    elif fin(est) and (fin(lo) or fin(hi)):
+        se = abs(est - (lo if fin(lo) else hi)) / Z95
+    else:
         return None
-    if multiplicative:
-        if low <= 0 or high <= 0:
-            return None
-        se = (math.log(high) - math.log(low)) / (2 * Z95)
-        return math.exp((Z95 + Z80) * se)
-    return (Z95 + Z80) * (high - low) / (2 * Z95)
+    mde = (Z95 + Z80) * se
+    return math.exp(mde) if multiplicative else mde
 
 
-def _power_ci(c: Claim) -> tuple[float | None, float | None]:
-    """The CI that measures the study's noise: for a multiplier known only as a bound, the CI of the
-    extrapolated frontier (claim 1) — its width still says how noisy the fits are."""
+def _power_ci(c: Claim) -> tuple[float | None, float | None, float | None]:
+    """The CI (and estimate) that measure the study's noise: for a multiplier known only as a bound, those of
+    the extrapolated frontier (claim 1) — their width still says how noisy the fits are."""
     if c.unit == "x" and (c.ci_low is None or c.ci_low <= 0):
         ev = c.details.get("extrapolated_value") or {}
-        return ev.get("low"), ev.get("high")
-    return c.ci_low, c.ci_high
+        return ev.get("low"), ev.get("high"), ev.get("estimate")
+    return c.ci_low, c.ci_high, c.measured
 
 
 def state_power(c: Claim) -> Claim:
@@ -176,8 +181,8 @@ def state_power(c: Claim) -> Claim:
     if c.details.get("missing_input"):
         c.mde, c.mde_text = None, "— (no data)"
         return c
-    lo, hi = _power_ci(c)
-    c.mde = minimum_detectable(lo, hi, multiplicative=mult)
+    lo, hi, est = _power_ci(c)
+    c.mde = minimum_detectable(lo, hi, multiplicative=mult, estimate=est)
     if c.mde is None:
         c.mde_text = "not determined (censored or missing CI)"
         return c

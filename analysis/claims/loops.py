@@ -61,10 +61,10 @@ def claim_deeper(df: pd.DataFrame, *, loops: int | None = None, n_boot: int = 10
                 deep = {k: _mix([dp.at[b, k] for b in parts], weights) for k in ("nll", "nll_per_seq")}
                 deep["nll_se"] = float(np.sqrt(sum((w * np.nan_to_num(float(dp.at[b, "nll_se"]))) ** 2
                                                    for b, w in zip(parts, weights))))
-                key = dp.at[parts[0], "eval_set"] if len({str(dp.at[b, "eval_set"]) for b in parts}) == 1 else None
+                eset = dp.at[parts[0], "eval_set"] if len({str(dp.at[b, "eval_set"]) for b in parts}) == 1 else None
                 d.append(float(deep["nll"] - lp.at[a, "nll"]))
                 ses.append(PA.diff_se(deep["nll_per_seq"], lp.at[a, "nll_per_seq"], deep["nll_se"], lp.at[a, "nll_se"],
-                                      key, lp.at[a, "eval_set"]))
+                                      eset, lp.at[a, "eval_set"]))
                 fl.append(ratio)
         d = np.array(d, float)
         se = np.array([x[0] for x in ses])

@@ -3,7 +3,8 @@
 A spec (``sweeps/*.yaml``) is a base RunConfig plus axes. Expansion is pure: spec -> list of ``PlannedRun``
 (each a resolved, hashed RunConfig with its comparison groups), every looped config joined by its matched
 baselines — the same-size MDM (mid block applied once) and the deeper MDM with equal expected per-step
-compute (n_head + E[S] * n_mid + n_tail layers). Nothing is written or submitted until every run of the
+compute (the integer depth closest in per-step FLOPs to n_head + E[S] * n_mid + n_tail, or both bracketing
+depths when none is within 5%: `ModelConfig.deeper_depths`). Nothing is written or submitted until every run of the
 grid has validated. Re-running a spec skips done and running runs; failed ones come back only with --retry.
 
 Spec keys:
@@ -12,6 +13,7 @@ Spec keys:
   base: {RunConfig sections}  # as in a study.run YAML
   axes: {dotted.key: [values]}            # full product
   zip: [{dotted.key: [..], other: [..]}]  # each group varies together, crossed with the axes
+  seeds: [0, 1, 2]                         # optional: every config (and its baselines) once per training seed
   baselines: [same_size, deeper]          # matched baselines for every looped run
   scaling: {lr: RULE, batch: RULE, warmup: RULE}   # study/scaling.py
   resources: {executor, partition, gpus_per_node, time_min, ...}   # study/launch.py ResourceSpec
@@ -40,7 +42,7 @@ from study.plan import config as config_mod
 from study.plan.finetune import sft_raw, study_relative_parent
 from study.plan.scaling import RULES
 
-SPEC_KEYS = ["study", "description", "base", "axes", "zip", "baselines", "scaling", "resources",
+SPEC_KEYS = ["study", "description", "base", "axes", "zip", "seeds", "baselines", "scaling", "resources",
              "resource_classes", "estimate", "finetune"]
 ROLES = ("looped", "baseline_same", "baseline_deeper", "single")
 BASELINES = ("same_size", "deeper")
@@ -118,6 +120,14 @@ def parse_spec(raw: dict, path: Path | None = None) -> Spec:
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"axes.{key}", "must be a non-empty list of values (one value: put it in base)")
+    seeds = raw.get("seeds")
+    if seeds is not None:  # training seeds for every config, each seed with its own matched baselines
+        if not isinstance(seeds, list) or not seeds or len(set(map(str, seeds))) != len(seeds) or \
+                not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds):
+            raise ConfigError("seeds", f"got {seeds!r}; a list of distinct non-negative integers, e.g. [0, 1, 2]")
+        if "seed" in axes:
+            raise ConfigError("seeds", "given both as `seeds:` and as `axes.seed`; keep one")
+        axes = {**axes, "seed": list(seeds)}
     if not isinstance(zips, list):
         raise ConfigError("zip", "must be a list of groups, each mapping keys to equal-length lists")
     for i, group in enumerate(zips):
