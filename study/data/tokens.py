@@ -267,21 +267,26 @@ def _load(folder: Path, tok: Tokenizer) -> TokenData:
 
 
 def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, step: int,
-              rank: int = 0) -> torch.Tensor:
+              rank: int = 0, align: bool = False) -> torch.Tensor:
     """`batch_size` random windows of `seq_len` tokens, a pure function of (seed, step, rank): a run resumed
-    at step k draws exactly what an uninterrupted run drew at step k, and ranks draw different windows."""
+    at step k draws exactly what an uninterrupted run drew at step k, and ranks draw different windows.
+    ``align``: windows start at multiples of seq_len, so fixed-length records (documents of seq_len tokens,
+    eos included) are never cut."""
     import torch  # late: planning a sweep resolves tokenizers without loading torch
     n = len(tokens)
     if n < seq_len:
         raise DataError("data.seq_len", f"{seq_len} is longer than the {n} training tokens available; lower "
                                         "data.seq_len or use a bigger corpus / data.max_tokens")
     rng = np.random.default_rng([seed, step, rank])
-    starts = rng.integers(0, n - seq_len + 1, size=batch_size)
+    if align:
+        starts = rng.integers(0, n // seq_len, size=batch_size) * seq_len
+    else:
+        starts = rng.integers(0, n - seq_len + 1, size=batch_size)
     windows = np.asarray(tokens[starts[:, None] + np.arange(seq_len)], dtype=np.int64)
     return torch.from_numpy(windows)
 
 
-def eval_batches(tokens: np.ndarray, n_seqs: int, seq_len: int) -> torch.Tensor:
+def eval_batches(tokens: np.ndarray, n_seqs: int, seq_len: int, align: bool = False) -> torch.Tensor:
     """`n_seqs` non-overlapping windows spread evenly over the validation split: every evaluation of every
     run scores the same tokens, and spreading them covers the whole held-out text, not just its start."""
     import torch  # late: planning a sweep resolves tokenizers without loading torch
@@ -293,6 +298,8 @@ def eval_batches(tokens: np.ndarray, n_seqs: int, seq_len: int) -> torch.Tensor:
                                        f"validation tokens but only {n} are available; lower eval.n_seqs to "
                                        f"{n // seq_len} or hold out more (data.val_fraction)")
     stride = n // n_seqs
+    if align:  # record boundaries: every window one whole record
+        stride = max(seq_len, stride - stride % seq_len)
     starts = np.arange(n_seqs) * stride
     return torch.from_numpy(np.asarray(tokens[starts[:, None] + np.arange(seq_len)], dtype=np.int64))
 

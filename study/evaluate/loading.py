@@ -161,7 +161,7 @@ def eval_tokens(cfg, n_seqs: int | None = None) -> torch.Tensor:
     cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else data.default_cache_dir()
     td = data.prepare_tokens(cfg.data.corpus, cfg.data.tokenizer, cache, val_fraction=cfg.data.val_fraction,
                              max_tokens=cfg.data.max_tokens)
-    return data.eval_batches(td.val, n_seqs or cfg.eval.n_seqs, cfg.data.seq_len)
+    return data.eval_batches(td.val, n_seqs or cfg.eval.n_seqs, cfg.data.seq_len, cfg.data.align)
 
 
 def inference_flops(cfg, loops: float) -> dict[str, float]:

@@ -64,6 +64,10 @@ class EvalRequest:
     attention: bool = False
     ts: list[float] = field(default_factory=lambda: list(DEFAULT_ATTENTION_TS))
     attention_loops: int | None = None
+    sudoku: bool = False  # the Sudoku positive control (study.evaluate.sudoku_eval), for runs trained on grids
+    sudoku_blanks: int = 30
+    sudoku_order: str = "random"
+    sudoku_puzzles: int = 100
     quiet: bool = False
 
     def settings(self, s_max: int) -> list[tuple[int, float | None]]:
@@ -222,6 +226,12 @@ def evaluate_run(run_dir: str | Path, req: EvalRequest) -> dict[str, Any]:
     if req.scan:
         out["scan"] = loop_scan(run_dir, loops=req.loops or DEFAULT_SCAN_LOOPS, exit_thresholds=req.exit_thresholds,
                                 ckpt=req.ckpt, n_draws=req.scan_draws, device=req.device, quiet=req.quiet)
+    if req.sudoku:
+        from .sudoku_eval import sudoku_eval
+
+        out["tasks"] = out.get("tasks", []) + sudoku_eval(
+            run_dir, loops=req.loops or (1, 2, 4, 8, 16), n_puzzles=req.sudoku_puzzles, blanks=req.sudoku_blanks,
+            order=req.sudoku_order, device=req.device, quiet=req.quiet)
     if req.attention:
         out["attention"] = attention_stats(run_dir, ts=req.ts, loops=req.attention_loops, ckpt=req.ckpt,
                                            device=req.device, force=req.force)

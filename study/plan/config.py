@@ -29,7 +29,8 @@ PRECISIONS = ("fp32", "bf16")
 NON_SEMANTIC = ("system", "data.cache_dir", "eval.batch_size", "meta")
 #: fields added after runs existed: left out of the hash while at their default, so a config that does not
 #: use them keeps the identity (and the run directory) it had before they were added
-HASHED_ONLY_IF_SET = {"model.loop_input": "none", "model.loop_embed": False, "model.loop_norm": False}
+HASHED_ONLY_IF_SET = {"model.loop_input": "none", "model.loop_embed": False, "model.loop_norm": False,
+                      "data.align": False}
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class DataConfig:
     val_fraction: float = 0.05
     max_tokens: int | None = None  # cap on tokens read from the corpus (hub corpora are streamed)
     cache_dir: str | None = None  # where token shards live; None -> $LOOPMDM_CACHE or ~/.cache/loopmdm
+    align: bool = False  # windows start at multiples of seq_len: fixed-length records (a Sudoku grid + eos)
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,7 @@ class RunConfig:
 
         d, o, b, bud, e = self.data, self.optim, self.batch, self.budget, self.eval
         need(d.seq_len >= 2, "data.seq_len", f"got {d.seq_len}; must be >= 2")
+        need(isinstance(d.align, bool), "data.align", f"got {d.align!r}; must be true or false")
         need(d.seq_len <= self.model.max_seq_len, "data.seq_len",
              f"{d.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}; raise model.max_seq_len or lower data.seq_len")
         need(0 < d.val_fraction < 0.5, "data.val_fraction", f"got {d.val_fraction}; must be in (0, 0.5)")

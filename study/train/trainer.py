@@ -166,7 +166,7 @@ class Trainer:
             td = data_mod.prepare_tokens(cfg.data.corpus, cfg.data.tokenizer, cache, val_fraction=cfg.data.val_fraction,
                                          max_tokens=cfg.data.max_tokens)
             self.train_tokens = td.train
-            self.eval_tokens = data_mod.eval_batches(td.val, cfg.eval.n_seqs, cfg.data.seq_len)
+            self.eval_tokens = data_mod.eval_batches(td.val, cfg.eval.n_seqs, cfg.data.seq_len, cfg.data.align)
         self.data_mod = data_mod
 
     def _build_engine(self) -> None:
@@ -396,7 +396,7 @@ class Trainer:
                 keep = keep.to(self.device)
             else:
                 x = self.data_mod.get_batch(self.train_tokens, self.micro, cfg.data.seq_len, cfg.seed, step,
-                                            rank=self.rank * self.accum + micro)
+                                            rank=self.rank * self.accum + micro, align=cfg.data.align)
             x = x.to(self.device, non_blocking=True)
             loss, _ = masked_diffusion_loss(self.engine, x, loops=loops, generator=gen, keep=keep)
             self.engine.backward(loss)
