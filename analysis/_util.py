@@ -70,6 +70,21 @@ def fmt(x: Any, digits: int = 3) -> str:
     return f"{f:.{digits}g}" if abs(f) >= 1 else f"{f:.{digits}f}"
 
 
+def fmt_near(x: Any, ref: float = 1.0, digits: int = 3) -> str:
+    """``fmt`` with as many more digits (up to 7) as it takes to show which side of ``ref`` x lies on: a
+    bound of 1.0014 printed as '1' reads as 'at 1', where a verdict rule says 'at or below 1'."""
+    out = fmt(x, digits)
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return out
+    d = digits
+    while math.isfinite(f) and f != ref and out == fmt(ref, d) and d < 7:
+        d += 1
+        out = fmt(x, d)
+    return out
+
+
 def normalise_convention(conv: str) -> str:
     """Accept '6N_nonembed' or 'flops_6N_nonembed'; return the tidy-table column name."""
     conv = conv.strip()

@@ -342,6 +342,7 @@ def load_task_evals(study_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
                     "step": obj.get("step"), "score": _num(score) if score is not None else float(ps.mean())
                     if ps.size else math.nan, "n": int(ps.size), "per_sample": ps,
                     "sample_ids": obj.get("sample_ids"), "file": f"{run_dir.name}/evals/{fp.name}",
+                    "cell_accuracy": _num(obj.get("cell_accuracy")),  # Sudoku: share of cells right
                 })
     return pd.DataFrame(rows), problems
 

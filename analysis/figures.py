@@ -267,7 +267,8 @@ def fig_nll_vs_loops(df: pd.DataFrame, figdir: Path, formats=("png", "pdf")) -> 
 
 def fig_score_vs_loops(tasks: pd.DataFrame | None, figdir: Path, formats=("png", "pdf")) -> FigureResult:
     name = "score_vs_loops"
-    cap = "Task score vs inference loops (LoopMDM, mean over comparison groups); dashed: same-size MDM"
+    cap = ("Task score vs inference loops (LoopMDM, mean over comparison groups); dashed: same-size MDM, dotted: "
+           "deeper MDM")
     if tasks is None or tasks.empty or "loops" not in tasks:
         return FigureResult(name, note="no task evaluations", caption=cap)
     lt = tasks[(tasks["family"] == "loopmdm")].drop_duplicates("file")
@@ -279,9 +280,10 @@ def fig_score_vs_loops(tasks: pd.DataFrame | None, figdir: Path, formats=("png",
             col = plt.get_cmap("tab10")(i)
             g = dt.groupby("loops")["score"].mean() * 100
             ax.plot(g.index, g.values, marker="o", color=col, label=f"{task} (LoopMDM)")
-            b = tasks[(tasks["family"] == "mdm") & (tasks["task"] == task)].drop_duplicates("file")
-            if not b.empty:
-                ax.axhline(100 * b["score"].mean(), color=col, ls="--", lw=1, label=f"{task} (MDM)")
+            for fam, ls in (("mdm", "--"), ("mdm_deeper", ":")):
+                b = tasks[(tasks["family"] == fam) & (tasks["task"] == task)].drop_duplicates("file")
+                if not b.empty:
+                    ax.axhline(100 * b["score"].mean(), color=col, ls=ls, lw=1, label=f"{task} ({LABELS[fam]})")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("inference loops S")
         ax.set_ylabel("score [points]")

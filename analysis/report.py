@@ -284,8 +284,10 @@ def _claim_section(kind: str, claims: Sequence[Claim], figs: dict[str, FigureRes
                   "|---|---|---|---|---|"]
             for g in c.details["groups"][:12]:
                 how = g.get("se_method", "—") + (f" ({g['n_seqs']} seqs)" if g.get("n_seqs") else "")
-                L.append(f"| {_cell(g['group'])} | {g['delta']:+.4f} | {fmt(g['se'])} | {how} | "
-                         f"{fmt(g['flops_ratio_deeper_over_loop'])} |")
+                br = g.get("bracket_ratios")
+                ratio = fmt(g['flops_ratio_deeper_over_loop']) + (
+                    f" (interpolated between {fmt(br[0])} and {fmt(br[1])})" if br else "")
+                L.append(f"| {_cell(g['group'])} | {g['delta']:+.4f} | {fmt(g['se'])} | {how} | {ratio} |")
             if len(c.details["groups"]) > 12:
                 L.append(f"| … {len(c.details['groups']) - 12} more in fits.json | | | | |")
             L.append("")
@@ -315,6 +317,39 @@ def _claim_section(kind: str, claims: Sequence[Claim], figs: dict[str, FigureRes
         elif f.note:
             L += [f"_Figure {name} skipped: {f.note}._", ""]
     return L
+
+
+def _task_loops_md(tasks: pd.DataFrame | None) -> list[str]:
+    """Score (and cell accuracy, where a task has one) per family and inference loop count, per task."""
+    if tasks is None or tasks.empty or "loops" not in tasks:
+        return []
+    t = tasks[tasks["exit_threshold"].isna()] if "exit_threshold" in tasks else tasks
+    t = t.drop_duplicates("file")
+    L = ["## Task scores vs inference loops", ""]
+    for task, dt in t.groupby("task", sort=True):
+        loops = sorted({int(x) for x in dt["loops"].dropna()})
+        cells = "cell_accuracy" in dt and dt["cell_accuracy"].notna().any()
+        L += [f"**{task}** ({dt['metric'].iloc[0]}, % over {int(dt['n'].max())} problems"
+              + ("; in brackets: % of cells right" if cells else "") + "; mean over runs)", "",
+              "| family | " + " | ".join(f"S={s}" for s in loops) + " |", "|---|" + "---|" * len(loops)]
+        for fam in ("mdm", "mdm_deeper", "loopmdm"):
+            df = dt[dt["family"] == fam]
+            if df.empty:
+                continue
+            cols = []
+            for s in loops:
+                d = df[df["loops"] == s]
+                if d.empty:
+                    cols.append("—")
+                    continue
+                v = f"{100 * d['score'].mean():.1f}"
+                cols.append(v + (f" ({100 * d['cell_accuracy'].mean():.1f})" if cells else ""))
+            L.append(f"| {FAMILY_LABEL.get(fam, fam)} | " + " | ".join(cols) + " |")
+        L.append("")
+    return L
+
+
+FAMILY_LABEL = {"mdm": "MDM (same size)", "mdm_deeper": "MDM (deeper)", "loopmdm": "LoopMDM"}
 
 
 def _loop_md(sens: pd.DataFrame | None, states: pd.DataFrame | None, figs: dict[str, FigureResult],
@@ -370,7 +405,8 @@ def _loop_md(sens: pd.DataFrame | None, states: pd.DataFrame | None, figs: dict[
 def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd.DataFrame, fits: StudyFits | None,
                     claims: Sequence[Claim], figs: Sequence[FigureResult], missing: Sequence[str],
                     notes: Sequence[str], n_boot: int, seed: int, env: dict[str, str],
-                    loop_sens: pd.DataFrame | None = None, loop_states: pd.DataFrame | None = None) -> str:
+                    loop_sens: pd.DataFrame | None = None, loop_states: pd.DataFrame | None = None,
+                    tasks: pd.DataFrame | None = None) -> str:
     n_runs = int(df["run"].nunique()) if "run" in df and not df.empty else 0
     s = summary or {}
     L = [f"# LoopMDM claims report — {study}", "",
@@ -408,6 +444,7 @@ def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd
         L += ["## Training seeds", "", seeds["text"] + ".", ""]
     except Exception as e:  # never lose the report for a summary line
         L += ["## Training seeds", "", f"not computed: {e.__class__.__name__}: {e}", ""]
+    L += _task_loops_md(tasks)
     L += _loop_md(loop_sens, loop_states, figmap, study_dir)
     L += _diagnostics_md(fits)
     L += ["## What is missing", ""]
@@ -492,7 +529,7 @@ def run_report(
     missing = _missing_list(summary, df if not miss_core else pd.DataFrame(), fits, claims, [])
     env = environment()
     md = render_markdown(study, study_dir, summary, df, fits, claims, figs, missing, notes, n_boot, seed, env,
-                         loop_sens, loop_states)
+                         loop_sens, loop_states, tasks)
     payload = dict(study=study, generated=env, n_boot=n_boot, seed=seed, conventions=list(conventions),
                    input_problems=notes, collect=summary, fits=fits.to_dict() if fits else None,
                    claims=[c.to_dict() for c in claims], multiplier_disagreements=multiplier_disagreements(claims),

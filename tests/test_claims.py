@@ -449,3 +449,10 @@ def test_adaptive_that_never_exits_is_reported_as_not_exercised():
     assert c.verdict == CL.INCONCLUSIVE and c.details.get("missing_input")
     assert c.caveats[0].startswith("no exit threshold saved any loops")
     assert any("0.05 never exited early" in cv for cv in c.caveats)
+
+
+def test_a_bound_just_above_1_is_not_printed_as_1():
+    """'< 1x' read as 'at or below 1' while the verdict (correctly) said inconclusive for 1.0014."""
+    assert CL.bounded_ci_text(0.0, 1.0014279) == "< 1.001x"
+    assert CL.bounded_ci_text(0.0, 0.9685) == "< 0.969x"
+    assert CL.bounded_text(0.0, 1.00002) == "not reached (< 1.00002x)"

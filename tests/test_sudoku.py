@@ -58,6 +58,14 @@ def test_generation_is_a_pure_function_of_seed_and_split():
         list(sudoku.generate(1, blanks=70))
 
 
+def test_layout_round_trips_and_the_corpus_is_aligned_records():
+    g = next(sudoku.generate(1, blanks=30))["solution"]
+    text = sudoku.layout(g)
+    assert len(text) + 1 == sudoku.RECORD_LEN and text.count("\n") == 9 and sudoku.unlayout(text) == g
+    grids = list(sudoku.solved_grids(3))
+    assert all(len(t) == 90 and sudoku.is_valid_solution(sudoku.unlayout(t)) for t in grids)
+
+
 def test_scores_perfect_one_cell_wrong_and_bad_answers():
     r = next(sudoku.generate(1, blanks=30, seed=0))
     s = r["solution"]
@@ -91,7 +99,7 @@ def test_a_run_trained_on_grids_is_scored_per_loop_count_and_not_recomputed(tmp_
 
     cfg = C.from_dict({
         "model": {"d_model": 32, "n_heads": 4, "n_head_layers": 1, "n_mid_layers": 1, "n_tail_layers": 1, "s_max": 2},
-        "data": {"corpus": "sudoku:300", "tokenizer": "byte", "seq_len": 82, "align": True, "val_fraction": 0.05,
+        "data": {"corpus": "sudoku:300", "tokenizer": "byte", "seq_len": 91, "align": True, "val_fraction": 0.05,
                  "cache_dir": str(tmp_path / "cache")},
         "optim": {"lr": 3e-3, "warmup_steps": 5}, "batch": {"global_batch": 8}, "budget": {"steps": 6},
         "eval": {"points": 1, "n_seqs": 4, "n_draws": 2},

@@ -52,7 +52,7 @@ def claim_deeper(df: pd.DataFrame, *, loops: int | None = None, n_boot: int = 10
         de = [r for r in mg.loc[mg["role"] == "baseline_deeper", "run"] if r in dp.index]
         if not la or not de:
             continue
-        d, ses, fl = [], [], []
+        d, ses, fl, brackets = [], [], [], []
         for a in la:
             same_seed = [b for b in de if dp.at[b, "seed"] == lp.at[a, "seed"]] or de
             pt = _per_token_flops(lp.loc[a])
@@ -66,6 +66,8 @@ def claim_deeper(df: pd.DataFrame, *, loops: int | None = None, n_boot: int = 10
                 ses.append(PA.diff_se(deep["nll_per_seq"], lp.at[a, "nll_per_seq"], deep["nll_se"], lp.at[a, "nll_se"],
                                       eset, lp.at[a, "eval_set"]))
                 fl.append(ratio)
+                if len(parts) > 1:
+                    brackets.append([float(ratios[b]) for b in parts])
         d = np.array(d, float)
         se = np.array([x[0] for x in ses])
         method = PA.PAIRED if all(x[1] == PA.PAIRED for x in ses) else PA.UNPAIRED
@@ -74,7 +76,7 @@ def claim_deeper(df: pd.DataFrame, *, loops: int | None = None, n_boot: int = 10
         rows.append(dict(group=str(g), delta=float(d.mean()), se=float(np.sqrt(np.sum(se**2)) / len(d)),
                          se_method=method, n_seqs=min(x[2] for x in ses), n_pairs=len(d),
                          flops_ratio_deeper_over_loop=float(np.mean(fin)) if fin else None,
-                         interpolated=bool(interp)))
+                         interpolated=bool(interp), bracket_ratios=brackets[0] if brackets else None))
     if not rows:
         return _inconclusive(*args, f"no comparison group has a LoopMDM final eval at S={loops} and a deeper-MDM "
                                     f"final eval")

@@ -11,7 +11,7 @@ import pandas as pd
 
 from .. import curves as F
 from .. import paired as PA
-from .._util import derive_rng, fmt, normalise_convention
+from .._util import derive_rng, fmt, fmt_near, normalise_convention
 from ..select import CORE_COLUMNS, choose_eval_loops, missing_columns, protocol_points
 from ..study_fits import StudyFits
 from .common import INCONCLUSIVE, NOT_SUPPORTED, Claim, PAPER_MULTIPLIER, _ensure_columns, _inconclusive, _magnitude_note, _verdict_gt
@@ -216,7 +216,7 @@ def bounded_text(lo: float | None, hi: float | None, unit: str = "x") -> str:
     if lo <= 0 and math.isinf(hi):
         return "not identified (censored both ways)"
     if lo <= 0:
-        return f"not reached (< {fmt(hi)}{unit})"
+        return f"not reached (< {fmt_near(hi)}{unit})"
     if math.isinf(hi):
         return f"≥ {fmt(lo)}{unit} (reached at the first eval point)"
     return f"{fmt(lo)}–{fmt(hi)}{unit} (censored groups)"
@@ -235,10 +235,10 @@ def bounded_ci_text(lo: float | None, hi: float | None, unit: str = "x") -> str:
     if lo <= 0 and math.isinf(hi):
         return "unbounded"
     if lo <= 0:
-        return f"< {fmt(hi)}{unit}"
+        return f"< {fmt_near(hi)}{unit}"
     if math.isinf(hi):
-        return f"≥ {fmt(lo)}{unit}"
-    return f"[{fmt(lo)}, {fmt(hi)}]"
+        return f"≥ {fmt_near(lo)}{unit}"
+    return f"[{fmt_near(lo)}, {fmt_near(hi)}]"
 
 
 def _per_run_arrays(d: pd.DataFrame, cols: Sequence[str], order: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:

@@ -1,7 +1,7 @@
 """The Sudoku positive control: fill the blanks of held-out puzzles with a trained run, at several loop counts.
 
-A run trained on solved grids (``data.corpus: sudoku``, ``data.align: true``, ``data.seq_len: 82`` = 81 cells
-+ eos) sees each test puzzle as its solution with the blanks masked, and fills them with
+A run trained on solved grids (``data.corpus: sudoku``, ``data.align: true``, ``data.seq_len: 91`` = 9 lines
+of 9 + eos, `sudoku.layout`) sees each test puzzle as its solution with the blanks masked, and fills them with
 `model.diffusion.infill` one cell per step in a *restricted* order (``random`` by default, or ``raster``;
 ``confidence`` is the free order). Exact-solve and cell accuracy per puzzle go to
 ``evals/sudoku-<hash>.json`` in the task-evaluation contract (metric ``exact``; ``cells_per_sample`` beside
@@ -34,9 +34,9 @@ def sudoku_eval(run_dir: str | Path, loops: Sequence[int] = (1, 2, 4, 8), n_puzz
     if not 1 <= blanks <= 64:
         raise EvalError("blanks", f"got {blanks}; choose 1..64")
     cfg, run_hash, ckpt, meta, weights = checkpoint_identity(run_dir, "latest")
-    if not str(cfg.data.corpus).startswith("sudoku") or cfg.data.seq_len != 82 or not cfg.data.align:
+    if not str(cfg.data.corpus).startswith("sudoku") or cfg.data.seq_len != sudoku.RECORD_LEN or not cfg.data.align:
         raise EvalError("run", f"{run_dir} was not trained on Sudoku grids (needs data.corpus: sudoku, "
-                               f"data.seq_len: 82, data.align: true; it has {cfg.data.corpus!r}, "
+                               f"data.seq_len: {sudoku.RECORD_LEN}, data.align: true; it has {cfg.data.corpus!r}, "
                                f"{cfg.data.seq_len}, align={cfg.data.align})")
     loops = check_loops(loops) if cfg.model.is_looped else [1]
     step = int(meta["step"])
@@ -58,10 +58,11 @@ def sudoku_eval(run_dir: str | Path, loops: Sequence[int] = (1, 2, 4, 8), n_puzz
     mask_id = run.model.cfg.mask_id
     rows = []
     for p in puzzles:
-        ids = tok.encode(p["solution"])
-        if len(ids) != 81:
-            raise EvalError("run", f"tokenizer {cfg.data.tokenizer!r} does not give one token per cell")
-        ids = [mask_id if ch == sudoku.BLANK else i for ch, i in zip(p["puzzle"], ids)] + [tok.eos_id]
+        text, masked = sudoku.layout(p["solution"]), sudoku.layout(p["puzzle"])
+        ids = tok.encode(text)
+        if len(ids) != len(text):
+            raise EvalError("run", f"tokenizer {cfg.data.tokenizer!r} does not give one token per character")
+        ids = [mask_id if ch == sudoku.BLANK else i for ch, i in zip(masked, ids)] + [tok.eos_id]
         rows.append(ids)
     x_all = torch.tensor(rows, dtype=torch.long)
     for S, settings, h, path in todo:
@@ -71,7 +72,7 @@ def sudoku_eval(run_dir: str | Path, loops: Sequence[int] = (1, 2, 4, 8), n_puzz
             x = x_all[lo:lo + batch_size].to(run.device)
             y = infill(run.model, x, steps=blanks, order=order, loops=S,
                        generator=torch.Generator().manual_seed(seed * 7919 + lo))
-            answers += [tok.decode(r[:81].tolist()) for r in y.cpu()]
+            answers += [sudoku.unlayout(tok.decode(r[:-1].tolist())) for r in y.cpu()]
         scores = [sudoku.score(a, p["solution"]) for a, p in zip(answers, puzzles)]
         exact = [s["exact"] for s in scores]
         cells = [s["cells"] for s in scores]
