@@ -28,7 +28,7 @@ def spec(**kw) -> sweep.Spec:
 
 def test_expansion_emits_matched_baselines_in_groups():
     runs = sweep.expand(spec())
-    assert len(runs) == 6
+    assert len(runs) == 8  # per budget: looped, same-size, and two deeper depths bracketing equal compute
     by_role = {}
     for r in runs:
         by_role.setdefault(r.role, []).append(r)
@@ -36,12 +36,15 @@ def test_expansion_emits_matched_baselines_in_groups():
     for looped in by_role["looped"]:
         gid = looped.groups[0]["group"]
         members = [r for r in runs if any(g["group"] == gid for g in r.groups)]
-        assert len(members) == 3
+        assert len(members) == 4
         same = next(r for r in members if r.role == "baseline_same")
-        deep = next(r for r in members if r.role == "baseline_deeper")
+        deep = [r for r in members if r.role == "baseline_deeper"]
         assert same.cfg.model.s_max == 1 and same.cfg.model.n_layers_physical == looped.cfg.model.n_layers_physical
-        # E[S] = 2.5 with one looped layer -> round(2.5) = 2 layers unrolled: 1 + 2 + 1
-        assert deep.cfg.model.n_layers_physical == 4 and deep.cfg.model.s_max == 1
+        # E[S] = 2.5 with one looped layer: 1 + 2.5 + 1 = 4.5 layers; neither 4 nor 5 is within 5% in FLOPs,
+        # so both are planned, each with its per-step FLOPs ratio to the looped model in its group entry
+        assert sorted(r.cfg.model.n_layers_physical for r in deep) == [4, 5]
+        ratios = sorted(g["flops_ratio"] for r in deep for g in r.groups if g["group"] == gid)
+        assert ratios[0] < 1 < ratios[1] and all(r.cfg.model.s_max == 1 for r in deep)
         assert same.cfg.steps == looped.cfg.steps  # a steps budget is shared as given
 
 
