@@ -456,3 +456,15 @@ def test_a_bound_just_above_1_is_not_printed_as_1():
     assert CL.bounded_ci_text(0.0, 1.0014279) == "< 1.001x"
     assert CL.bounded_ci_text(0.0, 0.9685) == "< 0.969x"
     assert CL.bounded_text(0.0, 1.00002) == "not reached (< 1.00002x)"
+
+
+def test_a_task_at_floor_has_no_power_and_says_so():
+    rows = []
+    for fam, role in (("loopmdm", "looped"), ("mdm", "baseline_same")):
+        rows.append(dict(run=fam, group="g", role=role, family=fam, task="sudoku", metric="exact", loops=4 if
+                         fam == "loopmdm" else 1, exit_threshold=None, step=10, score=0.0, n=50,
+                         per_sample=np.zeros(50), sample_ids=None, s_max=4 if fam == "loopmdm" else 1,
+                         budget_flops=1e12, params_total=1e6))
+    c = CL.state_power(CL.claim_task_delta(pd.DataFrame(rows), "sudoku", n_boot=NB))
+    assert c.verdict == CL.INCONCLUSIVE and "floor" in c.caveats[0]
+    assert c.mde is None and "zero width" in c.mde_text

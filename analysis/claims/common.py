@@ -182,6 +182,9 @@ def state_power(c: Claim) -> Claim:
         c.mde, c.mde_text = None, "— (no data)"
         return c
     lo, hi, est = _power_ci(c)
+    if lo is not None and hi is not None and lo == hi:  # every draw equal: nothing varied, nothing measured
+        c.mde, c.mde_text = None, "not determined: the CI has zero width (no variation, e.g. every problem scored 0)"
+        return c
     c.mde = minimum_detectable(lo, hi, multiplicative=mult, estimate=est)
     if c.mde is None:
         c.mde_text = "not determined (censored or missing CI)"

@@ -89,6 +89,11 @@ def claim_task_delta(tasks: pd.DataFrame | None, task: str = "gsm8k", *, loops: 
             caveats.append(m)
     caveats.append(f"group {head['group']}, S={head['loops']}, n={head['n']} problems, {head['metric']}: "
                    f"{head['loop_score']:.1f} vs {head['base_score']:.1f}")
+    for edge in (0.0, 100.0):
+        if head["loop_score"] == edge and head["base_score"] == edge:
+            caveats.insert(0, f"both models scored {edge:g} on every problem: a {'floor' if edge == 0 else 'ceiling'} "
+                              f"effect — this comparison cannot show a difference (make the task "
+                              f"{'easier or train longer' if edge == 0 else 'harder'})")
     if len(res) > 1:
         caveats.append(f"{len(res)} groups evaluated; all are listed in the details")
     return Claim(key, name, statement, paper, ptxt, head["delta"], head["low"], head["high"], "points",
