@@ -94,13 +94,11 @@ def outlier_rows(results: dict[str, Any], df: pd.DataFrame, k: float) -> dict[st
     for fam, r in results.items():
         resid = np.array([p["resid_log"] for p in (getattr(r, "residuals", None) or [])], float)
         rows = np.flatnonzero((df["family"].astype(str) == fam).to_numpy())
-        if resid.size < 5 or resid.size != rows.size:
+        if resid.size != rows.size:
             continue
-        mad = 1.4826 * np.median(np.abs(resid - np.median(resid)))
-        if mad > 0:
-            flagged = rows[np.abs(resid - np.median(resid)) > k * mad]
-            if flagged.size:
-                out[fam] = [int(i) for i in flagged]
+        flagged = rows[F.mad_outliers(resid, k)]
+        if flagged.size:
+            out[fam] = [int(i) for i in flagged]
     return out
 
 

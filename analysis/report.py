@@ -23,6 +23,7 @@ import records
 from ._util import CONVENTIONS, atomic_write_text, dumps, fmt, normalise_convention
 from .claims import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, TASK_EVAL_CONTRACT, Claim, evaluate_claims,
                      multiplier_disagreements)
+from . import curves as F
 from . import loop_diagnostics as LD
 from .collect import BASE_COLUMNS, load_loop_diagnostics, load_or_collect, load_task_evals
 from .figures import FigureResult, make_figures
@@ -152,7 +153,24 @@ def _frontier_table(fits: StudyFits, alt: bool = False) -> list[str]:
             f"{fmt(f.A.estimate)} | {fmt(f.alpha.estimate)} "
             f"[{fmt(f.alpha.low)}, {fmt(f.alpha.high)}] | {fmt(d.rmse_log)} | {fmt(d.r2_log)} | "
             f"{'yes' if d.converged else 'NO'} | {d.n_starts_agree}/{d.n_starts} | {d.n_boot_ok}/{d.n_boot} |")
+    lines.append("")
+    flagged = []
+    for f in src.values():
+        pts = [r for r in (f.residuals or []) if r.get("on_frontier")] if f.ok else []
+        mask = F.mad_outliers([r["resid_log"] for r in pts], OUTLIER_K)
+        flagged += [(f, r) for r, m in zip(pts, mask) if m]
+    if flagged:
+        lines += [f"Frontier points flagged by the outlier rule (|residual in log loss − median| > {OUTLIER_K:g} × "
+                  f"1.4826 MAD; reported, not dropped — refit them with `python -m analysis.fit --drop-outliers`):", ""]
+        lines += [f"- {f.family} / {f.convention}: C = {fmt(r['C'])}, loss {fmt(r['loss'], 4)} (fit {fmt(r['pred'], 4)}, "
+                  f"residual {r['resid_log']:+.4f})" for f, r in flagged]
+    else:
+        lines.append(f"No frontier point is flagged by the outlier rule (|residual| > {OUTLIER_K:g} × 1.4826 MAD in "
+                     f"log loss, over fits with ≥ 5 frontier points).")
     return lines + [""]
+
+
+OUTLIER_K = 3.0
 
 
 def _diagnostics_md(fits: StudyFits | None) -> list[str]:

@@ -293,3 +293,12 @@ def test_fit_lists_planted_outliers_and_what_they_move(tmp_path, capsys):
     main([str(csv), "--law", "parametric", "--bootstrap", "0", "--drop-outliers"])
     out = capsys.readouterr().out
     assert "== all: ok" in out.split("outliers")[-1]
+
+
+def test_mad_outlier_rule():
+    from analysis.curves import mad_outliers
+
+    r = np.array([0.01, -0.02, 0.0, 0.015, -0.01, 0.3])
+    assert mad_outliers(r).tolist() == [False] * 5 + [True]
+    assert not mad_outliers(r[:4]).any()  # too few points to judge
+    assert not mad_outliers(np.zeros(8)).any()  # MAD = 0

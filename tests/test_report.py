@@ -47,7 +47,8 @@ def test_report_files_and_claims_table(report):
     assert by["deeper"].paper_verdict is None  # the paper states a direction only
     assert "| consistent with the paper (up to 3.3x) |" in table and "at 80% power" in table
     for section in ("## Fit diagnostics", "### Backtests", "## What is missing", "Python", "numpy",
-                    "## Task scores vs inference loops", "| LoopMDM |", "## Training seeds"):
+                    "## Task scores vs inference loops", "| LoopMDM |", "## Training seeds",
+                    "by the outlier rule"):
         assert section in md
     assert "1 run(s) without any evaluation" in md and "failed run(s)" in md and "unfinished" in md
 

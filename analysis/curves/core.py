@@ -42,6 +42,18 @@ def huber(r: np.ndarray, delta: float = DELTA) -> np.ndarray:
     return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
 
 
+def mad_outliers(resid: np.ndarray, k: float = 3.0, min_points: int = 5) -> np.ndarray:
+    """Boolean mask of residuals more than ``k`` robust standard deviations (1.4826 x MAD) from their median:
+    the outlier rule, one definition for `analysis.fit` and the study report (Epoch's refit drops points by a
+    stated rule, never by eye). Fewer than ``min_points`` residuals, or MAD = 0: nothing is flagged."""
+    r = np.asarray(resid, float)
+    if r.size < min_points:
+        return np.zeros(r.size, bool)
+    dev = np.abs(r - np.median(r))
+    mad = 1.4826 * np.median(dev)
+    return dev > k * mad if mad > 0 else np.zeros(r.size, bool)
+
+
 def percentile_ci(samples: np.ndarray, level: float = LEVEL) -> tuple[float | None, float | None]:
     """Percentile interval over the finite-or-infinite samples; NaN replicates (failed fits) dropped.
 
