@@ -292,9 +292,10 @@ def fig_score_vs_loops(tasks: pd.DataFrame | None, figdir: Path, formats=("png",
         return FigureResult(name, _save(fig, figdir, name, formats), caption=cap)
 
 
-def fig_adaptive(df: pd.DataFrame, figdir: Path, formats=("png", "pdf")) -> FigureResult:
+def fig_adaptive(df: pd.DataFrame, figdir: Path, formats=("png", "pdf"), claims: Sequence[Claim] = ()) -> FigureResult:
     name = "adaptive_loops"
-    cap = "Adaptive exit: mean loops used (left) and ΔNLL vs fixed S (right) vs exit threshold; mean over runs"
+    cap = ("Adaptive exit: mean loops used (left, dotted: the cap) and ΔNLL vs fixed S = cap (right, with the "
+           "claim's 95% CI; shaded: the equal-quality margin) vs exit threshold; mean over runs")
     d = unique_points(df[(df["family"] == "loopmdm") & df["is_final"]])
     ad = d[d["exit_threshold"].notna()]
     if ad.empty:
@@ -310,8 +311,24 @@ def fig_adaptive(df: pd.DataFrame, figdir: Path, formats=("png", "pdf")) -> Figu
         a1.set_xlabel("exit threshold")
 
         a1.set_ylabel("mean loops used")
-        a2.plot(t.index, t["dn"], marker="o", color=COLORS["loopmdm"])
+        cap_loops = float(pd.to_numeric(m["eval_loops"], errors="coerce").mean())
+        a1.axhline(cap_loops, color="k", lw=0.8, ls=":", label=f"fixed S = {cap_loops:g} (the cap)")
+        a1.legend(fontsize=7)
+        ad = next((c for c in claims if c.key == "adaptive"), None)
+        per = {round(p["threshold"], 12): p for p in (ad.details.get("thresholds", []) if ad else [])}
+        lo = [per.get(round(x, 12), {}).get("delta_low") for x in t.index]
+        hi = [per.get(round(x, 12), {}).get("delta_high") for x in t.index]
+        if all(v is not None for v in lo + hi):
+            err = np.array([t["dn"].to_numpy() - np.array(lo), np.array(hi) - t["dn"].to_numpy()]).clip(min=0)
+            a2.errorbar(t.index, t["dn"], yerr=err, marker="o", color=COLORS["loopmdm"], capsize=3,
+                        label="mean ± 95% CI")
+            margin = ad.details.get("margin")
+            if margin:
+                a2.axhspan(-margin, margin, color="0.85", alpha=0.5, lw=0, label=f"±{margin:g} (equal quality)")
+        else:
+            a2.plot(t.index, t["dn"], marker="o", color=COLORS["loopmdm"], label="mean")
         a2.axhline(0, color="k", lw=0.8, ls=":")
+        a2.legend(fontsize=7)
         a2.set_xscale("log")
         a2.set_xlabel("exit threshold")
         a2.set_ylabel("ΔNLL vs fixed S [nats/token]")
@@ -369,7 +386,7 @@ def make_figures(df: pd.DataFrame, tasks: pd.DataFrame | None, fits: StudyFits |
         for fam in ("mdm", "loopmdm", "mdm_deeper"):
             jobs.append(lambda fam=fam: fig_isoflop(fits, fam, figdir, formats))
     jobs += [lambda: fig_multiplier(claims, figdir, formats), lambda: fig_nll_vs_loops(df, figdir, formats),
-             lambda: fig_score_vs_loops(tasks, figdir, formats), lambda: fig_adaptive(df, figdir, formats),
+             lambda: fig_score_vs_loops(tasks, figdir, formats), lambda: fig_adaptive(df, figdir, formats, claims),
              lambda: fig_loop_state(loop_diag, figdir, formats)]
     out = []
     for j in jobs:

@@ -67,3 +67,15 @@ def test_state_behaviour_settles_drifts_or_neither():
     assert LD.state_behaviour(wander)["state"] == "neither"
     explode = diag_row(list(2.0 ** k), list(2.0 ** (k + 1)), [0.999] * 11)
     assert LD.state_behaviour(explode)["state"] == "diverges"
+
+
+def test_loop_state_figure_is_written(tmp_path):
+    from analysis.figures import fig_loop_state
+
+    k = np.arange(1, 9)
+    rows = [dict(run=r, slug=r, variant=v, s_max=4, n_head_layers=1, n_mid_layers=2, n_tail_layers=3, step=10,
+                 **diag_row(list(inc), list(norm), [0.99] * 7))
+            for r, v, inc, norm in (("a", "plain", 1.0 + 0 * k, 10.0 + k), ("b", "loop-norm", 0.5 ** k, 10 + 0 * k))]
+    res = fig_loop_state(pd.DataFrame(rows), tmp_path, formats=("png",))
+    assert res.made and (tmp_path / "loop_state.png").stat().st_size > 5000
+    assert not fig_loop_state(pd.DataFrame(), tmp_path).made  # no diagnostics: skipped with a note
