@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .claims import Claim  # noqa: E402
-from .select import fixed_loops, unique_points  # noqa: E402
+from .select import family_points, fixed_loops, unique_points  # noqa: E402
 from .study_fits import StudyFits  # noqa: E402
 
 COLORS = {"mdm": "#4C72B0", "loopmdm": "#DD8452", "mdm_deeper": "#55A868"}
@@ -46,6 +46,55 @@ class FigureResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(name=self.name, files=self.files, note=self.note, caption=self.caption)
+
+
+MARKERS = "os^DvP*X"
+
+
+def _widths(df: pd.DataFrame) -> list[float]:
+    return sorted(pd.to_numeric(df["d_model"], errors="coerce").dropna().unique()) if "d_model" in df else []
+
+
+def _width_marker(df: pd.DataFrame, width: Any) -> str:
+    """One marker per model width, the same in every figure of a study (the widths in sorted order)."""
+    ws = _widths(df)
+    try:
+        return MARKERS[ws.index(float(width)) % len(MARKERS)]
+    except (ValueError, TypeError):
+        return "o"
+
+
+def fig_training_curves(df: pd.DataFrame, fits: StudyFits | None, figdir: Path, formats=("png", "pdf")) -> FigureResult:
+    """Validation NLL along training vs training FLOPs (exact), one line per run: colour = family, marker = width."""
+    name = "training_curves"
+    cap = ("Validation NLL along training vs training FLOPs (exact), one line per run (LoopMDM at the claims' S); "
+           "colour: family, marker: width")
+    loops = fits.loops if fits is not None else None
+    parts = [family_points(df, fam, loops, final_only=False) for fam in COLORS]
+    d = pd.concat([p for p in parts if not p.empty]) if any(not p.empty for p in parts) else pd.DataFrame()
+    if d.empty or "flops_exact" not in d or d.groupby("run")["step"].nunique().max() < 2:
+        return FigureResult(name, note="no run has evaluations at >= 2 training steps", caption=cap)
+    d = d[pd.to_numeric(d["flops_exact"], errors="coerce") > 0]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots()
+        for run, dr in d.sort_values("flops_exact").groupby("run", sort=False):
+            fam = dr["family"].iloc[0]
+            ax.plot(dr["flops_exact"], dr["nll"], color=COLORS.get(fam, "0.5"), alpha=0.55, lw=0.9,
+                    marker=_width_marker(df, dr["d_model"].iloc[0]), ms=3)
+        for fam in COLORS:
+            if (d["family"] == fam).any():
+                ax.plot([], [], color=COLORS[fam], label=LABELS[fam])
+        for w in _widths(d):
+            ax.plot([], [], color="0.5", ls="none", marker=_width_marker(df, w), label=f"width {w:g}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _log_x_clean(ax)
+        _decimal_y(ax)
+        ax.set_xlabel("training FLOPs [exact matmul]")
+        ax.set_ylabel("validation NLL [nats/token]")
+        ax.set_title("Training curves")
+        ax.legend(fontsize=7, ncol=2)
+        return FigureResult(name, _save(fig, figdir, name, formats), caption=cap)
 
 
 def _short(message: str, limit: int = 48) -> str:
@@ -110,6 +159,7 @@ def fig_loss_vs_flops(df: pd.DataFrame, fits: StudyFits, conv: str, figdir: Path
     fams = [f for f in COLORS if fits.get_frontier(f, conv) is not None]
     if not fams:
         return FigureResult(name, note=f"no frontier fits under {conv}", caption=cap)
+    d_all = df
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots()
         for fam in fams:
@@ -119,7 +169,9 @@ def fig_loss_vs_flops(df: pd.DataFrame, fits: StudyFits, conv: str, figdir: Path
                 d = d[d["eval_loops"] == fits.loops]
             d = unique_points(d).drop_duplicates("run")
             if conv in d:
-                ax.scatter(d[conv], d["nll"], s=10, alpha=0.35, color=COLORS[fam], lw=0)
+                for w, dw in d.groupby("d_model", dropna=False):
+                    ax.scatter(dw[conv], dw["nll"], s=12, alpha=0.45, color=COLORS[fam], lw=0,
+                               marker=_width_marker(d_all, w))
             if fit.ok:
                 pts = [r for r in fit.residuals if r.get("on_frontier")]
                 ax.scatter([r["C"] for r in pts], [r["loss"] for r in pts], s=22, color=COLORS[fam],
@@ -149,6 +201,8 @@ def fig_loss_vs_flops(df: pd.DataFrame, fits: StudyFits, conv: str, figdir: Path
         ax.scatter([], [], s=22, color="0.5", edgecolor="k", lw=0.4, label="points the frontier is fitted to")
         ax.scatter([], [], s=10, color="0.5", alpha=0.35, lw=0, label="other final runs")
         ax.plot([], [], color="0.5", ls="--", lw=1.0, label="fit extrapolated beyond the data")
+        for w in _widths(df):
+            ax.scatter([], [], s=12, color="0.5", marker=_width_marker(df, w), label=f"width {w:g}")
         # below the axes: bands and points fill the plot area
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=7)
         if not any(fits.get_frontier(f, conv).ok for f in fams):
@@ -387,7 +441,7 @@ def make_figures(df: pd.DataFrame, tasks: pd.DataFrame | None, fits: StudyFits |
             jobs.append(lambda fam=fam: fig_isoflop(fits, fam, figdir, formats))
     jobs += [lambda: fig_multiplier(claims, figdir, formats), lambda: fig_nll_vs_loops(df, figdir, formats),
              lambda: fig_score_vs_loops(tasks, figdir, formats), lambda: fig_adaptive(df, figdir, formats, claims),
-             lambda: fig_loop_state(loop_diag, figdir, formats)]
+             lambda: fig_loop_state(loop_diag, figdir, formats), lambda: fig_training_curves(df, fits, figdir, formats)]
     out = []
     for j in jobs:
         try:

@@ -233,7 +233,7 @@ def _diagnostics_md(fits: StudyFits | None) -> list[str]:
 
 SECTION_FIGS = {
     "multiplier": ["loss_vs_flops_6N_nonembed", "loss_vs_flops_6N_total", "loss_vs_flops_exact", "multiplier_vs_loss",
-                   "isoflop_mdm", "isoflop_loopmdm"],
+                   "isoflop_mdm", "isoflop_loopmdm", "training_curves"],
     "protocol": [],
     "deeper": ["isoflop_mdm_deeper"],
     "loop_scaling": ["nll_vs_loops"],
