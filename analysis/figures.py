@@ -159,7 +159,6 @@ def fig_loss_vs_flops(df: pd.DataFrame, fits: StudyFits, conv: str, figdir: Path
     fams = [f for f in COLORS if fits.get_frontier(f, conv) is not None]
     if not fams:
         return FigureResult(name, note=f"no frontier fits under {conv}", caption=cap)
-    d_all = df
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots()
         for fam in fams:
@@ -171,7 +170,7 @@ def fig_loss_vs_flops(df: pd.DataFrame, fits: StudyFits, conv: str, figdir: Path
             if conv in d:
                 for w, dw in d.groupby("d_model", dropna=False):
                     ax.scatter(dw[conv], dw["nll"], s=12, alpha=0.45, color=COLORS[fam], lw=0,
-                               marker=_width_marker(d_all, w))
+                               marker=_width_marker(df, w))
             if fit.ok:
                 pts = [r for r in fit.residuals if r.get("on_frontier")]
                 ax.scatter([r["C"] for r in pts], [r["loss"] for r in pts], s=22, color=COLORS[fam],

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weighted", action="store_true", help="weight by 1/se^2 (needs an 'se' column)")
     ap.add_argument("--all-points", action="store_true", help="frontier: fit all points, not the lower envelope")
     ap.add_argument("--out", default=None, help="write the fits as JSON here")
-    ap.add_argument("--outlier-k", type=float, default=3.0,
+    ap.add_argument("--outlier-k", type=float, default=F.OUTLIER_K,
                     help="outlier rule: |residual in log loss - median| > k x 1.4826 MAD (always reported)")
     ap.add_argument("--drop-outliers", action="store_true", help="refit without the points the outlier rule flags")
     ap.add_argument("--drop-bad-rows", action="store_true",

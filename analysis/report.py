@@ -157,20 +157,17 @@ def _frontier_table(fits: StudyFits, alt: bool = False) -> list[str]:
     flagged = []
     for f in src.values():
         pts = [r for r in (f.residuals or []) if r.get("on_frontier")] if f.ok else []
-        mask = F.mad_outliers([r["resid_log"] for r in pts], OUTLIER_K)
+        mask = F.mad_outliers([r["resid_log"] for r in pts])
         flagged += [(f, r) for r, m in zip(pts, mask) if m]
     if flagged:
-        lines += [f"Frontier points flagged by the outlier rule (|residual in log loss − median| > {OUTLIER_K:g} × "
+        lines += [f"Frontier points flagged by the outlier rule (|residual in log loss − median| > {F.OUTLIER_K:g} × "
                   f"1.4826 MAD; reported, not dropped — refit them with `python -m analysis.fit --drop-outliers`):", ""]
         lines += [f"- {f.family} / {f.convention}: C = {fmt(r['C'])}, loss {fmt(r['loss'], 4)} (fit {fmt(r['pred'], 4)}, "
                   f"residual {r['resid_log']:+.4f})" for f, r in flagged]
     else:
-        lines.append(f"No frontier point is flagged by the outlier rule (|residual| > {OUTLIER_K:g} × 1.4826 MAD in "
+        lines.append(f"No frontier point is flagged by the outlier rule (|residual| > {F.OUTLIER_K:g} × 1.4826 MAD in "
                      f"log loss, over fits with ≥ 5 frontier points).")
     return lines + [""]
-
-
-OUTLIER_K = 3.0
 
 
 def _diagnostics_md(fits: StudyFits | None) -> list[str]:

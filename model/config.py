@@ -57,7 +57,7 @@ class ModelConfig:
     time_cond: bool = False  # adaLN conditioning on t; off by default, as in MDLM
     tie_weights: bool = True
     mask_token_id: int | None = None  # None -> vocab_size - 1
-    # Looped-block variants (defaults = the plain weight-tied recurrence; see transformer.LoopMDM._enter):
+    # Looped-block variants (defaults = the plain weight-tied recurrence; see model/transformer.py's docstring):
     loop_input: str = "none"  # re-inject the head output into every loop: none | add | concat (+ projection)
     loop_embed: bool = False  # a learned loop-index embedding added before each loop (index clamped at s_max)
     loop_norm: bool = False  # a LayerNorm on the state after each loop
@@ -158,14 +158,17 @@ class ModelConfig:
         from .flops import forward_flops  # flops imports this module
 
         target = forward_flops(self, seq_len, self.expected_loops)
-        ratio = {n: forward_flops(self.plain_stack(n), seq_len, 1) / target for n in range(1, 4 * self.n_layers_physical
-                                                                                           + 4 * self.s_max * self.n_mid_layers)}
-        lo = max((n for n, r in ratio.items() if r <= 1), default=1)
-        hi = lo + 1 if ratio[lo] < 1 else lo
-        best = min((lo, hi), key=lambda n: abs(math.log(ratio[n])))
-        if abs(math.log(ratio[best])) <= math.log1p(tolerance) or lo == hi:
-            return [(best, ratio[best])]
-        return [(lo, ratio[lo]), (hi, ratio[hi])]
+        ratio = lambda n: forward_flops(self.plain_stack(n), seq_len, 1) / target  # noqa: E731
+        per_layer = forward_flops(self.plain_stack(2), seq_len, 1) - forward_flops(self.plain_stack(1), seq_len, 1)
+        exact = 1 + (target - forward_flops(self.plain_stack(1), seq_len, 1)) / per_layer  # plain FLOPs are linear in depth
+        lo = max(1, math.floor(exact + 1e-9))
+        if ratio(lo) >= 1 - 1e-12:  # an integer depth at equal compute (or the looped model is below one layer)
+            return [(lo, ratio(lo))]
+        hi = lo + 1
+        best = min((lo, hi), key=lambda n: abs(math.log(ratio(n))))
+        if abs(math.log(ratio(best))) <= math.log1p(tolerance):
+            return [(best, ratio(best))]
+        return [(lo, ratio(lo)), (hi, ratio(hi))]
 
     def unrolled(self, loops: int) -> "ModelConfig":
         """The non-looped MDM that runs the same layers as this model at a fixed S = ``loops``, unrolled."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from .diffusion import Schedule, eval_noise, forward_mask
+from .transformer import relative_change
 
 STATS = ("rel_change", "state_norm", "increment_norm", "increment_cos")
 
@@ -43,7 +44,7 @@ def loop_sums(model, tokens: torch.Tensor, loops: int, seed: int = 0, n_draws: i
         for k in range(1, loops + 1):
             inc = trace[k] - trace[k - 1]
             norm_k, inc_norm = trace[k].norm(dim=1), inc.norm(dim=1)
-            sums["rel_change"][k - 1] += (inc_norm / norm_k.clamp_min(1e-12)).sum().double().cpu()
+            sums["rel_change"][k - 1] += relative_change(trace[k], trace[k - 1]).sum().double().cpu()
             sums["state_norm"][k - 1] += (norm_k / per_token).sum().double().cpu()
             sums["increment_norm"][k - 1] += (inc_norm / per_token).sum().double().cpu()
             if prev_inc is not None:

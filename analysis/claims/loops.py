@@ -58,9 +58,10 @@ def claim_deeper(df: pd.DataFrame, *, loops: int | None = None, n_boot: int = 10
             pt = _per_token_flops(lp.loc[a])
             ratios = {b: _per_token_flops(dp.loc[b]) / pt for b in same_seed}
             for parts, weights, ratio in _equal_compute(ratios):
-                deep = {k: _mix([dp.at[b, k] for b in parts], weights) for k in ("nll", "nll_per_seq")}
-                deep["nll_se"] = float(np.sqrt(sum((w * np.nan_to_num(float(dp.at[b, "nll_se"]))) ** 2
-                                                   for b, w in zip(parts, weights))))
+                deep = {"nll": sum(w * float(dp.at[b, "nll"]) for b, w in zip(parts, weights)),
+                        "nll_per_seq": _mix_seq([dp.at[b, "nll_per_seq"] for b in parts], weights),
+                        "nll_se": float(np.sqrt(sum((w * np.nan_to_num(float(dp.at[b, "nll_se"]))) ** 2
+                                                    for b, w in zip(parts, weights))))}
                 eset = dp.at[parts[0], "eval_set"] if len({str(dp.at[b, "eval_set"]) for b in parts}) == 1 else None
                 d.append(float(deep["nll"] - lp.at[a, "nll"]))
                 ses.append(PA.diff_se(deep["nll_per_seq"], lp.at[a, "nll_per_seq"], deep["nll_se"], lp.at[a, "nll_se"],
@@ -71,12 +72,11 @@ def claim_deeper(df: pd.DataFrame, *, loops: int | None = None, n_boot: int = 10
         d = np.array(d, float)
         se = np.array([x[0] for x in ses])
         method = PA.PAIRED if all(x[1] == PA.PAIRED for x in ses) else PA.UNPAIRED
-        interp = [r for r in fl if r == 1.0 and len(de) > 1]
         fin = [r for r in fl if np.isfinite(r)]
         rows.append(dict(group=str(g), delta=float(d.mean()), se=float(np.sqrt(np.sum(se**2)) / len(d)),
                          se_method=method, n_seqs=min(x[2] for x in ses), n_pairs=len(d),
                          flops_ratio_deeper_over_loop=float(np.mean(fin)) if fin else None,
-                         interpolated=bool(interp), bracket_ratios=brackets[0] if brackets else None))
+                         interpolated=bool(brackets), bracket_ratios=brackets[0] if brackets else None))
     if not rows:
         return _inconclusive(*args, f"no comparison group has a LoopMDM final eval at S={loops} and a deeper-MDM "
                                     f"final eval")
@@ -126,16 +126,15 @@ def _equal_compute(ratios: dict[str, float]) -> list[tuple[list[str], list[float
     return [([b], [1.0], ratios[b]) for b in ratios]
 
 
-def _mix(values: list, weights: list[float]):
-    """The weighted combination of numbers or of per-sequence arrays (None where any array is missing)."""
-    if len(values) == 1:
-        return values[0]
-    arrs = [PA.seq_array(v) for v in values]
-    if all(a is not None for a in arrs) and len({a.size for a in arrs}) == 1:
-        return sum(w * a for w, a in zip(weights, arrs))
-    if any(isinstance(v, (list, np.ndarray)) or v is None for v in values):
+def _mix_seq(arrays: list, weights: list[float]):
+    """The weighted combination of per-sequence NLL arrays (as given for one run; None where any is missing
+    or the lengths differ: the comparison then falls back to the unpaired MC errors)."""
+    if len(arrays) == 1:
+        return arrays[0]
+    arrs = [PA.seq_array(v) for v in arrays]
+    if any(a is None for a in arrs) or len({a.size for a in arrs}) != 1:
         return None
-    return float(sum(w * float(v) for w, v in zip(weights, values)))
+    return sum(w * a for w, a in zip(weights, arrs))
 
 
 # ------------------------------------------------------------------------------ 4. inference loops

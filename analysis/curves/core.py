@@ -42,7 +42,10 @@ def huber(r: np.ndarray, delta: float = DELTA) -> np.ndarray:
     return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
 
 
-def mad_outliers(resid: np.ndarray, k: float = 3.0, min_points: int = 5) -> np.ndarray:
+OUTLIER_K = 3.0  # robust standard deviations beyond which a residual is flagged (analysis.fit and the report)
+
+
+def mad_outliers(resid: np.ndarray, k: float = OUTLIER_K, min_points: int = 5) -> np.ndarray:
     """Boolean mask of residuals more than ``k`` robust standard deviations (1.4826 x MAD) from their median:
     the outlier rule, one definition for `analysis.fit` and the study report (Epoch's refit drops points by a
     stated rule, never by eye). Fewer than ``min_points`` residuals, or MAD = 0: nothing is flagged."""

@@ -64,11 +64,10 @@ def resolve_corpus(spec: str) -> CorpusSource:
         return CorpusSource("synth", canon, f"{canon}@v{gsm8k_synth.GENERATOR_VERSION}", difficulty=difficulty,
                             n_docs=n)
     if spec == "sudoku" or spec.startswith("sudoku:"):
-        try:
-            n = int(spec.split(":")[1]) if ":" in spec else SUDOKU_GRIDS
-            assert n >= 1
-        except (ValueError, AssertionError):
-            raise DataError("data.corpus", f"bad {spec!r}: want sudoku[:N], N the number of solved grids") from None
+        tail = spec.partition(":")[2]
+        if tail and not (tail.isdigit() and int(tail) >= 1):
+            raise DataError("data.corpus", f"bad {spec!r}: want sudoku[:N], N >= 1 the number of solved grids")
+        n = int(tail) if tail else SUDOKU_GRIDS
         canon = f"sudoku:{n}"
         return CorpusSource("sudoku", canon, f"{canon}@v{sudoku.GENERATOR_VERSION}", n_docs=n)
     if spec.startswith("hf:"):
@@ -199,7 +198,7 @@ def _synth_docs(source: CorpusSource) -> Iterator[str]:
 
 
 def _sudoku_docs(source: CorpusSource) -> Iterator[str]:
-    """Solved grids (81 digits each): a masked diffusion model trained on them learns to fill any blanks."""
+    """Solved grids (9 lines of 9 digits): a masked diffusion model trained on them learns to fill any blanks."""
     yield from sudoku.solved_grids(source.n_docs, seed=0)
 
 

@@ -23,9 +23,10 @@ from .loading import EvalError, check_loops, checkpoint_identity, load_run, shor
 from .provenance import device_name, versions
 
 TASK = "sudoku"
+DEFAULT_LOOPS = (1, 2, 4, 8, 16)
 
 
-def sudoku_eval(run_dir: str | Path, loops: Sequence[int] = (1, 2, 4, 8), n_puzzles: int = 100, blanks: int = 30,
+def sudoku_eval(run_dir: str | Path, loops: Sequence[int] = DEFAULT_LOOPS, n_puzzles: int = 100, blanks: int = 30,
                 order: str = "random", seed: int = 0, batch_size: int = 50, device: str = "auto",
                 quiet: bool = True) -> list[dict]:
     """One record per loop count S (S = 1 only for a non-looped run); see the module docstring."""

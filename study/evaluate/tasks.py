@@ -227,10 +227,10 @@ def evaluate_run(run_dir: str | Path, req: EvalRequest) -> dict[str, Any]:
         out["scan"] = loop_scan(run_dir, loops=req.loops or DEFAULT_SCAN_LOOPS, exit_thresholds=req.exit_thresholds,
                                 ckpt=req.ckpt, n_draws=req.scan_draws, device=req.device, quiet=req.quiet)
     if req.sudoku:
-        from .sudoku_eval import sudoku_eval
+        from .sudoku_eval import DEFAULT_LOOPS, sudoku_eval
 
         out["tasks"] = out.get("tasks", []) + sudoku_eval(
-            run_dir, loops=req.loops or (1, 2, 4, 8, 16), n_puzzles=req.sudoku_puzzles, blanks=req.sudoku_blanks,
+            run_dir, loops=req.loops or DEFAULT_LOOPS, n_puzzles=req.sudoku_puzzles, blanks=req.sudoku_blanks,
             order=req.sudoku_order, device=req.device, quiet=req.quiet)
     if req.attention:
         out["attention"] = attention_stats(run_dir, ts=req.ts, loops=req.attention_loops, ckpt=req.ckpt,
