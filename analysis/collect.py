@@ -110,17 +110,21 @@ def variant_label(model: dict[str, Any]) -> str:
     return "+".join(parts) or "plain"
 
 
+def _config_or_none(run_dir: Path) -> dict | None:
+    """A run's config.yaml as a dict, or None when unreadable (a side table then skips the run)."""
+    try:
+        return records.read_config(run_dir) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+
+
 def load_loop_diagnostics(study_dir: str | Path) -> pd.DataFrame:
     """Per-loop state diagnostics of looped runs (``runs/*/loops.jsonl``, written at every eval point by
     the trainer): one row per (run, eval step) with the per-loop lists of ``model.diagnostics``."""
     rows = []
     for run_dir in records.list_run_dirs(study_dir):
         log = records.read_loop_diagnostics(run_dir)
-        if not log.rows:
-            continue
-        try:
-            cfg = records.read_config(run_dir) or {}
-        except (OSError, yaml.YAMLError):
+        if not log.rows or (cfg := _config_or_none(run_dir)) is None:
             continue
         meta, model = cfg.get("meta") or {}, cfg.get("model") or {}
         for r in log.rows:
@@ -128,6 +132,34 @@ def load_loop_diagnostics(study_dir: str | Path) -> pd.DataFrame:
                          "variant": variant_label(model), "s_max": model.get("s_max"),
                          "n_head_layers": model.get("n_head_layers"), "n_mid_layers": model.get("n_mid_layers"),
                          "n_tail_layers": model.get("n_tail_layers"), **r})
+    return pd.DataFrame(rows)
+
+
+def load_attention(study_dir: str | Path) -> pd.DataFrame:
+    """Mask-to-mask attention statistics (``runs/*/evals/attention-*.json``, written by ``study.eval
+    --attention``): one row per (run, noise level t, loop, mid layer), from each run's newest checkpoint, with
+    the per-sequence shares when the file has them (format 2)."""
+    rows = []
+    for run_dir in records.list_run_dirs(study_dir):
+        files = sorted((run_dir / records.EVALS_DIR).glob("attention-*.json"))
+        loaded = []
+        for fp in files:
+            try:
+                loaded.append(json.loads(fp.read_text(encoding="utf-8")))
+            except (OSError, json.JSONDecodeError):
+                continue
+        if not loaded or (cfg := _config_or_none(run_dir)) is None:
+            continue
+        meta, model = cfg.get("meta") or {}, cfg.get("model") or {}
+        newest = max(obj.get("ckpt_step", -1) for obj in loaded)
+        for obj in loaded:
+            if obj.get("ckpt_step", -1) != newest:
+                continue
+            for r in obj.get("rows", []):
+                rows.append({"run": str(meta.get("hash") or run_dir.name), "slug": meta.get("slug") or run_dir.name,
+                             "variant": variant_label(model), "width": model.get("d_model"),
+                             "budget_flops": _num((cfg.get("budget") or {}).get("flops")), "step": newest,
+                             "S": (obj.get("settings") or {}).get("loops"), **r})
     return pd.DataFrame(rows)
 
 
@@ -165,7 +197,8 @@ def read_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     evals, status["bad_lines"] = log.rows, log.bad_lines
     status["n_evals"] = len(evals)
     if not evals:
-        status["problem"] = "no evaluations"
+        # a fine-tuned run has no held-out token set: its scores are task evaluations (load_task_evals)
+        status["problem"] = "fine-tuned: task scores only" if cfg.get("kind") == "sft" else "no evaluations"
         return [], status
     groups = meta.get("groups") or _infer_groups(cfg, model)
     status["groups_inferred"] = not meta.get("groups")
@@ -243,8 +276,9 @@ def collect(study_dir: str | Path, write: bool = True) -> pd.DataFrame:
         "n_runs_with_evals": sum(1 for s in statuses if s["n_evals"] > 0),
         "n_done": sum(1 for s in statuses if s["done"]),
         "skipped_no_evals": [s["dir"] for s in statuses if s.get("problem") == "no evaluations"],
+        "fine_tuned": [s["dir"] for s in statuses if s.get("problem") == "fine-tuned: task scores only"],
         "skipped_other": {s["dir"]: s["problem"] for s in statuses
-                          if s.get("problem") and s.get("problem") != "no evaluations"},
+                          if s.get("problem") and s.get("problem") not in ("no evaluations", "fine-tuned: task scores only")},
         "partial": [s["dir"] for s in statuses if s["n_evals"] > 0 and not s["done"] and not s["failed"]],
         "failed": [s["dir"] for s in statuses if s["failed"]],
         "bad_lines": {s["dir"]: s["bad_lines"] for s in statuses if s["bad_lines"]},

@@ -318,6 +318,70 @@ def fig_nll_vs_loops(df: pd.DataFrame, figdir: Path, formats=("png", "pdf")) -> 
         return FigureResult(name, _save(fig, figdir, name, formats), caption=cap)
 
 
+def inference_flops(row: pd.Series, loops: float) -> float:
+    """One denoising step's forward FLOPs per token (exact convention) of a table row's model at ``loops``;
+    the vocabulary comes from the (tied) embedding's parameter count. The head count does not change the
+    FLOPs, so one head stands in for it (any width divides by one)."""
+    from model import ModelConfig, flops
+
+    variant = str(row.get("variant") or "plain")
+    head, mid, tail = int(row["n_head_layers"]), int(row["n_mid_layers"]), int(row["n_tail_layers"])
+    s_max = max(1, int(row["s_max"]))
+    if mid == 0:  # a plain stack written as head + tail: the same FLOPs as one mid block applied once
+        head, mid, tail, s_max, loops = 0, head + tail, 0, 1, 1
+    cfg = ModelConfig(vocab_size=int(round(row["params_embedding"] / row["d_model"])), d_model=int(row["d_model"]),
+                      n_heads=1, n_head_layers=head, n_mid_layers=mid, n_tail_layers=tail, s_max=s_max,
+                      max_seq_len=int(row["seq_len"]),
+                      loop_input="concat" if "inject=concat" in variant else "add" if "inject=add" in variant else "none")
+    return flops.inference_flops_per_token(cfg, int(row["seq_len"]), loops)
+
+
+def fig_nll_vs_inference_flops(df: pd.DataFrame, figdir: Path, formats=("png", "pdf")) -> FigureResult:
+    """Final NLL against one denoising step's FLOPs per token, at the largest budget of each width: LoopMDM
+    at each fixed S (line) and with adaptive exit (triangles, at the loops it used), the same-size and the
+    deeper MDM as single points."""
+    name = "nll_vs_inference_flops"
+    cap = ("Final validation NLL vs inference FLOPs per token and denoising step (exact), largest budget per width: "
+           "LoopMDM at fixed S (circles, labelled S) and adaptive exit (triangles, at its mean loops); "
+           "squares: same-size MDM; diamonds: deeper MDM")
+    fin = df[df["is_final"]].copy() if "is_final" in df else pd.DataFrame()
+    if fin.empty or not (fin["family"] == "loopmdm").any():
+        return FigureResult(name, note="no final evaluations of looped runs", caption=cap)
+    top = fin[fin["budget_flops"] == fin.groupby("d_model")["budget_flops"].transform("max")]
+    groups = sorted(g for g in top.loc[top["family"] == "loopmdm", "group"].unique() if g)
+    if not groups:
+        return FigureResult(name, note="no comparison groups at the largest budget", caption=cap)
+    cmap = plt.get_cmap("tab10")
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        for i, g in enumerate(groups):
+            dg, color = top[top["group"] == g], cmap(i)
+            lp = dg[dg["family"] == "loopmdm"]
+            width = int(lp["d_model"].iloc[0])
+            fixed = lp[lp["exit_threshold"].isna()].drop_duplicates("eval_loops").sort_values("eval_loops")
+            xs = [inference_flops(r, r["eval_loops"]) for _, r in fixed.iterrows()]
+            ax.plot(xs, fixed["nll"], color=color, marker="o", ms=4, label=f"LoopMDM d{width}, fixed S")
+            for x, (_, r) in zip(xs, fixed.iterrows()):
+                ax.annotate(f"S={int(r['eval_loops'])}", (x, r["nll"]), textcoords="offset points", xytext=(3, 3),
+                            fontsize=6, color=color)
+            ada = lp[lp["exit_threshold"].notna() & lp["mean_loops"].notna()]
+            if not ada.empty:
+                ax.scatter([inference_flops(r, r["mean_loops"]) for _, r in ada.iterrows()], ada["nll"], marker="^",
+                           color=color, s=28, label=f"LoopMDM d{width}, adaptive exit")
+            for fam, marker in (("mdm", "s"), ("mdm_deeper", "D")):
+                for _, r in dg[dg["family"] == fam].drop_duplicates("run").iterrows():
+                    ax.scatter([inference_flops(r, 1)], [r["nll"]], marker=marker, color=color, s=30,
+                               edgecolor="k", lw=0.5)
+        ax.scatter([], [], marker="s", color="w", edgecolor="k", label="same-size MDM")
+        ax.scatter([], [], marker="D", color="w", edgecolor="k", label="deeper MDM")
+        ax.set_xscale("log")
+        ax.set_xlabel("inference FLOPs per token per denoising step (exact)")
+        ax.set_ylabel("final validation NLL [nats/token]")
+        ax.set_title("Quality vs inference compute")
+        ax.legend(fontsize=7, loc="best")
+        return FigureResult(name, _save(fig, figdir, name, formats), caption=cap)
+
+
 def fig_score_vs_loops(tasks: pd.DataFrame | None, figdir: Path, formats=("png", "pdf")) -> FigureResult:
     name = "score_vs_loops"
     cap = ("Task score vs inference loops (LoopMDM, mean over comparison groups); dashed: same-size MDM, dotted: "
@@ -427,9 +491,43 @@ def fig_loop_state(diag: pd.DataFrame | None, figdir: Path, formats=("png", "pdf
         return FigureResult(name, _save(fig, figdir, name, formats), caption=cap)
 
 
+def fig_attention(att: pd.DataFrame | None, figdir: Path, formats=("png", "pdf")) -> FigureResult:
+    """Mask-to-mask attention share vs loop, one panel per looped run, one line per mid layer with its 95% CI
+    over sequences; dashed: the share under uniform attention (the fraction of keys masked)."""
+    from .attention import share_by_loop
+
+    name = "attention"
+    cap = ("Share of attention that masked queries put on masked keys, per loop of the mid block (mean over "
+           "noise levels, heads and queries; band: 95% CI over evaluation sequences); dashed: uniform attention")
+    table = share_by_loop(att)
+    if table.empty:
+        return FigureResult(name, note="no attention statistics (study.eval --attention)", caption=cap)
+    runs = table.drop_duplicates("run").sort_values(["width", "budget_flops", "slug"])
+    cmap = plt.get_cmap("tab10")
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(runs), figsize=(3.6 * len(runs) + 0.6, 3.6), squeeze=False, sharey=True)
+        for ax, (_, run) in zip(axes[0], runs.iterrows()):
+            t = table[table["run"] == run["run"]]
+            for j, (layer, g) in enumerate(t.groupby("layer")):
+                g = g.sort_values("loop")
+                ax.plot(g["loop"], g["share"], color=cmap(j), marker="os^v"[j % 4], ms=4, label=f"mid layer {layer}")
+                if g["low"].notna().all():
+                    ax.fill_between(g["loop"], g["low"], g["high"], color=cmap(j), alpha=0.2, lw=0)
+            uni = t.groupby("loop")["uniform"].mean()
+            ax.plot(uni.index, uni.values, color="k", ls="--", lw=0.9, label="uniform attention")
+            ax.set_title(_short(f"{run['slug']}", 40), fontsize=8)
+            ax.set_xlabel("loop k")
+            ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))
+        axes[0][0].set_ylabel("masked → masked attention share")
+        axes[0][0].legend(fontsize=7, loc="best")
+        fig.suptitle("Does looping promote attention among masked positions?")
+        fig.tight_layout()
+        return FigureResult(name, _save(fig, figdir, name, formats), caption=cap)
+
+
 def make_figures(df: pd.DataFrame, tasks: pd.DataFrame | None, fits: StudyFits | None, claims: Sequence[Claim],
                  figdir: str | Path, formats: Sequence[str] = ("png", "pdf"),
-                 loop_diag: pd.DataFrame | None = None) -> list[FigureResult]:
+                 loop_diag: pd.DataFrame | None = None, attention: pd.DataFrame | None = None) -> list[FigureResult]:
     """All figures; each failure is contained to its figure."""
     figdir = Path(figdir)
     jobs = []
@@ -439,8 +537,10 @@ def make_figures(df: pd.DataFrame, tasks: pd.DataFrame | None, fits: StudyFits |
         for fam in ("mdm", "loopmdm", "mdm_deeper"):
             jobs.append(lambda fam=fam: fig_isoflop(fits, fam, figdir, formats))
     jobs += [lambda: fig_multiplier(claims, figdir, formats), lambda: fig_nll_vs_loops(df, figdir, formats),
+             lambda: fig_nll_vs_inference_flops(df, figdir, formats),
              lambda: fig_score_vs_loops(tasks, figdir, formats), lambda: fig_adaptive(df, figdir, formats, claims),
-             lambda: fig_loop_state(loop_diag, figdir, formats), lambda: fig_training_curves(df, fits, figdir, formats)]
+             lambda: fig_loop_state(loop_diag, figdir, formats), lambda: fig_training_curves(df, fits, figdir, formats),
+             lambda: fig_attention(attention, figdir, formats)]
     out = []
     for j in jobs:
         try:

@@ -25,7 +25,8 @@ from .claims import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, TASK_EVAL_CONTRACT,
                      multiplier_disagreements)
 from . import curves as F
 from . import loop_diagnostics as LD
-from .collect import BASE_COLUMNS, load_loop_diagnostics, load_or_collect, load_task_evals
+from .attention import rise as attention_rise
+from .collect import BASE_COLUMNS, load_attention, load_loop_diagnostics, load_or_collect, load_task_evals
 from .figures import FigureResult, make_figures
 from .select import CORE_COLUMNS, clean, missing_columns, seed_spread
 from .study_fits import StudyFits, fit_study
@@ -409,24 +410,43 @@ def _loop_md(sens: pd.DataFrame | None, states: pd.DataFrame | None, figs: dict[
             L.append(f"| {_cell(v)} | {len(g)} | {g['sensitivity'].mean():+.4f} | {int(g['inert'].sum())} | "
                      f"{'—' if bd.empty else f'{bd.mean():+.4f}'} | {', '.join(kinds)} |")
         L.append("")
-    f = figs.get("loop_state")
-    if f is not None and f.made:
-        png = [p for p in f.files if p.endswith(".png")]
-        if png:
-            L += [f"![{f.caption}]({os.path.relpath(png[0], study_dir)})", "", f"_{f.caption}_", ""]
-    return L
+    return L + _figure_md(figs.get("loop_state"), study_dir)
+
+
+def _figure_md(f: FigureResult | None, study_dir: Path) -> list[str]:
+    """A made figure's PNG embedded (path relative to the report) with its caption below."""
+    png = [p for p in f.files if p.endswith(".png")] if f is not None and f.made else []
+    return [f"![{f.caption}]({os.path.relpath(png[0], study_dir)})", "", f"_{f.caption}_", ""] if png else []
+
+
+def _attention_md(att: pd.DataFrame | None, figs: dict[str, FigureResult], study_dir: Path) -> list[str]:
+    """Mask-to-mask attention: the rise from loop 1 to the last loop per looped run and mid layer."""
+    if att is None or att.empty:
+        return []
+    r = attention_rise(att)
+    L = ["## Mask-to-mask attention", "",
+         "Share of attention that masked queries put on masked keys (mean over noise levels, heads and queries), "
+         "from the first to the last loop of the mid block; paired over evaluation sequences, 95% CI. The paper "
+         "reads a rise as looping promoting attention among masked positions.", "",
+         "| run | variant | mid layer | loops | change in share [95% CI] |", "|---|---|---|---|---|"]
+    for _, x in r.iterrows():
+        ci = f" [{x['low']:+.4f}, {x['high']:+.4f}]" if pd.notna(x["low"]) else " (no per-sequence data)"
+        L.append(f"| {_cell(x['slug'])} | {_cell(x['variant'])} | {x['layer']} | {x['first_loop']} → {x['last_loop']} "
+                 f"| {x['delta']:+.4f}{ci} |")
+    return L + [""] + _figure_md(figs.get("attention"), study_dir)
 
 
 def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd.DataFrame, fits: StudyFits | None,
                     claims: Sequence[Claim], figs: Sequence[FigureResult], missing: Sequence[str],
                     notes: Sequence[str], n_boot: int, seed: int, env: dict[str, str],
                     loop_sens: pd.DataFrame | None = None, loop_states: pd.DataFrame | None = None,
-                    tasks: pd.DataFrame | None = None) -> str:
+                    tasks: pd.DataFrame | None = None, attention: pd.DataFrame | None = None) -> str:
     n_runs = int(df["run"].nunique()) if "run" in df and not df.empty else 0
     s = summary or {}
     L = [f"# LoopMDM claims report — {study}", "",
          f"_{n_runs} runs with evaluations ({s.get('n_done', '?')} done, {len(s.get('partial', []))} unfinished, "
-         f"{len(s.get('failed', []))} failed, {len(s.get('skipped_no_evals', []))} without evals) · bootstrap "
+         f"{len(s.get('failed', []))} failed, {len(s.get('skipped_no_evals', []))} without evals"
+         f"{f', {n_ft} fine-tuned, scored on tasks' if (n_ft := len(s.get('fine_tuned', []))) else ''}) · bootstrap "
          f"{n_boot} · seed {seed} · {env['date']}_", ""]
     for n in notes:
         L.append(f"> **Input problem:** {n}")
@@ -461,6 +481,7 @@ def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd
         L += ["## Training seeds", "", f"not computed: {e.__class__.__name__}: {e}", ""]
     L += _task_loops_md(tasks)
     L += _loop_md(loop_sens, loop_states, figmap, study_dir)
+    L += _attention_md(attention, figmap, study_dir)
     L += _diagnostics_md(fits)
     L += ["## What is missing", ""]
     L += [f"- {m}" for m in missing] if missing else ["Nothing: every claim had its inputs."]
@@ -531,6 +552,7 @@ def run_report(
     timings["claims"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     loop_diag = load_loop_diagnostics(study_dir) if (study_dir / "runs").is_dir() else pd.DataFrame()
+    attention = load_attention(study_dir) if (study_dir / "runs").is_dir() else pd.DataFrame()
     try:
         loop_sens = LD.loop_sensitivity(df) if len(df) and not miss_core else pd.DataFrame()
         loop_states = LD.state_table(loop_diag)
@@ -539,12 +561,13 @@ def run_report(
         loop_sens = loop_states = pd.DataFrame()
     figs: list[FigureResult] = []
     if figures and len(df) and not miss_core:
-        figs = make_figures(df, tasks, fits, claims, study_dir / "figures", formats, loop_diag=loop_diag)
+        figs = make_figures(df, tasks, fits, claims, study_dir / "figures", formats, loop_diag=loop_diag,
+                            attention=attention)
     timings["figures"] = time.perf_counter() - t1
     missing = _missing_list(summary, df if not miss_core else pd.DataFrame(), fits, claims, [])
     env = environment()
     md = render_markdown(study, study_dir, summary, df, fits, claims, figs, missing, notes, n_boot, seed, env,
-                         loop_sens, loop_states, tasks)
+                         loop_sens, loop_states, tasks, attention)
     payload = dict(study=study, generated=env, n_boot=n_boot, seed=seed, conventions=list(conventions),
                    input_problems=notes, collect=summary, fits=fits.to_dict() if fits else None,
                    claims=[c.to_dict() for c in claims], multiplier_disagreements=multiplier_disagreements(claims),

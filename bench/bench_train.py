@@ -37,9 +37,11 @@ from study.train.perf import peak_flops  # noqa: E402
 
 
 def bare_step_time(cfg: ModelConfig, loops: int, batch: int, seq_len: int, device: torch.device,
-                   dtype: torch.dtype, iters: int, warmup: int = 3) -> float:
+                   dtype: torch.dtype, iters: int, warmup: int = 3, clip: float = 0.0, compile: bool = False) -> float:
     torch.manual_seed(0)
     model = LoopMDM(cfg).to(device=device, dtype=dtype)
+    if compile:  # system.compile: the blocks compiled in place; warm-up steps absorb the compilation
+        model.compile_blocks()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, cfg.vocab_size - 1, (batch, seq_len), device=device)
     gen = torch.Generator().manual_seed(0)
@@ -48,6 +50,8 @@ def bare_step_time(cfg: ModelConfig, loops: int, batch: int, seq_len: int, devic
         loss, _ = masked_diffusion_loss(model, x, loops=loops, generator=gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if clip:  # the same optimisation as the harness's (gradient clipping is a choice, not overhead)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
 
     for _ in range(warmup):
@@ -64,9 +68,12 @@ def bare_step_time(cfg: ModelConfig, loops: int, batch: int, seq_len: int, devic
     return statistics.median(times)
 
 
-def harness_overhead(device: torch.device, iters: int) -> dict:
-    """The same model and batch through study.train (DeepSpeed, data, logging every 10 steps, one checkpoint)
-    vs the bare step; only the steady-state step time is compared (engine start-up excluded)."""
+def harness_overhead(device: torch.device, iters: int, rounds: int) -> dict:
+    """The same model, batch and optimisation (AdamW, clipping at optim.grad_clip) through study.train
+    (DeepSpeed engine, data pipeline, per-step bookkeeping, logging every 10 steps, checkpoint at the end)
+    vs a bare PyTorch loop, interleaved round by round in this process so that machine drift hits both.
+    Harness step time: tokens/s of its logged windows after the first (start-up and the step-0 eval
+    excluded; the windows time every step, data and bookkeeping included, logging I/O and evals not)."""
     from study.plan import config as C
     import records
     from study.train import train
@@ -76,19 +83,20 @@ def harness_overhead(device: torch.device, iters: int) -> dict:
                      "s_max": 4, "loop_dist": "fixed"},
            "data": {"corpus": "shakespeare", "tokenizer": "byte", "seq_len": seq_len},
            "batch": {"global_batch": batch}, "budget": {"steps": iters + 10},
-           "eval": {"points": 1, "n_seqs": 1, "n_draws": 1},
+           "eval": {"points": 1, "n_seqs": 1, "n_draws": 2},
            "system": {"log_every": 10, "ckpt_every": 10**9, "device": device.type}}
     cfg = C.from_dict(raw)
-    with tempfile.TemporaryDirectory() as tmp:
-        train(cfg, Path(tmp) / "run", quiet=True)
-        rows = records.read_jsonl(Path(tmp) / "run" / "metrics.jsonl")
-    # tokens/s over the logged windows after the first (which includes start-up and the step-0 eval)
-    steady = [r["tokens_per_s"] for r in rows[1:-1]] or [rows[-1]["tokens_per_s"]]
-    harness_tps = statistics.median(steady)
-    bare = bare_step_time(cfg.model, 4, batch, seq_len, device, torch.float32, iters)
-    bare_tps = batch * seq_len / bare
-    return {"harness_tokens_per_s": harness_tps, "bare_tokens_per_s": bare_tps,
-            "overhead_pct": 100 * (bare_tps / harness_tps - 1)}
+    harness, bare = [], []
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            train(cfg, Path(tmp) / "run", quiet=True)
+            rows = records.read_jsonl(Path(tmp) / "run" / "metrics.jsonl")
+        harness.append(statistics.median([r["tokens_per_s"] for r in rows[1:-1]] or [rows[-1]["tokens_per_s"]]))
+        t = bare_step_time(cfg.model, 4, batch, seq_len, device, torch.float32, iters, clip=cfg.optim.grad_clip)
+        bare.append(batch * seq_len / t)
+    ratios = [b / h - 1 for b, h in zip(bare, harness)]
+    return {"harness_tokens_per_s": statistics.median(harness), "bare_tokens_per_s": statistics.median(bare),
+            "overhead_pct": 100 * statistics.median(ratios), "overhead_pct_per_round": [100 * r for r in ratios]}
 
 
 def main() -> None:
@@ -99,6 +107,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per variant")
     ap.add_argument("--json", type=Path, help="write the results here too")
     ap.add_argument("--no-harness", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also the looped model with system.compile (torch.compile)")
     ns = ap.parse_args()
     device = torch.device(ns.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -118,32 +127,40 @@ def main() -> None:
 
     results = []
     for name, cfg, k, batch, seq_len in setups:
-        variants = [(f"looped S={k}", cfg, k), ("same-size S=1", cfg.non_looped(), 1), (f"deeper (S={k} depth)", cfg.unrolled(k), 1)]
+        variants = [(f"looped S={k}", cfg, k, False), ("same-size S=1", cfg.non_looped(), 1, False),
+                    (f"deeper (S={k} depth)", cfg.unrolled(k), 1, False)]
+        if ns.compile:
+            variants.append((f"looped S={k}, compiled", cfg, k, True))
         # interleaved rounds: a variant timed first would also pay for the machine warming up
         times = {v[0]: [] for v in variants}
         for _ in range(ns.rounds):
-            for vname, vcfg, loops in variants:
-                times[vname].append(bare_step_time(vcfg, loops, batch, seq_len, device, dtype, ns.iters))
-        for vname, vcfg, loops in variants:
+            for vname, vcfg, loops, comp in variants:
+                times[vname].append(bare_step_time(vcfg, loops, batch, seq_len, device, dtype, ns.iters, compile=comp))
+        for vname, vcfg, loops, _ in variants:
             t = statistics.median(times[vname])
             f = batch * seq_len * flops.train_flops_per_token(vcfg, seq_len, loops, "exact")
             row = {"setup": name, "variant": vname, "batch": batch, "seq_len": seq_len, "step_s": t,
                    "tokens_per_s": batch * seq_len / t, "tflops": f / t / 1e12, "mfu": f / t / peak,
                    "s_per_pflop": t / f * 1e15}
             results.append(row)
-        looped, deeper = results[-3], results[-1]
+        rows = {r["variant"]: r for r in results if r["setup"] == name}
+        looped, deeper = rows[f"looped S={k}"], rows[f"deeper (S={k} depth)"]
         looped["time_per_flop_vs_deeper"] = looped["s_per_pflop"] / deeper["s_per_pflop"]
+        if ns.compile:
+            rows[f"looped S={k}, compiled"]["speedup_vs_eager"] = looped["step_s"] / rows[f"looped S={k}, compiled"]["step_s"]
     print(f"{'setup':14s} {'variant':22s} {'step ms':>9s} {'tok/s':>10s} {'TFLOP/s':>8s} {'MFU':>6s} {'t/FLOP vs deeper':>17s}")
     for r in results:
         rel = r.get("time_per_flop_vs_deeper")
+        extra = f"   {r['speedup_vs_eager']:.2f}x vs eager" if "speedup_vs_eager" in r else ""
         print(f"{r['setup']:14s} {r['variant']:22s} {1000 * r['step_s']:9.1f} {r['tokens_per_s']:10.0f} "
-              f"{r['tflops']:8.3f} {100 * r['mfu']:5.1f}% {'' if rel is None else f'{rel:17.3f}'}")
+              f"{r['tflops']:8.3f} {100 * r['mfu']:5.1f}% {'' if rel is None else f'{rel:17.3f}'}{extra}")
     out = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__, "peak_flops": peak,
            "results": results}
     if not ns.no_harness:
-        h = harness_overhead(device, max(ns.iters, 30))
+        h = harness_overhead(device, max(ns.iters, 30), ns.rounds)
         print(f"harness: {h['harness_tokens_per_s']:.0f} tok/s vs bare {h['bare_tokens_per_s']:.0f} tok/s "
-              f"-> overhead {h['overhead_pct']:.1f}%")
+              f"-> overhead {h['overhead_pct']:.1f}% (median of {ns.rounds} interleaved rounds: "
+              f"{', '.join(f'{p:.1f}%' for p in h['overhead_pct_per_round'])})")
         out["harness"] = h
     if ns.json:
         ns.json.write_text(json.dumps(out, indent=1))

@@ -261,14 +261,16 @@ def _transfer_counts(n_masked: torch.Tensor, steps: int) -> torch.Tensor:
 def sample(model, prompt: torch.Tensor | None, gen_length: int, steps: int, block_length: int | None = None,
            remasking: str = "low_confidence", loops: int | None = None, exit_threshold: float | None = None,
            temperature: float = 0.0, batch_size: int | None = None, generator: torch.Generator | None = None,
-           schedule: Schedule = Schedule()) -> SampleResult:
+           schedule: Schedule = Schedule(), prompt_pad: torch.Tensor | None = None) -> SampleResult:
     """Generate ``gen_length`` tokens after ``prompt`` (B, P) by iterative unmasking from all-mask.
 
     Semi-autoregressive (LLaDA): the generation is split into blocks of ``block_length`` filled left to right,
     ``steps`` spread evenly over blocks. Within a block, ``low_confidence`` commits the most confident
     predictions each step, ``random`` commits random positions, ``ancestral`` follows the reverse process of
     the schedule (each masked token is revealed with probability (alpha_s - alpha_t) / (1 - alpha_t)).
-    The prompt is never masked and never changed.
+    The prompt is never masked and never changed. ``prompt_pad`` (B, P) bool marks left padding of prompts
+    of unequal lengths: kept out of attention, so with greedy decoding a row's tokens are what it would get
+    alone (``study.evaluate.lm_eval_model`` batches requests this way).
     """
     if remasking not in REMASKING:
         raise ValueError(f"remasking {remasking!r} unknown; allowed: {', '.join(REMASKING)}")
@@ -286,6 +288,9 @@ def sample(model, prompt: torch.Tensor | None, gen_length: int, steps: int, bloc
         prompt = torch.empty(batch_size or 1, 0, dtype=torch.long)
     B, P = prompt.shape
     x = torch.cat([prompt.to(device), torch.full((B, gen_length), mask_id, dtype=torch.long, device=device)], 1)
+    pad = None
+    if prompt_pad is not None and bool(prompt_pad.any()):
+        pad = torch.cat([prompt_pad.to(device), torch.zeros(B, gen_length, dtype=torch.bool, device=device)], 1)
     steps_per_block = steps // n_blocks
     loops_log = []
     for b in range(n_blocks):
@@ -296,7 +301,7 @@ def sample(model, prompt: torch.Tensor | None, gen_length: int, steps: int, bloc
         for i in range(steps_per_block):
             masked = (x == mask_id) & in_block
             t = masked[:, P:].float().mean(1).clamp_min(schedule.eps)  # noise level of the generated part
-            out = model(x, t, loops=loops, exit_threshold=exit_threshold, return_stats=True)
+            out = model(x, t, loops=loops, exit_threshold=exit_threshold, return_stats=True, pad=pad)
             logits, stats = out.logits, out.stats
             loops_log.append(stats.loops_used.cpu())
             logits = _masked_logits(logits.float(), mask_id)

@@ -45,6 +45,28 @@ class LoopStats:
 
 
 @dataclass
+class Positions:
+    """What attention needs besides the activations. ``keep`` is None for an unpadded batch. A left-padded
+    batch (generation from prompts of unequal lengths) keeps its padding out of attention and numbers each
+    row's positions from its first real token, so every row computes what it would alone."""
+
+    cos: torch.Tensor  # RoPE tables: (L, hd), or (B, 1, L, hd) when rows are numbered differently
+    sin: torch.Tensor
+    keep: torch.Tensor | None = None  # (B, 1, 1, L) bool, True on real tokens
+
+    def rows(self, idx: torch.Tensor) -> "Positions":
+        """The same positions for a subset of the batch (adaptive exit drops finished rows)."""
+        if self.keep is None:
+            return self
+        return Positions(self.cos[idx], self.sin[idx], self.keep[idx])
+
+    @property
+    def token_mask(self) -> torch.Tensor | None:
+        """(B, L, 1) float: 1 on real tokens, for per-sequence norms that must ignore padding."""
+        return None if self.keep is None else self.keep[:, 0, 0, :, None].float()
+
+
+@dataclass
 class LoopOutput:
     """What ``forward(..., return_stats=True | return_attention=True)`` returns: the logits, the loop
     statistics, and (analysis only) the mid layers' attention maps per loop — a list over loops of lists over
@@ -75,18 +97,21 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    def forward(self, x: torch.Tensor, pos: Positions,
                 return_probs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
-        cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # fp32 tables, bf16 activations: keep q, k, v one dtype
+        cos, sin = pos.cos.to(q.dtype), pos.sin.to(q.dtype)  # fp32 tables, bf16 activations: one dtype
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         probs = None
         if return_probs:  # analysis path only: materialise the attention matrix
-            probs = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+            scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+            if pos.keep is not None:
+                scores = scores.masked_fill(~pos.keep, float("-inf"))
+            probs = torch.softmax(scores, dim=-1)
             y = probs @ v
         else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=False)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=pos.keep, is_causal=False)
         return self.out(y.transpose(1, 2).reshape(B, L, D)), probs
 
 
@@ -106,14 +131,14 @@ class Block(nn.Module):
             nn.init.zeros_(self.ada.weight)
             nn.init.zeros_(self.ada.bias)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c: torch.Tensor | None = None,
+    def forward(self, x: torch.Tensor, pos: Positions, c: torch.Tensor | None = None,
                 return_probs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.ada is None:
-            a, probs = self.attn(self.norm1(x), cos, sin, return_probs)
+            a, probs = self.attn(self.norm1(x), pos, return_probs)
             x = x + a
             return x + self.mlp(self.norm2(x)), probs
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, None, :].chunk(6, dim=-1)
-        a, probs = self.attn(self.norm1(x) * (1 + scale1) + shift1, cos, sin, return_probs)
+        a, probs = self.attn(self.norm1(x) * (1 + scale1) + shift1, pos, return_probs)
         x = x + (1 + gate1) * a
         return x + (1 + gate2) * self.mlp(self.norm2(x) * (1 + scale2) + shift2), probs
 
@@ -161,6 +186,15 @@ class LoopMDM(nn.Module):
                 eye = torch.eye(cfg.d_model)
                 self.loop_adapter.weight.copy_(torch.cat([eye, eye], dim=1))
 
+    def compile_blocks(self, **kwargs) -> "LoopMDM":
+        """``torch.compile`` every transformer block in place (weights and state_dict keys unchanged). The
+        loop over S stays in Python, so one compiled block graph serves every loop count: S ~ U{1..s_max}
+        costs no recompilation (modules are inlined, so all blocks share the graph too); new graphs come only
+        with new shapes (training vs evaluation batches) and options (attention maps, padding)."""
+        for blk in [*self.head_layers, *self.mid_layers, *self.tail_layers]:
+            blk.compile(**kwargs)
+        return self
+
     @staticmethod
     def _init(m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -170,7 +204,7 @@ class LoopMDM(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, loops: int | None = None,
                 exit_threshold: float | None = None, return_stats: bool = False,
-                return_attention: bool = False):
+                return_attention: bool = False, pad: torch.Tensor | None = None):
         """Logits over the vocabulary for every position of ``x`` (B, L) — or, with ``return_stats`` /
         ``return_attention``, a `LoopOutput` holding them with what the mid block did.
 
@@ -178,33 +212,46 @@ class LoopMDM(nn.Module):
         With ``exit_threshold`` a sequence stops looping once ||h_k - h_{k-1}|| / ||h_k|| < threshold,
         ``loops`` then being the cap; finished sequences are dropped from the batch so the savings are real.
         ``return_attention`` (analysis only) also returns the mid layers' attention probabilities per loop.
+        ``pad`` (B, L) bool marks padding (left-padded prompts of unequal lengths): it is kept out of
+        attention and of the exit criterion, and positions count from each row's first real token.
         """
         loops = self.cfg.s_max if loops is None else int(loops)
         if loops < 1:
             raise ValueError(f"loops must be >= 1, got {loops}")
         B = x.shape[0]
-        h, cos, sin, c = self._prelude(x, t)
+        h, pos, c = self._prelude(x, t, pad)
         attn_maps: list[list[torch.Tensor]] | None = [] if return_attention else None
         if exit_threshold is None:
-            h = self._loop(h, cos, sin, c, loops, attn_maps)
+            h = self._loop(h, pos, c, loops, attn_maps)
             stats = LoopStats(loops_used=torch.full((B,), loops, dtype=torch.long, device=x.device),
                               last_rel_change=torch.full((B,), float("nan"), device=x.device))
         else:
-            h, stats = self._loop_until_settled(h, cos, sin, c, loops, exit_threshold, attn_maps)
+            h, stats = self._loop_until_settled(h, pos, c, loops, exit_threshold, attn_maps)
         for blk in self.tail_layers:
-            h, _ = blk(h, cos, sin, c)
+            h, _ = blk(h, pos, c)
         h = self.norm(h)
         logits = F.linear(h, self.embed.weight if self.lm_head is None else self.lm_head.weight)
         if not (return_stats or return_attention):
             return logits
         return LoopOutput(logits=logits, stats=stats, attention=attn_maps)
 
-    def _prelude(self, x: torch.Tensor, t: torch.Tensor | None):
-        """Embedding and head layers: the head output e, with the RoPE tables and the t conditioning."""
+    def _positions(self, x: torch.Tensor, pad: torch.Tensor | None) -> Positions:
+        L = x.shape[1]
+        if pad is None:
+            return Positions(self.rope_cos[:L].to(x.device), self.rope_sin[:L].to(x.device))
+        if pad.shape != x.shape or pad.dtype != torch.bool:
+            raise ValueError(f"pad must be a bool tensor shaped like x {tuple(x.shape)}, got {pad.dtype} {tuple(pad.shape)}")
+        real = ~pad.to(x.device)
+        idx = (real.long().cumsum(1) - 1).clamp_min(0)  # each row numbered from its first real token
+        cos, sin = self.rope_cos.to(x.device)[idx], self.rope_sin.to(x.device)[idx]
+        return Positions(cos[:, None], sin[:, None], real[:, None, None, :])
+
+    def _prelude(self, x: torch.Tensor, t: torch.Tensor | None, pad: torch.Tensor | None = None):
+        """Embedding and head layers: the head output e, with the positions and the t conditioning."""
         B, L = x.shape
         if L > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {L} exceeds model.max_seq_len={self.cfg.max_seq_len}")
-        cos, sin = self.rope_cos[:L].to(x.device), self.rope_sin[:L].to(x.device)
+        pos = self._positions(x, pad)
         c = None
         if self.time_embed is not None:
             if t is None:
@@ -212,14 +259,14 @@ class LoopMDM(nn.Module):
             c = self.time_embed(t.expand(B) if t.dim() == 0 else t)
         h = self.embed(x)
         for blk in self.head_layers:
-            h, _ = blk(h, cos, sin, c)
-        return h, cos, sin, c
+            h, _ = blk(h, pos, c)
+        return h, pos, c
 
-    def _mid(self, h, cos, sin, c, attn_maps) -> torch.Tensor:
+    def _mid(self, h, pos, c, attn_maps) -> torch.Tensor:
         """One application of the looped block (its layers in order), recording attention when asked."""
         loop_maps = []
         for blk in self.mid_layers:
-            h, probs = blk(h, cos, sin, c, attn_maps is not None)
+            h, probs = blk(h, pos, c, attn_maps is not None)
             if probs is not None:
                 loop_maps.append(probs)
         if attn_maps is not None:
@@ -230,7 +277,7 @@ class LoopMDM(nn.Module):
         """h_0: the head output itself, or zeros when the head output is re-injected into every loop."""
         return e if self.cfg.loop_input == "none" else torch.zeros_like(e)
 
-    def _step(self, h, e, k: int, cos, sin, c, attn_maps) -> torch.Tensor:
+    def _step(self, h, e, k: int, pos, c, attn_maps) -> torch.Tensor:
         """Loop k (1-based): h_{k-1} -> h_k, with the configured variants (see the module docstring)."""
         if self.cfg.loop_input == "add":
             h = h + e
@@ -238,20 +285,20 @@ class LoopMDM(nn.Module):
             h = self.loop_adapter(torch.cat([h, e], dim=-1))
         if self.loop_index is not None:
             h = h + self.loop_index.weight[min(k, self.cfg.s_max) - 1].to(h.dtype)
-        h = self._mid(h, cos, sin, c, attn_maps)
+        h = self._mid(h, pos, c, attn_maps)
         return h if self.loop_state_norm is None else self.loop_state_norm(h)
 
-    def _loop(self, h, cos, sin, c, loops: int, attn_maps, trace: list | None = None) -> torch.Tensor:
+    def _loop(self, h, pos, c, loops: int, attn_maps, trace: list | None = None) -> torch.Tensor:
         """The recurrence: the mid block applied ``loops`` times with shared weights. ``trace`` (analysis only)
         receives the state after every loop, for the loop diagnostics."""
         e, h = h, self._start(h)
         for k in range(1, loops + 1):
-            h = self._step(h, e, k, cos, sin, c, attn_maps)
+            h = self._step(h, e, k, pos, c, attn_maps)
             if trace is not None:
                 trace.append(h)
         return h
 
-    def _loop_until_settled(self, h, cos, sin, c, cap: int, threshold: float, attn_maps):
+    def _loop_until_settled(self, h, pos, c, cap: int, threshold: float, attn_maps):
         """Adaptive exit: each sequence stops once its relative change falls under ``threshold`` (at most
         ``cap`` loops). Finished sequences leave the batch (their state is kept as it was when they stopped),
         so the compute saved is real. The first loop's change is measured from h_0 (the head output, or 0
@@ -265,8 +312,9 @@ class LoopMDM(nn.Module):
             whole = active.numel() == B
             h_act, e_act = (h, e) if whole else (h[active], e[active])
             c_act = c if c is None or whole else c[active]
-            new = self._step(h_act, e_act, k, cos, sin, c_act, attn_maps)
-            rel = relative_change(new, h_act)
+            pos_act = pos if whole else pos.rows(active)
+            new = self._step(h_act, e_act, k, pos_act, c_act, attn_maps)
+            rel = relative_change(new, h_act, pos_act.token_mask)
             last_change[active] = rel
             done = rel < threshold
             loops_used[active[done]] = k
@@ -279,12 +327,15 @@ class LoopMDM(nn.Module):
     @torch.no_grad()
     def loop_trace(self, x: torch.Tensor, t: torch.Tensor | None, loops: int) -> list[torch.Tensor]:
         """The state after each of ``loops`` loops, h_0 first (analysis only: the loop diagnostics)."""
-        h, cos, sin, c = self._prelude(x, t)
+        h, pos, c = self._prelude(x, t)
         trace = [self._start(h)]
-        self._loop(h, cos, sin, c, loops, None, trace)
+        self._loop(h, pos, c, loops, None, trace)
         return trace
 
 
-def relative_change(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    """||h_k - h_{k-1}|| / ||h_k|| per sequence (B,), in fp32: the adaptive-exit criterion."""
+def relative_change(new: torch.Tensor, old: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """||h_k - h_{k-1}|| / ||h_k|| per sequence (B,), in fp32: the adaptive-exit criterion. ``token_mask``
+    (B, L, 1) leaves padding out of both norms."""
+    if token_mask is not None:
+        new, old = new * token_mask.to(new.dtype), old * token_mask.to(old.dtype)
     return ((new - old).flatten(1).norm(dim=1) / new.flatten(1).norm(dim=1).clamp_min(1e-12)).float()

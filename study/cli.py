@@ -37,6 +37,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
 
 
+class RaisingParser(Parser):
+    """The same options parsed from a spec (a sweep's ``evaluate:`` args): an error names the spec field."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError("args", message)
+
+
 def _errors() -> tuple[type[Exception], ...]:
     """What a user's input or a run's state can raise, as opposed to bugs (tracebacks). Every input error is a
     ConfigError; RunError is added only once the trainer is loaded, so planning never imports torch."""
@@ -158,6 +165,14 @@ def cmd_submit(ns, spec, runs, resources, sdir: Path) -> int:
         if todo:
             rc = run_mod.submit_slurm(sdir, spec, todo, resources, ns.wait) if slurm else \
                 run_mod.run_locally(sdir, spec, todo, quiet=ns.quiet)
+        if spec.evaluate and slurm:
+            evals = run_mod.submit_evaluations(sdir, spec, runs, resources)
+            for s in evals:
+                print(f"submitted {s.name} as job {s.job_id}")
+            if ns.wait:
+                rc = max(rc, run_mod.wait_for(evals))
+    if spec.evaluate and not slurm and rc in (0, 1):
+        rc = max(rc, run_mod.run_evaluations(sdir, spec, runs, quiet=ns.quiet))
     if rc == EXIT_STOPPED:
         print("stopped: every started run is checkpointed; run the same command again to resume", flush=True)
         return rc
@@ -339,10 +354,10 @@ def eval_request(ns: argparse.Namespace):
                        sudoku_puzzles=ns.sudoku_puzzles, quiet=ns.quiet)
 
 
-def eval_parser() -> Parser:
+def eval_parser(parser_cls: type[Parser] = Parser) -> Parser:
     from study.evaluate.tasks import EXECUTORS
 
-    ap = Parser(prog="python -m study.eval", description="Evaluate trained runs: lm-eval tasks, loop scans of "
+    ap = parser_cls(prog="python -m study.eval", description="Evaluate trained runs: lm-eval tasks, loop scans of "
                 "validation NLL, attention statistics; results already on disk are not recomputed.")
     ap.add_argument("target", help="a run directory, or a study directory (all finished runs)")
     ap.add_argument("--tasks", default=None, help="comma-separated: gsm8k-local, gsm8k-synth[:DIFF[:N]], gsm8k-synth-mc[:DIFF[:N]], "
@@ -430,3 +445,67 @@ def lm_eval_main() -> None:
     from lm_eval.__main__ import cli_evaluate
 
     cli_evaluate()
+
+
+# ---------------------------------------------------------------------------------------------- data
+def data_main(argv: list[str] | None = None) -> int:
+    """``python -m study.data prepare TARGET``: tokenise corpora into the token cache ahead of training, so
+    the runs of a sweep (all sharing one cache key per data setting) never tokenise."""
+    ap = Parser(prog="python -m study.data", description="Tokenise corpora into the token cache ahead of training "
+                "(resumable: rerun after an interruption; parallel: --workers).")
+    sub = ap.add_subparsers(dest="verb", required=True)
+    p = sub.add_parser("prepare", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="tokenise every corpus a spec (or one run config, or one corpus) trains on")
+    p.add_argument("target", help="a study spec (sweeps/*.yaml), a run config.yaml, or a corpus (lm1b, hf:NAME@REV, PATH)")
+    p.add_argument("overrides", nargs="*", default=[], help="key=value on a spec's base / a config (data.cache_dir=...)")
+    p.add_argument("--tokenizer", default="byte", help="with a corpus target: the tokenizer")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="with a corpus target: every k-th document held out")
+    p.add_argument("--val-split", default=None, help="with a corpus target: the corpus's own held-out split (hub)")
+    p.add_argument("--max-tokens", type=int, default=None, help="with a corpus target: tokens read at most")
+    p.add_argument("--cache-dir", default=None, help="token cache (default $LOOPMDM_CACHE or ~/.cache/loopmdm)")
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="tokenising processes")
+    ns = ap.parse_args(argv)
+    from study import data as data_mod
+
+    try:
+        settings = _data_settings(ns)
+        for corpus, tokenizer, cache, val_fraction, max_tokens, val_split in settings:
+            td = data_mod.prepare_tokens(corpus, tokenizer, cache, val_fraction=val_fraction, max_tokens=max_tokens,
+                                         val_split=val_split, workers=ns.workers)
+            m = td.meta
+            print(f"{corpus} / {tokenizer}: {m['n_train']:,} train + {m['n_val']:,} held-out tokens "
+                  f"({m['split_rule']}) in {td.path}", flush=True)
+    except _errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def _data_settings(ns) -> list[tuple]:
+    """The distinct token caches a target needs: (corpus, tokenizer, cache dir, val_fraction, max_tokens,
+    val_split) — for a spec, over its pretraining runs (fine-tuning reads question/answer sets instead)."""
+    from study import data as data_mod
+    from study.plan import config as config_mod
+    from study.plan import spec as spec_mod
+
+    target = Path(ns.target)
+    if target.suffix in (".yaml", ".yml") and target.is_file():
+        raw = config_mod.load_yaml_mapping(target, "TARGET", "a spec (study:, base:) or a run config (model:, data:)")
+        if "study" in raw or "base" in raw:
+            cfgs = [r.cfg for r in spec_mod.expand(spec_mod.load_spec(target, ns.overrides))]
+        else:
+            cfgs = [config_mod.from_dict(config_mod.apply_overrides(raw, list(ns.overrides)))]
+        out = []
+        for c in cfgs:
+            if c.kind != "pretrain":
+                continue
+            d = c.data
+            cache = Path(d.cache_dir) if d.cache_dir else data_mod.default_cache_dir()
+            key = (d.corpus, d.tokenizer, cache, d.val_fraction, d.max_tokens, d.val_split)
+            if key not in out:
+                out.append(key)
+        return out
+    if ns.overrides:
+        raise ConfigError("overrides", "key=value overrides apply to a spec or config target, not to a corpus")
+    cache = Path(ns.cache_dir) if ns.cache_dir else data_mod.default_cache_dir()
+    return [(ns.target, ns.tokenizer, cache, ns.val_fraction, ns.max_tokens, ns.val_split)]

@@ -355,3 +355,92 @@ def test_long_documents_are_encoded_in_pieces_with_identical_ids():
     doc = "\n\n".join(f"{r['question']}\n{r['answer']}" for r in data.load_qa_rows("gsm8k-synth:hard:60"))
     (pieces,) = data.tokens._encode_docs(tok, [doc], piece=500)
     assert len(doc) > 10 * 500 and pieces.tolist() == tok.encode(doc)
+
+
+def _bytes(td) -> bytes:
+    return np.asarray(td.train).tobytes() + b"|" + np.asarray(td.val).tobytes()
+
+
+def test_an_interrupted_build_resumes_at_its_first_missing_chunk(tmp_path, monkeypatch):
+    """Chunks of documents survive a crash in tokens/<key>.partial/; the rerun tokenises only the rest and
+    packs exactly what an uninterrupted build packs (then the partial folder goes)."""
+    _write_docs(tmp_path / "c.jsonl", 200)
+    monkeypatch.setattr(data.tokens, "CHUNK_CHARS", 600)  # ~20 documents a chunk
+    fresh = data.prepare_tokens(str(tmp_path / "c.jsonl"), "byte", tmp_path / "fresh", val_fraction=0.1)
+    encoded = []
+    encode = data.tokens._encode_docs
+
+    def crash_on_fourth(tok, docs):
+        encoded.append(len(docs))
+        if len(encoded) == 4:
+            raise KeyboardInterrupt  # killed mid-build
+        return encode(tok, docs)
+
+    monkeypatch.setattr(data.tokens, "_encode_docs", crash_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        data.prepare_tokens(str(tmp_path / "c.jsonl"), "byte", tmp_path / "cache", val_fraction=0.1)
+    partial = list((tmp_path / "cache" / "tokens").glob("*.partial"))
+    assert len(partial) == 1 and len(list(partial[0].rglob("chunk-*.npz"))) == 3
+    n_chunks = len(list(data.tokens._batches(data.get_corpus_texts(str(tmp_path / "c.jsonl")))))
+    encoded.clear()
+    monkeypatch.setattr(data.tokens, "_encode_docs", lambda tok, docs: encoded.append(len(docs)) or encode(tok, docs))
+    again = data.prepare_tokens(str(tmp_path / "c.jsonl"), "byte", tmp_path / "cache", val_fraction=0.1)
+    assert len(encoded) == n_chunks - 3 > 0  # the three finished chunks were read back, not tokenised
+    assert _bytes(again) == _bytes(fresh) and again.meta["source_sha256"] == fresh.meta["source_sha256"]
+    assert not partial[0].exists()
+
+
+def test_parallel_workers_pack_the_same_tokens(tmp_path, monkeypatch):
+    _write_docs(tmp_path / "c.jsonl", 120)
+    monkeypatch.setattr(data.tokens, "CHUNK_CHARS", 500)
+    one = data.prepare_tokens(str(tmp_path / "c.jsonl"), "byte", tmp_path / "a", val_tokens=64)
+    two = data.prepare_tokens(str(tmp_path / "c.jsonl"), "byte", tmp_path / "b", val_tokens=64, workers=2)
+    assert one.path.name == two.path.name and _bytes(one) == _bytes(two)
+
+
+def test_a_hub_corpus_with_its_own_test_split_and_a_pinned_revision(tmp_path, monkeypatch):
+    """data.val_split: the held-out tokens are the corpus's own split (LM1B's test set), not every k-th training
+    document; @REVISION reaches the hub loader and, through the spec, the cache key and the run record."""
+    from study.data import corpora
+
+    splits = {"train": [f"train sentence {i}" for i in range(30)], "test": [f"test sentence {i}" for i in range(5)]}
+    asked = []
+
+    def fake_hub(name, config, split, field_name, local_form="", revision=None):
+        asked.append((name, split, revision))
+        yield from ({"text": t} for t in splits[split])
+
+    monkeypatch.setattr(corpora, "_hub_rows", fake_hub)
+    td = data.prepare_tokens("hf:lm1b@abc123", "byte", tmp_path, val_split="test")
+    tok = td.tokenizer
+    assert _split_docs(td.train, tok) == splits["train"] and _split_docs(td.val, tok) == splits["test"]
+    assert td.meta["split_rule"] == "own_split" and td.meta["val_split"] == "test"
+    assert ("lm1b", "train", "abc123") in asked and ("lm1b", "test", "abc123") in asked
+    other = data.prepare_tokens("hf:lm1b@def456", "byte", tmp_path, val_split="test")
+    assert other.path != td.path  # another revision, another cache entry
+    kth = data.prepare_tokens("hf:lm1b@abc123", "byte", tmp_path)  # no val_split: every 20th training sentence
+    assert _split_docs(kth.val, tok) == [splits["train"][19]]
+    with pytest.raises(DataError, match="^data.val_split: .*no splits of its own"):
+        data.prepare_tokens("shakespeare", "byte", tmp_path, val_split="test")
+    with pytest.raises(DataError, match="^data.corpus: bad 'hf:lm1b@'"):
+        data.resolve_corpus("hf:lm1b@")
+    from study.plan import config as C
+
+    cfg = C.from_dict({"data": {"corpus": "hf:lm1b@abc123", "val_split": "test"}})
+    assert cfg.semantic_dict()["data"]["val_split"] == "test"
+    assert "val_split" not in C.from_dict({}).semantic_dict()["data"]  # unset: old run hashes unchanged
+
+
+def test_prepare_command_fills_the_cache_a_sweeps_runs_read(tmp_path, monkeypatch, capsys):
+    from study import cli
+
+    root = Path(__file__).resolve().parents[1]
+    cache = tmp_path / "cache"
+    assert cli.data_main(["prepare", str(root / "sweeps" / "tiny.yaml"), f"data.cache_dir={cache}",
+                          "--workers", "1"]) == 0
+    assert "shakespeare / byte:" in capsys.readouterr().out
+    monkeypatch.setattr(data.tokens, "_tokenize_into", lambda *a, **k: pytest.fail("tokenised again"))
+    td = data.prepare_tokens("shakespeare", "byte", cache)  # what every run of that spec asks for
+    assert td.meta["n_train"] > 0
+    assert cli.data_main(["prepare", "no-such-corpus"]) == 2
+    assert "data.corpus" in capsys.readouterr().err

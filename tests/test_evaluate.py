@@ -65,6 +65,10 @@ def test_attention_statistic_is_computed_stored_and_not_recomputed(runs):
     for r in res["rows"]:
         assert 0 <= r["masked_to_masked"] <= 1 and 0 <= r["unmasked_to_masked"] <= 1
         assert r["masked_key_frac"] == pytest.approx(r["t"], abs=0.15)  # ~t of the keys are masked
+        # per-sequence shares (CIs over sequences): one per sequence with a masked query, averaging to the row's
+        # value when weighted by each sequence's masked queries
+        assert 1 <= len(r["seq_masked_to_masked"]) == len(r["seq_masked_key_frac"]) <= 4
+        assert min(r["seq_masked_to_masked"]) <= r["masked_to_masked"] <= max(r["seq_masked_to_masked"])
     mtime = path.stat().st_mtime_ns
     assert attention_stats(pre, ts=[0.25, 0.75], loops=3, n_seqs=4) == res
     assert path.stat().st_mtime_ns == mtime

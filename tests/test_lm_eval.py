@@ -6,12 +6,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from helpers_eval import tiny_runs
 from study import cli
@@ -114,9 +116,100 @@ def test_real_gsm8k_through_lm_eval_by_model_name(runs, tmp_path):
                                   tasks=["gsm8k-local"], limit=3, task_manager=tm, log_samples=True)
     res = out["results"]["gsm8k-local"]
     assert {"exact_match,strict-match", "exact_match,flexible-extract"} <= set(res)
-    assert out["configs"]["gsm8k-local"]["dataset_kwargs"]["data_files"]["test"] == str(GSM8K_DIR / "test.jsonl")
+    assert out["configs"]["gsm8k-local"]["metadata"]["gsm8k_dir"] == str(GSM8K_DIR.resolve())
     assert len(out["samples"]["gsm8k-local"]) == 3 * 2  # 3 problems x 2 filters
     assert out["n-shot"]["gsm8k-local"] == 0
+
+
+def test_packaged_gsm8k_format_task_is_lm_evals_own_gsm8k_config():
+    """The packaged YAML repeats lm-eval's gsm8k prompt, stop strings, metric and filters (a static file cannot
+    include lm-eval's by path); this keeps the copy true to the installed lm-eval."""
+    import lm_eval
+
+    ours = yaml.load((tasks_mod.PACKAGED / "gsm8k_synth.yaml").read_text(), Loader=tasks_mod._IgnoreTags)
+    theirs = yaml.safe_load((Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml").read_text())
+    for key in ("output_type", "doc_to_text", "doc_to_target", "metric_list", "generation_kwargs", "filter_list",
+                "test_split", "fewshot_split"):
+        assert ours[key] == theirs[key], key
+
+
+def test_packaged_tasks_run_in_lm_evals_own_entry_points_without_study_eval(runs, tmp_path):
+    """Right after install: lm-eval's simple_evaluate and its CLI find the packaged tasks with --include_path
+    and the model by name; problems chosen with --metadata. No study.eval call has written anything."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    _, sft = runs
+    tm = TaskManager(include_path=str(tasks_mod.PACKAGED), include_defaults=False,
+                     metadata={"difficulty": "easy", "n": 6})
+    out = lm_eval.simple_evaluate(model="loopmdm", model_args=f"run={sft},loops=2,gen_length=32,steps=16,"
+                                  f"mc_num=2,device=cpu", tasks=["gsm8k-synth", "gsm8k-synth-mc"],
+                                  task_manager=tm, log_samples=True)
+    assert {"exact_match,strict-match", "exact_match,flexible-extract"} <= set(out["results"]["gsm8k-synth"])
+    assert "acc,none" in out["results"]["gsm8k-synth-mc"]
+    assert len(out["samples"]["gsm8k-synth-mc"]) == 6
+    docs = [smp["doc"]["question"] for smp in out["samples"]["gsm8k-synth"]]
+    from study.data import gsm8k_synth
+
+    assert docs[:6] == [p["question"] for p in gsm8k_synth.generate(6, seed=0, difficulty="easy", split="test")]
+    cmd = [sys.executable, "-m", "study.lm_eval_cli", "run", "--model", "loopmdm", "--model_args",
+           f"run={sft},gen_length=16,steps=8", "--device", "cpu", "--include_path", str(tasks_mod.PACKAGED), "--tasks",
+           "gsm8k-synth", "--metadata", '{"difficulty": "tiny", "n": 2}', "--batch_size", "4",
+           "--output_path", str(tmp_path / "out")]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "gsm8k-synth" in res.stdout and "exact_match" in res.stdout
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").rglob("results_*.json"))
+
+
+def test_unequal_prompts_batched_equal_batch_size_one(sft_lm):
+    """Generation batches prompts of different lengths (left padding kept out of attention); greedy output is
+    the same token for token as one prompt at a time, and the batched run makes fewer forward passes."""
+    class Req:
+        def __init__(self, context, kw):
+            self.args = (context, kw)
+
+    from study.data import format_prompt, gsm8k_synth
+
+    problems = gsm8k_synth.generate(8, seed=3, difficulty="easy", split="test")
+    reqs = [Req(format_prompt(p["question"]), {"until": ["Question:"], "do_sample": False}) for p in problems]
+    assert len({len(r.args[0]) for r in reqs}) > 4  # genuinely unequal lengths
+    lm = sft_lm
+    lm.stats.clear()
+    batched = lm.generate_until(reqs)
+    forwards_batched = lm.stats["forwards"]
+    lm.batch_size = 1
+    lm.stats.clear()
+    try:
+        alone = lm.generate_until(reqs)
+    finally:
+        lm.batch_size = 16
+    assert batched == alone
+    assert forwards_batched * 8 == lm.stats["forwards"]
+    assert any(t.strip() for t in alone)
+
+
+def test_generation_kwargs_are_honoured_or_refused(sft_lm):
+    class Req:
+        def __init__(self, kw):
+            self.args = ("Question: Ann has 3 apples. She buys 4 more. How many now?\nAnswer:", kw)
+
+    lm = sft_lm
+    assert lm._gen_settings({"until": "Q", "max_gen_toks": 16, "do_sample": False, "temperature": 0.7}) == \
+        (["Q"], 16, 16, 0.0)  # do_sample false means greedy whatever the temperature
+    assert lm._gen_settings({"temperature": 0.5})[-1] == 0.5
+    lm.stats.clear()
+    lm.generate_until([Req({"max_gen_toks": 16})])
+    assert lm.stats["forwards"] == 8  # steps scale with the length: 16 steps for 32 tokens, 8 for 16
+    with pytest.raises(EvalError, match="^gen_kwargs: .*top_p"):
+        lm.generate_until([Req({"top_p": 0.9})])
+    with pytest.raises(EvalError, match="^gen_length: 300 leaves no room"):
+        lm.generate_until([Req({"max_gen_toks": 300})])
+    # a generation length longer than the model is no obstacle to loglikelihood (multiple-choice) requests
+    long = LoopMDMLM(loaded=lm.loaded, gen_length=512, mc_num=2)
+    [(ll, _)] = long._score([long._encode_pair("Question: 1 + 1?\nAnswer:", " 2")])
+    assert math.isfinite(ll) and ll < 0
 
 
 def test_lm_eval_cli_wrapper_registers_the_model():

@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from model import LoopMDM, ModelConfig, flops
 from model.config import ConfigError
 from model.diagnostics import loop_diagnostics
+from model.transformer import Positions
 
 torch.set_num_threads(1)
 
@@ -27,10 +28,10 @@ def reference_forward(m: LoopMDM, x: torch.Tensor, loops: int) -> torch.Tensor:
     """The recurrence written out by hand from the module docstring, one operation a line."""
     cfg = m.cfg
     L = x.shape[1]
-    cos, sin = m.rope_cos[:L], m.rope_sin[:L]
+    pos = Positions(m.rope_cos[:L], m.rope_sin[:L])
     e = m.embed(x)
     for blk in m.head_layers:
-        e, _ = blk(e, cos, sin)
+        e, _ = blk(e, pos)
     h = e if cfg.loop_input == "none" else torch.zeros_like(e)
     for k in range(1, loops + 1):
         if cfg.loop_input == "add":
@@ -42,11 +43,11 @@ def reference_forward(m: LoopMDM, x: torch.Tensor, loops: int) -> torch.Tensor:
         if cfg.loop_embed:
             u = u + m.loop_index.weight[min(k, cfg.s_max) - 1]
         for blk in m.mid_layers:
-            u, _ = blk(u, cos, sin)
+            u, _ = blk(u, pos)
         h = torch.nn.functional.layer_norm(u, (cfg.d_model,), m.loop_state_norm.weight, m.loop_state_norm.bias) \
             if cfg.loop_norm else u
     for blk in m.tail_layers:
-        h, _ = blk(h, cos, sin)
+        h, _ = blk(h, pos)
     return m.norm(h) @ m.embed.weight.T
 
 
@@ -152,9 +153,9 @@ def test_diagnostics_tell_a_settling_recurrence_from_a_drifting_one():
     m = LoopMDM(cfg_of(n_mid_layers=1, s_max=4))
     x = torch.randint(0, 39, (4, 16))
     target = torch.randn(32)
-    m._mid = lambda h, cos, sin, c, maps: 0.5 * h + 0.5 * target  # settles at target
+    m._mid = lambda h, pos, c, maps: 0.5 * h + 0.5 * target  # settles at target
     settle = loop_diagnostics(m, x, 8)
-    m._mid = lambda h, cos, sin, c, maps: h + target  # drifts along target
+    m._mid = lambda h, pos, c, maps: h + target  # drifts along target
     drift = loop_diagnostics(m, x, 8)
     assert settle["increment_norm"][-1] < 0.05 * settle["increment_norm"][1]
     assert drift["increment_norm"][-1] == pytest.approx(drift["increment_norm"][1], rel=1e-4)

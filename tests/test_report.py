@@ -57,7 +57,8 @@ def test_figures_exist_and_are_embedded(report):
     d, res = report
     made = {f.name for f in res.figures if f.made}
     for name in ("loss_vs_flops_6N_nonembed", "loss_vs_flops_exact", "isoflop_mdm", "isoflop_loopmdm",
-                 "multiplier_vs_loss", "nll_vs_loops", "score_vs_loops", "adaptive_loops", "training_curves"):
+                 "multiplier_vs_loss", "nll_vs_loops", "score_vs_loops", "adaptive_loops", "training_curves",
+                 "nll_vs_inference_flops"):
         assert name in made
         assert (d / "figures" / f"{name}.png").stat().st_size > 5000
         assert (d / "figures" / f"{name}.pdf").exists()

@@ -117,3 +117,27 @@ def test_a_run_trained_on_grids_is_scored_per_loop_count_and_not_recomputed(tmp_
     assert [a["eval_hash"] for a in again] == [r["eval_hash"] for r in recs]  # read back, not recomputed
     with pytest.raises(EvalError, match="order"):
         sudoku_eval(run, order="diagonal")
+    # the same run through lm-eval's own simple_evaluate and the packaged sudoku-complete task
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    import study.evaluate.lm_eval_model  # noqa: F401  (registers "loopmdm")
+    from study.evaluate.lm_tasks import PACKAGED
+
+    tm = TaskManager(include_path=str(PACKAGED), include_defaults=False, metadata={"rows": 1, "n": 3})
+    out = lm_eval.simple_evaluate(model="loopmdm", model_args=f"run={run},loops=2,device=cpu",
+                                  tasks=["sudoku-complete"], task_manager=tm, log_samples=True)
+    res = out["results"]["sudoku-complete"]
+    assert 0 <= res["valid,none"] <= 1 and 0 <= res["cells,none"] <= 1
+    assert len(out["samples"]["sudoku-complete"]) == 3
+
+
+def test_sudoku_completion_is_scored_valid_or_not():
+    from study.evaluate.lm_eval_tasks.loaders import sudoku_complete, sudoku_results
+
+    doc = sudoku_complete(rows=1, n=1)["test"][0]
+    assert doc["context"].count("\n") == 8 and len(doc["target"]) == 10
+    assert sudoku_results(doc, [doc["target"]]) == {"valid": 1.0, "cells": 1.0}
+    wrong = doc["target"][1] + doc["target"][0] + doc["target"][2:]  # two cells swapped: a column repeats
+    assert sudoku_results(doc, [wrong]) == {"valid": 0.0, "cells": 7 / 9}
+    assert sudoku_results(doc, ["12"])["valid"] == 0.0  # too short

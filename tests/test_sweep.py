@@ -155,6 +155,44 @@ def test_only_selects_and_failed_needs_retry(tmp_path, capsys):
     assert records.read_json(other / "DONE.json") is not None
 
 
+def test_evaluate_stage_scores_selected_runs_once(tmp_path, capsys):
+    """Three stages in one spec, as the embedded default has them: pretrain, fine-tune only the parents that
+    `finetune.only` selects, then `evaluate:` (study.eval's own arguments) on the fine-tuned runs. A second
+    submission of the same spec trains and evaluates nothing."""
+    ft = {"corpus": "gsm8k-synth:tiny", "only": "*-n9-*", "budget": {"steps": 2}, "data": {"seq_len": 200}}
+    ev = [{"runs": "finetuned", "args": "--tasks gsm8k-synth:tiny:4 --loops 1,2 --gen-length 4"}]
+    p = _write(tmp_path, finetune=ft, evaluate=ev)
+    runs = sweep.expand(sweep.load_spec(p))
+    children = [r for r in runs if r.parent is not None]
+    assert len(runs) == 6 and len(children) == 2  # 2 budgets x (looped, same-size); only budget 9 fine-tuned
+    assert {c.parent.cfg.steps for c in children} == {9}
+    out = tmp_path / "study"
+    assert cli.sweep_main([str(p), "--out", str(out), "--no-report", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("[eval ") == 2
+    from analysis.collect import load_task_evals
+
+    tasks, _ = load_task_evals(out)
+    assert sorted(zip(tasks["family"], tasks["loops"])) == [("loopmdm", 1), ("loopmdm", 2), ("mdm", 1)]
+    assert set(tasks["task"]) == {"gsm8k-synth-tiny-4"} and all(len(x) == 4 for x in tasks["per_sample"])
+    assert cli.sweep_main([str(p), "--out", str(out), "--no-report"]) == 0
+    again = capsys.readouterr().out
+    assert "0 to run" in again and "[eval " not in again
+
+
+@pytest.mark.parametrize("args, says", [
+    ("--tasks gsm8k-synth --bogus 1", "unrecognized arguments: --bogus"),
+    ("--tasks gsm8k-synth --executor slurm", "--executor belongs to the sweep"),
+    ("--loops 1,2", "nothing to do"),
+])
+def test_bad_evaluate_stage_is_refused_naming_the_field(tmp_path, capsys, args, says):
+    out = tmp_path / "study"
+    p = _write(tmp_path, evaluate=[{"runs": "all", "args": args}])
+    assert cli.sweep_main([str(p), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "evaluate[0].args" in err and says in err and not out.exists()
+
+
 def test_finetune_stage_runs_after_its_parents(tmp_path, capsys):
     """Two stages in one spec: each looped/same-size pretraining run gets a fine-tuned child that starts
     from its weights (init_from relative to the study, so the child's identity does not depend on where

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,3 +192,61 @@ def test_nan_loss_fails_the_run_and_never_marks_done(tmp_path, corpus, monkeypat
     assert not (out / "DONE.json").exists()
     failed = json.loads((out / "FAILED.json").read_text())
     assert "loss became nan" in json.dumps(failed)
+
+
+def test_tensorboard_mirrors_the_jsonl_logs_and_purges_replayed_steps_on_resume(tmp_path, corpus):
+    """system.tensorboard=true: TensorBoard events hold the same training loss and validation NLL as
+    metrics.jsonl / evals.jsonl; a run stopped and resumed from step 10 has each step once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_cfg(corpus, tmp_path / "cache", **{"budget.steps": 20, "system.tensorboard": "true",
+                                                  "system.log_every": 1})
+    out = tmp_path / "run"
+    calls = {"n": 0}
+
+    def stop_after_twelve() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 12
+
+    assert train(cfg, out, stop=stop_after_twelve, quiet=True)["status"] == "preempted"
+    shutil.rmtree(latest_checkpoint(out))  # as if killed before that checkpoint: resume from 10, replay 11-12
+    assert records.ckpt_step(latest_checkpoint(out)) == 10
+    assert train(cfg, out, quiet=True)["status"] == "done"
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    loss = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    metrics = records.read_jsonl(out / "metrics.jsonl")
+    assert [s for s, _ in loss] == [m["step"] for m in metrics] == list(range(1, 21))
+    assert [v for _, v in loss] == pytest.approx([m["loss"] for m in metrics], rel=1e-6)
+    evals = [e for e in records.read_jsonl(out / "evals.jsonl") if e["eval_loops"] == 1 and e["exit_threshold"] is None]
+    nll = acc.Scalars("val/nll_S1")
+    assert [e.step for e in nll] == [e["step"] for e in evals]
+    assert [e.value for e in nll] == pytest.approx([e["nll"] for e in evals], rel=1e-6)
+    with pytest.raises(Exception, match="system.tensorboard"):
+        import unittest.mock
+
+        with unittest.mock.patch("importlib.util.find_spec", return_value=None):
+            tiny_cfg(corpus, tmp_path / "cache", **{"system.tensorboard": "true"}).validate()
+
+
+@pytest.mark.slow
+def test_compile_serves_every_loop_count_with_a_bounded_number_of_graphs(tmp_path, corpus):
+    """system.compile=true: blocks are compiled in place, so S ~ U{1..6} does not recompile per S. Counted
+    with dynamo's own statistics over training (S drawn per step) and evaluation (S = 1, 2, 4, 6, 8 and
+    adaptive exit, whose shrinking batches change shapes); the losses match the eager run closely."""
+    from torch._dynamo.utils import counters
+
+    over = {"budget.steps": 12, "model.s_max": 6, "system.log_every": 1, "eval.points": 1,
+            "eval.loops": "[1,2,4,6,8]"}
+    eager = tiny_cfg(corpus, tmp_path / "cache", **over)
+    train(eager, tmp_path / "eager", quiet=True)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = tiny_cfg(corpus, tmp_path / "cache", **over, **{"system.compile": "true"})
+    assert compiled.hash == eager.hash  # how, not what
+    train(compiled, tmp_path / "compiled", quiet=True)
+    graphs = counters["stats"]["unique_graphs"]
+    a, b = (records.read_jsonl(tmp_path / d / "metrics.jsonl") for d in ("eager", "compiled"))
+    assert len({m["loops"] for m in b}) >= 4  # several S were trained
+    assert 1 <= graphs <= 6, f"{graphs} graphs compiled"
+    assert [m["loss"] for m in b] == pytest.approx([m["loss"] for m in a], rel=2e-3)

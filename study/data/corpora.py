@@ -26,7 +26,7 @@ SUDOKU_GRIDS = 20_000  # default number of solved grids in the sudoku corpus
 SYNTH_DOCS = 20_000  # default number of generated problems in the gsm8k-synth pretraining corpus
 CORPUS_FORMS = (
     "'shakespeare', 'gsm8k-synth[:DIFFICULTY[:N]]', 'sudoku[:N]', a .txt/.jsonl file or directory ('file:PATH[#field]'), "
-    f"'hf:NAME[:CONFIG][#field]', or an alias {sorted(CORPUS_ALIASES)}"
+    f"'hf:NAME[:CONFIG][@REVISION][#field]', or an alias {sorted(CORPUS_ALIASES)}"
 )
 
 
@@ -41,6 +41,7 @@ class CorpusSource:
     field: str | None = None  # jsonl / hub text field; None = auto ('text', or question + answer)
     name: str = ""  # hub dataset
     config: str | None = None  # hub config
+    revision: str | None = None  # hub dataset revision (commit, tag or branch): part of the spec, so of the cache key
     difficulty: str = "mixed"
     n_docs: int = SYNTH_DOCS
 
@@ -72,10 +73,12 @@ def resolve_corpus(spec: str) -> CorpusSource:
         return CorpusSource("sudoku", canon, f"{canon}@v{sudoku.GENERATOR_VERSION}", n_docs=n)
     if spec.startswith("hf:"):
         body, _, text_field = spec[3:].partition("#")
+        body, _, revision = body.partition("@")
         name, _, config = body.partition(":")
-        if not name:
-            raise DataError("data.corpus", f"bad {spec!r}: want hf:NAME[:CONFIG][#field]")
-        return CorpusSource("hub", spec, spec, field=text_field or "text", name=name, config=config or None)
+        if not name or (("@" in spec.split("#")[0]) and not revision):
+            raise DataError("data.corpus", f"bad {spec!r}: want hf:NAME[:CONFIG][@REVISION][#field]")
+        return CorpusSource("hub", spec, spec, field=text_field or "text", name=name, config=config or None,
+                            revision=revision or None)
     body = spec.removeprefix("file:")
     path, text_field = Path(body).expanduser(), None
     if not path.exists() and "#" in body:
@@ -91,12 +94,18 @@ def resolve_corpus(spec: str) -> CorpusSource:
     raise DataError("data.corpus", f"unknown corpus {spec!r}; pass {CORPUS_FORMS}")
 
 
-def get_corpus_texts(spec: str, max_docs: int | None = None) -> Iterator[str]:
-    """The documents of a corpus, in a fixed order (the held-out split depends on that order)."""
+def get_corpus_texts(spec: str, max_docs: int | None = None, split: str | None = None) -> Iterator[str]:
+    """The documents of a corpus, in a fixed order (the held-out split depends on that order). ``split``: one
+    of the corpus's own splits (hub datasets: ``train``, ``test``, ...); None is the whole corpus (hub: train)."""
     source = resolve_corpus(spec)
-    docs = {"shakespeare": _shakespeare_docs, "file": _file_docs, "synth": _synth_docs, "hub": _hub_docs,
-            "sudoku": _sudoku_docs}
-    it = docs[source.kind](source)
+    if split is not None and source.kind != "hub":
+        raise DataError("data.val_split", f"{source.spec!r} has no splits of its own (only hub datasets do); "
+                                          f"leave data.val_split unset to hold out every k-th document")
+    if source.kind == "hub":
+        it = _hub_docs(source, split or "train")
+    else:
+        docs = {"shakespeare": _shakespeare_docs, "file": _file_docs, "synth": _synth_docs, "sudoku": _sudoku_docs}
+        it = docs[source.kind](source)
     for i, doc in enumerate(it):
         if max_docs is not None and i >= max_docs:
             return
@@ -211,7 +220,7 @@ def _import_datasets(field_name: str) -> Any:
 
 
 def _hub_rows(name: str, config: str | None, split: str, field_name: str,
-              local_form: str = "a .jsonl with a 'text' field") -> Iterator[dict]:
+              local_form: str = "a .jsonl with a 'text' field", revision: str | None = None) -> Iterator[dict]:
     """Rows of a hub dataset: streamed when online (no full download on a cluster), from the local cache when
     HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set (a dataset pre-downloaded on a login node)."""
     datasets = _import_datasets(field_name)
@@ -220,7 +229,7 @@ def _hub_rows(name: str, config: str | None, split: str, field_name: str,
               f"(datasets.load_dataset({name!r}, {config!r}) with HF_HOME on shared storage, then set "
               f"HF_HUB_OFFLINE=1), or export it to {local_form} and pass file:PATH")
     try:
-        ds = datasets.load_dataset(name, config, split=split, streaming=not offline)
+        ds = datasets.load_dataset(name, config, split=split, streaming=not offline, revision=revision)
         yield from ds
     except DataError:
         raise
@@ -229,8 +238,8 @@ def _hub_rows(name: str, config: str | None, split: str, field_name: str,
                                     f"{advice}") from exc
 
 
-def _hub_docs(source: CorpusSource) -> Iterator[str]:
-    for row in _hub_rows(source.name, source.config, "train", "data.corpus"):
+def _hub_docs(source: CorpusSource, split: str = "train") -> Iterator[str]:
+    for row in _hub_rows(source.name, source.config, split, "data.corpus", revision=source.revision):
         if source.field not in row:
             raise DataError("data.corpus", f"hub dataset {source.name!r} has no field {source.field!r} (it has "
                                            f"{sorted(row)}); pick one with {source.spec.split('#')[0]}#FIELD")

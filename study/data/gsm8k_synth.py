@@ -19,6 +19,7 @@ from typing import Callable
 GENERATOR_VERSION = 1  # bump when the output for a given seed changes (it is part of data cache keys)
 
 DIFFICULTIES: dict[str, tuple[int, int]] = {
+    "tiny": (1, 1),  # easy with single-digit numbers: what a CPU-size model learns in minutes (the demo's SFT)
     "easy": (1, 1),
     "medium": (2, 3),
     "hard": (4, 5),
@@ -68,8 +69,11 @@ def generate(n: int, seed: int, difficulty: int | str = "medium", split: str | N
         if attempts > 100 * n + 1000:
             raise ValueError(f"could not find {n} distinct problems at difficulty {difficulty!r}; ask for fewer")
         steps = rng.randint(lo, hi)
-        family = rng.choice([f for f, (a, b) in _FAMILIES if a <= steps <= b])
-        problem = family(rng, steps)
+        if difficulty == "tiny":
+            problem = _guard(_collection)(rng, steps, digits=1)
+        else:
+            family = rng.choice([f for f, (a, b) in _FAMILIES if a <= steps <= b])
+            problem = family(rng, steps)
         if problem is None or problem["question"] in seen:
             continue
         if split is not None and split_of(problem["question"]) != split:
@@ -189,12 +193,13 @@ def _two(rng: random.Random) -> tuple[_Person, _Person]:
 # Templates. Each takes (rng, steps) and returns a problem with exactly `steps` steps, or None to redraw.
 
 
-def _collection(rng: random.Random, steps: int) -> dict | None:
-    """A running count changed by events: gains, losses, and (above one step) groups, scaling, splitting."""
+def _collection(rng: random.Random, steps: int, digits: int | None = None) -> dict | None:
+    """A running count changed by events: gains, losses, and (above one step) groups, scaling, splitting.
+    ``digits=1``: one gain or loss of single-digit numbers (the ``tiny`` difficulty)."""
     p, friend = _two(rng)
     thing = rng.choice(_THINGS)
     small = steps == 1
-    count = rng.randint(3, 20) if small else rng.randint(5, 60)
+    count = rng.randint(2, 9) if digits == 1 else rng.randint(3, 20) if small else rng.randint(5, 60)
     question = [f"{p.name} has {count} {thing.many}."]
     work = _Work()
     while work.steps < steps:
@@ -202,7 +207,7 @@ def _collection(rng: random.Random, steps: int) -> dict | None:
         kinds = ["add", "sub"] if small else ["add", "sub", "mul", "div"] + (["groups"] if left >= 2 else [])
         kind = rng.choice(kinds)
         if kind == "add":
-            n = rng.randint(1, 15) if small else rng.randint(2, 40)
+            n = rng.randint(1, 9) if digits == 1 else rng.randint(1, 15) if small else rng.randint(2, 40)
             question.append(rng.choice([
                 f"{p.He} buys {n} more {thing.many}.",
                 f"{p.He} finds {n} more {thing.many}.",
@@ -423,10 +428,10 @@ def _compare(rng: random.Random, steps: int) -> dict | None:
                        total)
 
 
-def _guard(template: Callable[[random.Random, int], dict | None]) -> Callable[[random.Random, int], dict | None]:
-    def run(rng: random.Random, steps: int) -> dict | None:
+def _guard(template: Callable[..., dict | None]) -> Callable[..., dict | None]:
+    def run(rng: random.Random, steps: int, **kwargs) -> dict | None:
         try:
-            problem = template(rng, steps)
+            problem = template(rng, steps, **kwargs)
         except _Reject:
             return None
         if problem is not None and problem["answer"].count("<<") != steps:

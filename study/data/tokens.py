@@ -63,6 +63,8 @@ def prepare_tokens(
     val_fraction: float = 0.05,
     val_tokens: int | None = None,
     max_tokens: int | None = None,
+    val_split: str | None = None,
+    workers: int = 1,
 ) -> TokenData:
     """Tokenise a corpus once into `cache_dir/tokens/<key>/{train.bin,val.bin,meta.json}` and map it.
 
@@ -71,10 +73,15 @@ def prepare_tokens(
     it works in one pass over a stream whose length is unknown (hub corpora), no document straddles the
     split, and sorted corpora (the plays by title) do not put one kind of text only in validation. With
     `val_tokens`, the same documents fill validation until it holds exactly that many tokens; the rest go
-    to train. A corpus of fewer than k documents (one big .txt) instead holds out its last tokens.
+    to train. A corpus of fewer than k documents (one big .txt) instead holds out its last tokens. With
+    `val_split` (a hub dataset's own split, e.g. LM1B's `test`), training is the whole train split and
+    validation that split (`val_tokens` still caps it).
 
     Safe when several runs start at once: one process tokenises under a file lock into a temp directory
     that is renamed into place; meta.json is written last, and only a directory holding it is trusted.
+    Resumable and parallel: documents are tokenised in chunks (in `workers` processes) that are kept in
+    `tokens/<key>.partial/` until the build completes, so an interrupted build redoes only missing chunks
+    (`python -m study.data prepare` runs this ahead of a sweep). Neither changes the result or the key.
     """
     if not 0 <= val_fraction < 1:
         raise DataError("data.val_fraction", f"got {val_fraction}; must be in [0, 1)")
@@ -94,6 +101,10 @@ def prepare_tokens(
         "val_tokens": val_tokens,
         "max_tokens": max_tokens,
     }
+    if val_split is not None:  # only when set: existing caches keep their keys
+        params["val_split"] = str(val_split)
+    if workers < 1:
+        raise DataError("workers", f"got {workers}; must be >= 1")
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     tokens_dir = root / "tokens"
@@ -102,7 +113,7 @@ def prepare_tokens(
         tokens_dir.mkdir(parents=True, exist_ok=True)
         with _locked(tokens_dir / f"{key}.lock"):
             if not (final / "meta.json").is_file():
-                _build(final, source, tok, params, key)
+                _build(final, source, tok, params, key, workers)
     return _load(final, tok)
 
 
@@ -121,13 +132,17 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _build(final: Path, source: CorpusSource, tok: Tokenizer, params: dict, key: str) -> None:
+def _build(final: Path, source: CorpusSource, tok: Tokenizer, params: dict, key: str, workers: int = 1) -> None:
     if final.exists():  # a directory without meta.json is the wreck of a crash mid-copy, never a result
         shutil.rmtree(final, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=final.parent))
+    partial = final.parent / f"{key}.partial"
     try:
         started = time.perf_counter()
-        meta = _tokenize_into(tmp, get_corpus_texts(source.spec), tok, params)
+        split = params.get("val_split")
+        meta = _tokenize_into(tmp, get_corpus_texts(source.spec, split="train" if split else None), tok, params,
+                              work=partial, workers=workers,
+                              val_docs=get_corpus_texts(source.spec, split=split) if split else None)
         meta.update(params, key=key, corpus_kind=source.kind, tokenizer_name=tok.name, vocab_size=tok.vocab_size,
                     mask_id=tok.mask_id, eos_id=tok.eos_id, seconds=round(time.perf_counter() - started, 3),
                     created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -138,6 +153,7 @@ def _build(final: Path, source: CorpusSource, tok: Tokenizer, params: dict, key:
             if not (final / "meta.json").is_file():
                 raise
             # another process finished first; its data is identical by construction, use it
+        shutil.rmtree(partial, ignore_errors=True)  # only once complete: until then its chunks are the resume point
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -149,38 +165,52 @@ def _write_json_synced(path: Path, obj: dict) -> None:
         os.fsync(f.fileno())
 
 
-def _tokenize_into(out: Path, docs: Iterable[str], tok: Tokenizer, params: dict) -> dict:
-    """Stream documents → ids → train.bin / val.bin, memory bounded by one batch of documents."""
+def _tokenize_into(out: Path, docs: Iterable[str], tok: Tokenizer, params: dict, work: Path | None = None,
+                   workers: int = 1, val_docs: Iterable[str] | None = None) -> dict:
+    """Stream documents → ids → train.bin / val.bin, memory bounded by a few chunks of documents. Chunks are
+    tokenised by `_chunk_ids` (resumable, parallel) and packed here in corpus order, so the result is the
+    same whatever the workers and however often the build was interrupted. `val_docs`: a held-out split of
+    the corpus's own (all of `docs` then trains)."""
     dtype = token_dtype(tok.vocab_size)
     fraction, val_cap, max_tokens = params["val_fraction"], params["val_tokens"], params["max_tokens"]
-    every = max(1, round(1 / fraction)) if fraction > 0 else 0
+    every = max(1, round(1 / fraction)) if fraction > 0 and val_docs is None else 0
     counts = {"train": 0, "val": 0}
     n_docs = {"train": 0, "val": 0}
     source_hash = hashlib.sha256()
+    work = work if work is not None else out / "chunks"
+    streams = [("train" if val_docs is not None else None, docs)] + ([("val", val_docs)] if val_docs is not None else [])
     with open(out / "train.bin", "wb") as f_train, open(out / "val.bin", "wb") as f_val:
         files = {"train": f_train, "val": f_val}
         index = 0
-        for batch in _batches(docs):
-            for text, ids in zip(batch, _encode_docs(tok, batch)):
-                source_hash.update(text.encode("utf-8", errors="replace") + b"\0")
-                ids = np.concatenate([ids.astype(dtype, copy=False), np.array([tok.eos_id], dtype)])
-                split = "val" if every and index % every == every - 1 else "train"
-                if split == "val" and val_cap is not None:
-                    room = val_cap - counts["val"]
-                    split = "val" if room > 0 else "train"
-                    if split == "val":
-                        ids = ids[:room]
-                if max_tokens is not None:
-                    ids = ids[: max_tokens - counts["train"] - counts["val"]]
-                ids.tofile(files[split])
-                counts[split] += len(ids)
-                n_docs[split] += 1
-                index += 1
-                if max_tokens is not None and counts["train"] + counts["val"] >= max_tokens:
+        for fixed, stream in streams:
+            full = False
+            for ids_per_doc, text_sha in _chunk_ids(_batches(stream), params["tokenizer"], work / (fixed or "all"),
+                                                    workers):
+                source_hash.update(text_sha.encode())
+                for ids in ids_per_doc:
+                    ids = np.concatenate([ids.astype(dtype, copy=False), np.array([tok.eos_id], dtype)])
+                    split = fixed or ("val" if every and index % every == every - 1 else "train")
+                    if split == "val" and val_cap is not None:
+                        room = val_cap - counts["val"]
+                        if room <= 0:
+                            if fixed:  # the held-out split is full: the rest of it is not read
+                                full = True
+                                break
+                            split = "train"
+                        else:
+                            ids = ids[:room]
+                    if max_tokens is not None:
+                        ids = ids[: max_tokens - counts["train"] - counts["val"]]
+                    ids.tofile(files[split])
+                    counts[split] += len(ids)
+                    n_docs[split] += 1
+                    index += 1
+                    if max_tokens is not None and counts["train"] + counts["val"] >= max_tokens:
+                        full = True
+                        break
+                if full:
                     break
-            if max_tokens is not None and counts["train"] + counts["val"] >= max_tokens:
-                break
-    rule = "every_kth_document"
+    rule = "own_split" if val_docs is not None else "every_kth_document"
     if counts["val"] == 0 and every and val_cap != 0 and counts["train"] > 1:
         moved = val_cap if val_cap is not None else max(1, round(fraction * counts["train"]))
         _move_tail(out, dtype, counts["train"], min(moved, counts["train"] - 1))
@@ -190,9 +220,43 @@ def _tokenize_into(out: Path, docs: Iterable[str], tok: Tokenizer, params: dict)
     if counts["train"] == 0:
         raise DataError("data.corpus", f"{params['corpus']} yielded no training tokens; check the corpus "
                                        "(and data.max_tokens / data.val_fraction)")
+    if val_docs is not None and counts["val"] == 0:
+        raise DataError("data.val_split", f"split {params['val_split']!r} of {params['corpus']} yielded no tokens")
     return {"n_train": counts["train"], "n_val": counts["val"], "n_docs_train": n_docs["train"],
             "n_docs_val": n_docs["val"], "split_rule": rule, "val_every": every, "dtype": dtype.name,
             "source_sha256": source_hash.hexdigest()}
+
+
+def _chunk_ids(batches: Iterable[list[str]], tokenizer: str, work: Path, workers: int) -> Iterator[tuple[list[np.ndarray], str]]:
+    """(ids per document, SHA-256 of the chunk's texts) for each chunk of documents, in corpus order. A chunk
+    an earlier, interrupted build finished is read back from `work/`; the others are tokenised — in a pool
+    of `workers` processes when > 1, in order, a few chunks ahead — and written there atomically."""
+    work.mkdir(parents=True, exist_ok=True)
+    tasks = ((str(work / f"chunk-{i:06d}.npz"), tokenizer, batch) for i, batch in enumerate(batches))
+    if workers == 1:
+        yield from map(_chunk_job, tasks)
+        return
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield from pool.imap(_chunk_job, tasks)
+
+
+def _chunk_job(task: tuple[str, str, list[str]]) -> tuple[list[np.ndarray], str]:
+    """One chunk: read it back if an earlier build wrote it, else tokenise and write it (temp + rename)."""
+    path, tokenizer, batch = task
+    text_sha = hashlib.sha256(b"".join(t.encode("utf-8", errors="replace") + b"\0" for t in batch)).hexdigest()
+    path = Path(path)
+    if path.is_file():
+        with np.load(path) as z:
+            if str(z["sha"]) == text_sha:  # the same documents as last time (else the corpus changed: redo)
+                return np.split(z["ids"], np.cumsum(z["lengths"])[:-1]), text_sha
+    ids = _encode_docs(get_tokenizer(tokenizer), batch)
+    lengths = np.array([len(a) for a in ids], dtype=np.int64)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, ids=np.concatenate(ids) if ids else np.zeros(0, np.int64), lengths=lengths, sha=np.array(text_sha))
+    os.replace(tmp, path)
+    return ids, text_sha
 
 
 def _move_tail(out: Path, dtype: np.dtype, n_train: int, n_val: int) -> None:
@@ -204,8 +268,13 @@ def _move_tail(out: Path, dtype: np.dtype, n_train: int, n_val: int) -> None:
         f.truncate((n_train - n_val) * dtype.itemsize)
 
 
-def _batches(docs: Iterable[str], max_chars: int = 4_000_000) -> Iterator[list[str]]:
-    """Group non-empty documents so batch encoding can use both cores without holding the corpus in memory."""
+CHUNK_CHARS = 4_000_000  # characters of text per chunk: the unit of batch encoding, parallelism and resumption
+
+
+def _batches(docs: Iterable[str], max_chars: int | None = None) -> Iterator[list[str]]:
+    """Group non-empty documents into chunks: batch encoding, one chunk per worker, and the unit a build
+    resumes from — without holding the corpus in memory."""
+    max_chars = max_chars or CHUNK_CHARS
     batch: list[str] = []
     size = 0
     for doc in docs:

@@ -19,6 +19,8 @@ from .provenance import device_name, versions
 
 
 # ------------------------------------------------------------------------------------------ attention
+ATTENTION_FORMAT = 2  # 2: rows carry per-sequence shares (confidence intervals over sequences)
+
 @torch.no_grad()
 def attention_stats(run_dir: str | Path, ts: Sequence[float] = DEFAULT_ATTENTION_TS, loops: int | None = None,
                     ckpt: str | int = "latest", n_seqs: int | None = None, seed: int | None = None,
@@ -40,7 +42,7 @@ def attention_stats(run_dir: str | Path, ts: Sequence[float] = DEFAULT_ATTENTION
     seed = cfg.eval.seed if seed is None else seed
     n_seqs = n_seqs or cfg.eval.n_seqs
     settings = {"ts": ts, "loops": loops, "n_seqs": n_seqs, "seed": seed, "weights": weights}
-    h = short_hash({"run_hash": run_hash, "step": step, **settings})
+    h = short_hash({"run_hash": run_hash, "step": step, **settings, "format": ATTENTION_FORMAT})
     path = records.attention_path(run_dir, h)
     if path.is_file() and not force:
         return json.loads(path.read_text())
@@ -57,8 +59,10 @@ def attention_stats(run_dir: str | Path, ts: Sequence[float] = DEFAULT_ATTENTION
 def attention_shares(model: LoopMDM, tokens: torch.Tensor, ts: Sequence[float], loops: int, seed: int,
                      batch_size: int = 8) -> list[dict]:
     """The statistic of `attention_stats` for a model in memory: one row per (t, loop, mid layer), averaged
-    over heads, sequences and query positions. Masks come from a generator seeded by (seed, t): every
-    model and every loop count sees the same masked positions."""
+    over heads, sequences and query positions, with the per-sequence values (``seq_masked_to_masked``,
+    ``seq_masked_key_frac``: mean over a sequence's masked queries) for confidence intervals over sequences.
+    Masks come from a generator seeded by (seed, t): every model and every loop count sees the same masked
+    positions, so loops and runs compare paired by sequence."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -66,6 +70,7 @@ def attention_shares(model: LoopMDM, tokens: torch.Tensor, ts: Sequence[float], 
     rows = []
     for ti, t in enumerate(ts):
         acc: dict[tuple[int, int], list[float]] = {}  # per (loop, layer): sums over (batch, head, query)
+        per_seq: dict[tuple[int, int], tuple[list[float], list[float]]] = {}  # per (loop, layer): per sequence
         gen = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (ti + 1))
         for start in range(0, tokens.shape[0], batch_size):
             x = tokens[start:start + batch_size]
@@ -83,12 +88,18 @@ def attention_shares(model: LoopMDM, tokens: torch.Tensor, ts: Sequence[float], 
                     a[2] += (onto_masked * (1 - mk)).sum().item()
                     a[3] += (1 - mk).sum().item()
                     a[4] += (key_frac * mk).sum().item()
+                    n_q = mk.sum(1)
+                    seq, base = per_seq.setdefault((k, j), ([], []))
+                    for b in torch.nonzero(n_q > 0).flatten().tolist():  # sequences with a masked query
+                        seq.append((onto_masked[b] * mk[b]).sum().item() / n_q[b].item())
+                        base.append(key_frac[b, 0].item())
         for (k, j), (mm, n_mq, um, n_uq, base) in sorted(acc.items()):
             rows.append({"t": float(t), "loop": k, "layer": j,
                          "masked_to_masked": mm / n_mq if n_mq else None,
                          "unmasked_to_masked": um / n_uq if n_uq else None,
                          "masked_key_frac": base / n_mq if n_mq else None,
-                         "n_masked_queries": int(n_mq), "n_unmasked_queries": int(n_uq)})
+                         "n_masked_queries": int(n_mq), "n_unmasked_queries": int(n_uq),
+                         "seq_masked_to_masked": per_seq[(k, j)][0], "seq_masked_key_frac": per_seq[(k, j)][1]})
     model.train(was_training)
     return rows
 

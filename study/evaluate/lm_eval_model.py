@@ -39,6 +39,9 @@ from model import sample
 from model.diffusion import REMASKING
 from study.evaluate.loading import EvalError, LoadedRun, check_loops, load_run
 
+#: lm-eval generation_kwargs the sampler honours; any other is refused (see LoopMDMLM._gen_settings)
+GEN_KWARGS = frozenset({"until", "max_gen_toks", "do_sample", "temperature"})
+
 
 def _opt_float(value: Any, arg: str) -> float | None:
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
@@ -82,10 +85,7 @@ def resolve_knobs(cfg, weights: str = "model", loops: Any = None, exit_threshold
     eps = _opt_float(exit_threshold, "exit_threshold")
     if eps is not None and not (math.isfinite(eps) and eps > 0):
         raise EvalError("exit_threshold", f"got {eps}; must be > 0 (or none for fixed loops)")
-    gen_length = _int(gen_length, "gen_length")
-    if gen_length >= cfg.max_seq_len:
-        raise EvalError("gen_length", f"{gen_length} leaves no room for a prompt in the model's "
-                                      f"{cfg.max_seq_len} positions; lower gen_length")
+    gen_length = _int(gen_length, "gen_length")  # room for a prompt is checked when generating (generate_until)
     block_length = _int(block_length if block_length is not None else gen_length, "block_length")
     if gen_length % block_length:
         raise EvalError("block_length", f"{block_length} must divide gen_length={gen_length}")
@@ -266,36 +266,76 @@ class LoopMDMLM(LM):
                 text = text.split(stop, 1)[0]
         return text
 
+    def _gen_settings(self, gen_kwargs: Any) -> tuple[list[str], int, int, float]:
+        """A request's (until, gen_length, block_length, temperature) from lm-eval's generation_kwargs:
+        ``until``, ``max_gen_toks`` (the positions to fill; one block stays one block, else it must be a
+        multiple of block_length) and ``do_sample`` / ``temperature`` are honoured; anything else would be
+        silently ignored by a diffusion sampler, so it is refused."""
+        kw = dict(gen_kwargs) if isinstance(gen_kwargs, dict) else {}
+        unknown = sorted(set(kw) - GEN_KWARGS)
+        if unknown:
+            raise EvalError("gen_kwargs", f"{unknown} not supported by the diffusion sampler (supported: "
+                                          f"{', '.join(sorted(GEN_KWARGS))}); drop them from the task's "
+                                          f"generation_kwargs or --gen_kwargs")
+        until = kw.get("until") or []
+        until = [until] if isinstance(until, str) else list(until)
+        gen_length = _int(kw["max_gen_toks"], "max_gen_toks") if "max_gen_toks" in kw else self.gen_length
+        block = gen_length if self.block_length == self.gen_length else self.block_length
+        if gen_length % block:
+            raise EvalError("max_gen_toks", f"{gen_length} is not a multiple of block_length={block}")
+        temperature = self.temperature
+        if "temperature" in kw:
+            temperature = _opt_float(kw["temperature"], "temperature") or 0.0
+        if kw.get("do_sample") is False:
+            temperature = 0.0
+        if temperature < 0:
+            raise EvalError("temperature", f"got {temperature}; must be >= 0 (0 = argmax)")
+        if gen_length >= self.max_length:
+            raise EvalError("gen_length", f"{gen_length} leaves no room for a prompt in the model's "
+                                          f"{self.max_length} positions; lower gen_length (or max_gen_toks)")
+        return until, gen_length, block, temperature
+
     @torch.no_grad()
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Prompts of equal token length are batched (padding would change what a bidirectional model sees,
-        so a result would depend on its batch); longer prompts lose their start to fit ``gen_length``."""
-        room = self.max_length - self.gen_length
+        """Prompts of unequal lengths share a batch, left-padded with the padding kept out of attention and
+        positions counted from each row's first token (``model.diffusion.sample(prompt_pad=...)``): with
+        greedy decoding every row gets what it would alone (tests check this token for token). Requests are
+        sorted longest first so a batch wastes little padding; a prompt longer than the model's positions
+        minus the generation loses its start. With sampling (temperature > 0, random remasking) the noise is
+        drawn per batch, seeded by its first request."""
         items = []
         for idx, req in enumerate(requests):
             context, gen_kwargs = req.args
-            until = gen_kwargs.get("until", []) if isinstance(gen_kwargs, dict) else []
-            until = [until] if isinstance(until, str) else list(until or [])
-            items.append((idx, self.tok.encode(context)[-room:], until, req))
-        groups = defaultdict(list)
+            until, gen_length, block, temperature = self._gen_settings(gen_kwargs)
+            ids = self.tok.encode(context)[-(self.max_length - gen_length):]
+            items.append((idx, ids, until, req, gen_length, block, temperature))
+        groups = defaultdict(list)  # one sampler call needs one length, block and temperature
         for item in items:
-            groups[len(item[1])].append(item)
+            groups[item[4:]].append(item)
         out: list[str | None] = [None] * len(requests)
         bar = tqdm(total=len(items), desc="generate", disable=_no_bar(disable_tqdm or len(items) < 8), leave=False)
-        for length in sorted(groups):
-            group = groups[length]
+        for (gen_length, block, temperature), group in sorted(groups.items()):
+            group.sort(key=lambda it: (-len(it[1]), it[0]))
             for start in range(0, len(group), self.batch_size):
                 chunk = group[start:start + self.batch_size]
-                prompt = torch.tensor([c[1] for c in chunk], dtype=torch.long)
+                width = len(chunk[0][1])
+                prompt = torch.full((len(chunk), width), self.mask_id, dtype=torch.long)
+                pad = torch.ones(len(chunk), width, dtype=torch.bool)
+                for b, it in enumerate(chunk):
+                    if it[1]:
+                        prompt[b, width - len(it[1]):] = torch.tensor(it[1])
+                        pad[b, width - len(it[1]):] = False
                 gen = torch.Generator().manual_seed(request_seed(self.seed, chunk[0][1]))
-                res = sample(self.model, prompt, gen_length=self.gen_length, steps=self.steps,
-                             block_length=self.block_length, remasking=self.remasking, loops=self.loops,
-                             exit_threshold=self.exit_threshold, temperature=self.temperature, generator=gen)
+                steps = self.steps * gen_length // self.gen_length  # the same steps per token as configured
+                res = sample(self.model, prompt, gen_length=gen_length, steps=steps,
+                             block_length=block, remasking=self.remasking, loops=self.loops,
+                             exit_threshold=self.exit_threshold, temperature=temperature, generator=gen,
+                             prompt_pad=pad)
                 self.stats["rows"] += res.loops_per_step.numel()
                 self.stats["forwards"] += res.nfe
                 self.stats["loops"] += res.loops_per_step.sum().item()
-                for b, (idx, ids, until, req) in enumerate(chunk):
-                    text = self._decode(res.tokens[b, length:].tolist(), until)
+                for b, (idx, ids, until, req, *_) in enumerate(chunk):
+                    text = self._decode(res.tokens[b, width:].tolist(), until)
                     out[idx] = text
                     self.cache_hook.add_partial("generate_until", req.args, text)
                 bar.update(len(chunk))

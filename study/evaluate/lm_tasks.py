@@ -12,8 +12,10 @@ Task specs (``study.eval --tasks``):
 * ``gsm8k-synth-mc[:DIFFICULTY[:N]]`` — multiple choice (``gsm8k_synth_mc.yaml``), loglikelihood-based.
 * anything else — an lm-eval task name, used as is (hub tasks on machines that reach the hub).
 
-lm-eval resolves relative ``data_files`` against the process's working directory, not the YAML's, so the
-YAMLs are written at run time with absolute paths, into a content-addressed folder of the cache (same
+The tasks themselves are packaged YAMLs (``lm_eval_tasks/``: lm-eval's gsm8k configuration with datasets
+built offline by ``lm_eval_tasks/loaders.py``), usable by lm-eval's own CLI with ``--include_path``. A spec
+with options becomes a named variant — a YAML that includes the packaged one by absolute path and sets its
+``metadata`` (difficulty, n, data folder) — written into a content-addressed folder of the cache (same
 content, same folder: concurrent jobs write identical files).
 """
 
@@ -33,6 +35,8 @@ from model.config import ConfigError
 import records
 
 HERE = Path(__file__).resolve().parent
+#: the packaged task YAMLs: lm-eval's own CLI reads them with ``--include_path`` (see docs/INTERFACES.md)
+PACKAGED = HERE / "lm_eval_tasks"
 SYNTH_DEFAULTS = ("mixed", 500)
 FEWSHOT_POOL = 64  # generated train-split problems offered to lm-eval as few-shot examples
 GSM8K_METRIC = "exact_match,strict-match"
@@ -115,11 +119,6 @@ def _sha_file(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    if not path.is_file():
-        records.atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
 def mc_rows(problems: list[dict], seed: int = 0) -> list[dict]:
     """Multiple-choice docs from GSM8K-format problems: context = prompt + worked solution up to '####';
     choices = the answer and 3 numbers with as many digits that occur nowhere in the problem or its working,
@@ -149,25 +148,23 @@ def mc_rows(problems: list[dict], seed: int = 0) -> list[dict]:
     return out
 
 
-def _base_gsm8k_yaml() -> Path:
-    import lm_eval
-
-    path = Path(lm_eval.__file__).resolve().parent / "tasks" / "gsm8k" / "gsm8k.yaml"
-    if not path.is_file():
-        raise TaskError("tasks", f"lm-eval's gsm8k configuration is not at {path}; this lm-eval version is "
-                                 f"not supported by study.tasks (0.4.x expected)")
-    return path
-
-
-def _gsm8k_yaml(name: str, test: Path, train: Path | None, num_fewshot: int) -> str:
-    """lm-eval's gsm8k.yaml, included by absolute path, with the data source switched to local files."""
-    files = {"test": str(test), "train": str(train or test)}  # train: few-shot examples only
-    doc = {"include": str(_base_gsm8k_yaml()), "task": name, "tag": [], "dataset_path": "json",
-           "dataset_name": None, "dataset_kwargs": {"data_files": files}, "num_fewshot": num_fewshot}
+def _variant_yaml(base: str, name: str, metadata: dict, num_fewshot: int) -> str:
+    """A named variant of a packaged task (``PACKAGED/base``), included by absolute path: one definition of
+    prompt, filters and metrics, shared with lm-eval's own CLI (``--include_path PACKAGED``)."""
+    packaged = yaml.load((PACKAGED / base).read_text(), Loader=_IgnoreTags)
+    doc = {"include": str(PACKAGED / base), "task": name, "num_fewshot": num_fewshot,
+           "metadata": {**(packaged.get("metadata") or {}), **metadata}}
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def _materialize(ts: TaskSpec, data_root: Path, gsm8k_dir: Path | None, num_fewshot: int) -> None:
+class _IgnoreTags(yaml.SafeLoader):
+    """Reads a packaged YAML's plain fields; lm-eval resolves its ``!function`` tags itself."""
+
+
+_IgnoreTags.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def _materialize(ts: TaskSpec, gsm8k_dir: Path | None, num_fewshot: int) -> None:
     from study.data import gsm8k_synth
 
     if ts.kind == "gsm8k-local":
@@ -183,25 +180,15 @@ def _materialize(ts: TaskSpec, data_root: Path, gsm8k_dir: Path | None, num_fews
                                            f"must not come from the test set); use --num-fewshot 0")
         ts.fingerprint = {"test_sha": _sha_file(folder / "test.jsonl"),
                           "train_sha": _sha_file(train) if train else None}
-        ts.yaml_text = _gsm8k_yaml(ts.name, folder / "test.jsonl", train, num_fewshot)
+        ts.yaml_text = _variant_yaml("gsm8k_local.yaml", ts.name, {"gsm8k_dir": str(folder)}, num_fewshot)
         return
     ts.fingerprint = {"generator_version": gsm8k_synth.GENERATOR_VERSION, "difficulty": ts.difficulty, "n": ts.n,
                       "seed": 0}
-    folder = data_root / f"{ts.name}-v{gsm8k_synth.GENERATOR_VERSION}"
-    problems = gsm8k_synth.generate(ts.n, seed=0, difficulty=ts.difficulty, split="test")
-    if ts.kind == "gsm8k-synth":
-        _write_jsonl(folder / "test.jsonl", problems)
-        _write_jsonl(folder / "train.jsonl", gsm8k_synth.generate(FEWSHOT_POOL, seed=0, difficulty=ts.difficulty,
-                                                                  split="train"))
-        ts.yaml_text = _gsm8k_yaml(ts.name, folder / "test.jsonl", folder / "train.jsonl", num_fewshot)
-        return
-    if num_fewshot:
+    if ts.kind == "gsm8k-synth-mc" and num_fewshot:
         raise TaskError("num_fewshot", f"{ts.name} is zero-shot only (its context already holds a worked "
                                        f"solution); use --num-fewshot 0")
-    _write_jsonl(folder / "test.jsonl", mc_rows(problems))
-    doc = yaml.safe_load((HERE / "lm_eval_tasks" / "gsm8k_synth_mc.yaml").read_text())
-    doc.update(task=ts.name, dataset_kwargs={"data_files": {"test": str(folder / "test.jsonl")}})
-    ts.yaml_text = yaml.safe_dump(doc, sort_keys=False)
+    base = "gsm8k_synth.yaml" if ts.kind == "gsm8k-synth" else "gsm8k_synth_mc.yaml"
+    ts.yaml_text = _variant_yaml(base, ts.name, {"difficulty": ts.difficulty, "n": ts.n}, num_fewshot)
 
 
 def prepare(specs: list[str], cache_dir: str | Path, gsm8k_dir: str | Path | None = None,
@@ -218,7 +205,7 @@ def prepare(specs: list[str], cache_dir: str | Path, gsm8k_dir: str | Path | Non
     gsm8k_dir = gsm8k_dir if gsm8k_dir is not None else default_gsm8k_dir()
     local = [t for t in tasks if t.local]
     for t in local:
-        _materialize(t, root / "data", gsm8k_dir, num_fewshot)
+        _materialize(t, gsm8k_dir, num_fewshot)
     if not local:
         return tasks, None
     key = hashlib.sha256("".join(t.yaml_text for t in local).encode()).hexdigest()[:16]

@@ -160,7 +160,7 @@ def eval_tokens(cfg, n_seqs: int | None = None) -> torch.Tensor:
                                f"(init_from={cfg.init_from}) or evaluate it on tasks with study.eval --tasks")
     cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else data.default_cache_dir()
     td = data.prepare_tokens(cfg.data.corpus, cfg.data.tokenizer, cache, val_fraction=cfg.data.val_fraction,
-                             max_tokens=cfg.data.max_tokens)
+                             max_tokens=cfg.data.max_tokens, val_split=cfg.data.val_split)
     return data.eval_batches(td.val, n_seqs or cfg.eval.n_seqs, cfg.data.seq_len, cfg.data.align)
 
 

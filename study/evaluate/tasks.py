@@ -40,6 +40,7 @@ from study.evaluate.loading import (DEFAULT_ATTENTION_TS, DEFAULT_SCAN_LOOPS, Ev
                                     check_thresholds, checkpoint_identity, load_run, run_config, short_hash)
 
 EXECUTORS = ("local", "slurm", "debug")
+GENERATION_KINDS = ("gsm8k-local", "gsm8k-synth")  # local tasks that generate (checked before loading weights)
 
 
 @dataclass
@@ -174,6 +175,9 @@ def evaluate_tasks(run_dir: str | Path, req: EvalRequest) -> list[dict]:
     plan = []  # (task, knobs, config, eval_hash, path)
     for loops, eps in req.settings(cfg.model.s_max):
         knobs = resolve_knobs(cfg.model, weights=weights, loops=loops, exit_threshold=eps, **req.model_args)
+        if any(t.kind in GENERATION_KINDS for t in specs) and knobs["gen_length"] >= cfg.model.max_seq_len:
+            raise EvalError("gen_length", f"{knobs['gen_length']} leaves no room for a prompt in the model's "
+                                          f"{cfg.model.max_seq_len} positions; lower --gen-length")
         for t in specs:
             config = {"task": t.name, "task_kind": t.kind, "task_data": t.fingerprint, "limit": req.limit,
                       "num_fewshot": req.num_fewshot, "metric": req.metric or t.primary_metric, **knobs}

@@ -132,7 +132,8 @@ def run_locally(study_dir: Path, spec: Spec, runs: list[PlannedRun], quiet: bool
             eta.record(r, time.time() - t0, 1.0 - min(start_step, r.cfg.steps) / max(r.cfg.steps, 1))
             finals = [f"S={e['eval_loops']}: {e['nll']:.3f}" for e in summary.get("final_eval", [])
                       if e.get("exit_threshold") is None]
-            print(f"    done in {time.time() - t0:.0f} s; val NLL {', '.join(finals)}", flush=True)
+            print(f"    done in {time.time() - t0:.0f} s" + (f"; val NLL {', '.join(finals)}" if finals else ""),
+                  flush=True)
     finally:
         flag.uninstall()
     if flag.signals:
@@ -174,16 +175,97 @@ def submit_slurm(study_dir: Path, spec: Spec, runs: list[PlannedRun], resources,
         submitted += launch.submit(deps, resources, study_dir / "submitit", study_dir=study_dir, check_cluster=True)
     for s in submitted:
         print(f"submitted {s.name} as job {s.job_id}")
-    if wait:
-        bad = 0
-        for s in submitted:
-            try:
-                s.job.result()
-            except Exception as exc:  # noqa: BLE001 - reported per job
-                bad += 1
-                print(f"{s.name}: {exc}", file=sys.stderr)
-        return 1 if bad else 0
-    return 0
+    return wait_for(submitted) if wait else 0
+
+
+def wait_for(submitted: list) -> int:
+    """Block until the jobs end; 1 if any failed (each failure printed)."""
+    bad = 0
+    for s in submitted:
+        try:
+            s.job.result()
+        except Exception as exc:  # noqa: BLE001 - reported per job
+            bad += 1
+            print(f"{s.name}: {exc}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+EVAL_JOBS = "eval_jobs"  # the evaluate stages' SLURM logs, ledger and done markers, beside runs/
+
+
+def eval_key(stage, run: PlannedRun) -> str:
+    return f"eval-{run.hash[:12]}-{stage.key}"
+
+
+def eval_marker(study_dir: Path, key: str) -> Path:
+    return study_dir / EVAL_JOBS / "done" / f"{key}.json"
+
+
+def evaluate_point(run_dir: str, req, marker: str) -> dict:
+    """The evaluation job function: ``study.evaluate.tasks.evaluate_run``, then a done marker (what it
+    returned), so the sweep never evaluates the same (stage, run) twice."""
+    from study.evaluate.tasks import evaluate_run
+
+    res = evaluate_run(run_dir, req)
+    records.atomic_write_json(Path(marker), {
+        "time": time.time(), "run": Path(run_dir).name, "tasks": [r.get("eval_hash") for r in res.get("tasks", [])],
+        "attention": (res.get("attention") or {}).get("attention_hash"), "scan": bool(res.get("scan"))})
+    return res
+
+
+def run_evaluations(study_dir: Path, spec: Spec, runs: list[PlannedRun], quiet: bool = False) -> int:
+    """The spec's ``evaluate:`` stages, here, on every selected run that finished training and was not
+    evaluated by that stage yet."""
+    from study.evaluate import tasks as T
+
+    todo = [(st, r) for st in spec.evaluate for r in runs
+            if st.selects(r) and records.done_summary(r.run_dir(study_dir)) is not None
+            and not eval_marker(study_dir, eval_key(st, r)).is_file()]
+    failed = 0
+    for i, (stage, r) in enumerate(todo, 1):
+        rd = r.run_dir(study_dir)
+        print(f"[eval {i}/{len(todo)}] {r.slug}: {' '.join(stage.args)}", flush=True)
+        t0 = time.time()
+        try:
+            res = evaluate_point(str(rd), stage.request, str(eval_marker(study_dir, eval_key(stage, r))))
+        except Exception as exc:  # noqa: BLE001 - one failed evaluation must not stop the others
+            failed += 1
+            print(f"    failed: {exc}", file=sys.stderr, flush=True)
+            continue
+        for rec in res.get("tasks", []):
+            if not quiet:
+                print("    " + T.describe(rd, rec, "already done" if rec.get("cached") else f"done"), flush=True)
+        print(f"    {time.time() - t0:.0f} s", flush=True)
+    return 1 if failed else 0
+
+
+def submit_evaluations(study_dir: Path, spec: Spec, runs: list[PlannedRun], resources) -> list:
+    """The ``evaluate:`` stages as SLURM jobs: a run that finished gets its job now, a queued one a job that
+    waits for it (afterok). One job per (stage, run): a re-submitted sweep skips those that are queued or
+    done (their marker), and resubmits those that failed."""
+    from study import launch
+
+    folder = study_dir / EVAL_JOBS
+    known_eval = records.known_jobs(folder) if (folder / records.LEDGER).is_file() else {}
+    known_train = {k: j.job_id for k, j in records.known_jobs(study_dir).items() if j.queued and j.job_id}
+    jobs = []
+    for stage in spec.evaluate:
+        for r in runs:
+            if not stage.selects(r):
+                continue
+            key = eval_key(stage, r)
+            if eval_marker(study_dir, key).is_file() or (key in known_eval and known_eval[key].queued):
+                continue
+            res = resources
+            if records.done_summary(r.run_dir(study_dir)) is None:
+                if r.hash[:12] not in known_train:
+                    continue  # neither done nor queued: it failed; `--retry` resubmits it and its evaluation
+                res = launch.ResourceSpec.from_dict(res.to_dict() | {
+                    "additional": dict(res.additional) | {"dependency": f"afterok:{known_train[r.hash[:12]]}"}})
+            jobs.append(launch.Job(key=key, name=f"eval-{r.slug}", fn=evaluate_point, resources=res, kwargs={
+                "run_dir": str(r.run_dir(study_dir).resolve()), "req": stage.request,
+                "marker": str(eval_marker(study_dir, key).resolve())}))
+    return launch.submit(jobs, resources, folder, study_dir=folder, check_cluster=True) if jobs else []
 
 
 def submission_lock(study_dir: Path) -> records.RunLock:

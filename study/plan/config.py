@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import json
 import math
 import typing
@@ -30,7 +31,7 @@ NON_SEMANTIC = ("system", "data.cache_dir", "eval.batch_size", "meta")
 #: fields added after runs existed: left out of the hash while at their default, so a config that does not
 #: use them keeps the identity (and the run directory) it had before they were added
 HASHED_ONLY_IF_SET = {"model.loop_input": "none", "model.loop_embed": False, "model.loop_norm": False,
-                      "data.align": False}
+                      "data.align": False, "data.val_split": None}
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class DataConfig:
     max_tokens: int | None = None  # cap on tokens read from the corpus (hub corpora are streamed)
     cache_dir: str | None = None  # where token shards live; None -> $LOOPMDM_CACHE or ~/.cache/loopmdm
     align: bool = False  # windows start at multiples of seq_len: fixed-length records (a Sudoku grid + eos)
+    val_split: str | None = None  # the corpus's own held-out split (hub: `test` for LM1B); None: every k-th document
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class SystemConfig:
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
     compile: bool = False
     tf32: bool = True  # CUDA fp32 runs: TF32 matmuls (recorded in the run's system.json); off = strict fp32
+    tensorboard: bool = False  # also log metrics and evals as TensorBoard events in <run>/tb (needs `tensorboard`)
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,11 @@ class RunConfig:
 
         d, o, b, bud, e = self.data, self.optim, self.batch, self.budget, self.eval
         need(d.seq_len >= 2, "data.seq_len", f"got {d.seq_len}; must be >= 2")
+        need(not self.system.tensorboard or importlib.util.find_spec("tensorboard") is not None, "system.tensorboard",
+             "needs the tensorboard package: pip install tensorboard, or set system.tensorboard=false")
         need(isinstance(d.align, bool), "data.align", f"got {d.align!r}; must be true or false")
+        need(d.val_split is None or (isinstance(d.val_split, str) and d.val_split.strip() != ""), "data.val_split",
+             f"got {d.val_split!r}; a split name of the corpus (e.g. test) or null")
         need(d.seq_len <= self.model.max_seq_len, "data.seq_len",
              f"{d.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}; raise model.max_seq_len or lower data.seq_len")
         need(0 < d.val_fraction < 0.5, "data.val_fraction", f"got {d.val_fraction}; must be in (0, 0.5)")

@@ -22,15 +22,20 @@ Spec keys:
   finetune: {corpus: SOURCE, roles: [looped, baseline_same], budget: {steps: N}, optim: {...}}
                               # a second stage: each selected pretraining run gets a fine-tuned child
                               # (kind: sft, init_from: its parent), submitted after the parent (SLURM
-                              # dependency afterok) and evaluated with `python -m study.eval`
+                              # dependency afterok); `only: GLOB` keeps the parents whose slug matches
+  evaluate:                   # a third stage: `python -m study.eval` arguments run on selected finished runs
+    - {runs: finetuned, args: "--tasks gsm8k-synth:easy:200 --loops 1,4"}   # finetuned|pretrained|all|GLOB
+                              # (after training when local; SLURM jobs with afterok on the run's job)
 The run-dict key ``layout: {n_layers: 12, looped: [1, 2]}`` is a readable way to place the looped block.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import itertools
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +48,11 @@ from study.plan.finetune import sft_raw, study_relative_parent
 from study.plan.scaling import RULES
 
 SPEC_KEYS = ["study", "description", "base", "axes", "zip", "seeds", "baselines", "scaling", "resources",
-             "resource_classes", "estimate", "finetune"]
+             "resource_classes", "estimate", "finetune", "evaluate"]
+EVAL_RUNS = ("finetuned", "pretrained", "all")  # or a slug glob
+#: study.eval options that belong to the sweep (its executor and resources), not to an evaluate stage
+SWEEP_OWNED_EVAL_OPTIONS = ("executor", "partition", "gpus_per_node", "cpus_per_task", "time_min", "wait",
+                            "allow_unfinished", "force", "quiet")
 ROLES = ("looped", "baseline_same", "baseline_deeper", "single")
 BASELINES = ("same_size", "deeper")
 ROLE_OF = {"same_size": "baseline_same", "deeper": "baseline_deeper"}
@@ -94,6 +103,30 @@ class Spec:
     estimate: dict
     finetune: dict | None = None
     path: Path | None = None
+    evaluate: list["EvalStage"] = field(default_factory=list)
+
+
+@dataclass
+class EvalStage:
+    """One post-training evaluation: ``study.eval`` arguments (one way to say what to evaluate, on the
+    command line and in a spec alike) and which runs they apply to."""
+
+    runs: str
+    args: list[str]
+    request: Any  # study.evaluate.tasks.EvalRequest, validated when the spec loads
+
+    @property
+    def key(self) -> str:
+        """Names the stage's SLURM jobs: the same arguments on the same run are one job, however often the
+        sweep is submitted."""
+        return hashlib.sha256(json.dumps([self.runs, self.args]).encode()).hexdigest()[:8]
+
+    def selects(self, run: PlannedRun) -> bool:
+        if self.runs == "all":
+            return True
+        if self.runs in ("finetuned", "pretrained"):
+            return (run.parent is not None) == (self.runs == "finetuned")
+        return fnmatch.fnmatch(run.slug, self.runs)  # slugs only: a group glob would take the baselines too
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -159,9 +192,50 @@ def parse_spec(raw: dict, path: Path | None = None) -> Spec:
         bad = [r for r in roles if r not in ROLES]
         if bad:
             raise ConfigError("finetune.roles", f"{bad} unknown; allowed: {', '.join(ROLES)}")
+        if "only" in finetune and not (isinstance(finetune["only"], str) and finetune["only"].strip()):
+            raise ConfigError("finetune.only", f"got {finetune['only']!r}; a slug glob, e.g. 'd128-*-c5e12-*'")
     return Spec(study=str(study), description=str(raw.get("description", "")), base=raw.get("base") or {},
                 axes=axes, zip=zips, baselines=baselines, scaling=scaling, resources=raw.get("resources") or {},
-                resource_classes=classes, estimate=estimate, finetune=finetune, path=path)
+                resource_classes=classes, estimate=estimate, finetune=finetune, path=path,
+                evaluate=_eval_stages(raw.get("evaluate")))
+
+
+def _eval_stages(raw: Any) -> list[EvalStage]:
+    """``evaluate:`` entries, each checked by study.eval's own parser now, before anything is trained."""
+    from study.cli import RaisingParser, eval_parser, eval_request
+
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError("evaluate", "must be a list of {runs: finetuned|pretrained|all|GLOB, args: '--tasks ...'}")
+    stages = []
+    for i, entry in enumerate(raw):
+        where = f"evaluate[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(where, "must be a mapping {runs: ..., args: '...'}")
+        reject_unknown_keys(where, entry, ["runs", "args"])
+        runs = str(entry.get("runs", "all")).strip()
+        args = entry.get("args")
+        if not runs:
+            raise ConfigError(f"{where}.runs", f"empty; one of {', '.join(EVAL_RUNS)} or a slug glob")
+        if not isinstance(args, str) or not args.strip():
+            raise ConfigError(f"{where}.args", "give study.eval arguments as one string, e.g. '--tasks gsm8k-synth:easy'")
+        argv = shlex.split(args)
+        parser = eval_parser(RaisingParser)
+        try:
+            ns = parser.parse_args(["<run>", *argv])
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.args", f"{args!r}: {str(exc).split(': ', 1)[-1]}") from None
+        owned = [k for k in SWEEP_OWNED_EVAL_OPTIONS if getattr(ns, k) != parser.get_default(k)]
+        if owned:
+            raise ConfigError(f"{where}.args", f"--{owned[0].replace('_', '-')} belongs to the sweep (its executor "
+                              f"and resources apply to the evaluations too); remove it from args")
+        try:
+            request = eval_request(ns)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.args", f"{args!r}: {exc}") from None
+        stages.append(EvalStage(runs=runs, args=argv, request=request))
+    return stages
 
 
 # -- expansion ---------------------------------------------------------------------------------------
@@ -291,8 +365,9 @@ def _finetune_children(spec: Spec, parents: list[PlannedRun]) -> list[PlannedRun
     ft = dict(spec.finetune)
     corpus = ft.pop("corpus")
     roles = set(ft.pop("roles", ["looped", "baseline_same"]))
+    only = ft.pop("only", None)
     children = []
-    for parent in parents:
+    for parent in select(parents, only):
         if not ({g["role"] for g in parent.groups} or {"single"}) & roles:
             continue
         try:

@@ -108,6 +108,7 @@ class Trainer:
         self.stop = stop or (lambda: False)
         self.quiet = quiet
         self.rank = 0
+        self.tb = None  # a TensorBoard writer on rank 0 with system.tensorboard
 
     def say(self, text: str) -> None:
         if self.rank == 0 and not self.quiet:
@@ -164,7 +165,7 @@ class Trainer:
             self.qa = data_mod.prepare_qa(cfg.data.corpus, cfg.data.tokenizer, cfg.data.seq_len)
         else:
             td = data_mod.prepare_tokens(cfg.data.corpus, cfg.data.tokenizer, cache, val_fraction=cfg.data.val_fraction,
-                                         max_tokens=cfg.data.max_tokens)
+                                         max_tokens=cfg.data.max_tokens, val_split=cfg.data.val_split)
             self.train_tokens = td.train
             self.eval_tokens = data_mod.eval_batches(td.val, cfg.eval.n_seqs, cfg.data.seq_len, cfg.data.align)
         self.data_mod = data_mod
@@ -177,6 +178,8 @@ class Trainer:
         self.model = LoopMDM(cfg.model)
         if cfg.init_from:
             load_weights(self.parent_ckpt, self.model)
+        if cfg.system.compile:
+            self.model.compile_blocks()
         micro = cfg.batch.micro_batch or cfg.batch.global_batch // self.world
         if micro < 1 or cfg.batch.global_batch % (micro * self.world):
             raise RunError(f"batch.global_batch={cfg.batch.global_batch} is not divisible by batch.micro_batch={micro} "
@@ -294,6 +297,16 @@ class Trainer:
         raise RunError(f"no checkpoint of {self.run_dir} could be loaded; delete {records.ckpt_root(self.run_dir)} to "
                        f"start the run again from step 0")
 
+    def _tensorboard(self, progress: Progress):
+        """``system.tensorboard``: rank 0 mirrors metrics.jsonl and evals.jsonl into TensorBoard events in
+        <run>/tb. On resume the writer purges events past the checkpoint's step (they are replayed), as the
+        jsonl logs are cut back; the jsonl files stay the record the analysis reads."""
+        if not self.cfg.system.tensorboard or self.rank != 0:
+            return None
+        from torch.utils.tensorboard import SummaryWriter  # the config checked that tensorboard is installed
+
+        return SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=progress.step + 1 if progress.step else None)
+
     # -- evaluation ----------------------------------------------------------------------------------
     def _eval(self, progress: Progress, final: bool) -> None:
         """Every rank evaluates a contiguous share of the eval sequences (same noise per sequence whatever
@@ -342,6 +355,9 @@ class Trainer:
         if self.rank == 0:
             for row in rows:
                 records.append_jsonl(self.run_dir / records.EVALS, row)
+                if self.tb is not None:
+                    eps = "" if row["exit_threshold"] is None else f"_exit{row['exit_threshold']:g}"
+                    self.tb.add_scalar(f"val/nll_S{row['eval_loops']}{eps}", row["nll"], progress.step)
             if diag is not None:
                 records.append_jsonl(self.run_dir / records.LOOP_DIAG, diag)
 
@@ -411,6 +427,7 @@ class Trainer:
     def run(self) -> dict:
         cfg = self.cfg
         progress = self._setup()
+        self.tb = self._tensorboard(progress)
         eval_steps = set(cfg.eval_steps())
         metrics_path, evals_path = self.run_dir / records.METRICS, self.run_dir / records.EVALS
         steps = cfg.steps
@@ -464,6 +481,8 @@ class Trainer:
                 self._save(progress)
         if bar is not None:
             bar.close()
+        if self.tb is not None:
+            self.tb.close()
         if status == "preempted":
             latest = records.latest_checkpoint(self.run_dir)
             if latest is None or records.ckpt_step(latest) != progress.step:
@@ -488,6 +507,10 @@ class Trainer:
                "grad_norm": _grad_norm(self.engine), "tokens_per_s": window.tokens / dt,
                "mfu": window.flops / dt / peak if peak else None, "wall_s": progress.wall_s, **progress.flops()}
         records.append_jsonl(path, row)
+        if self.tb is not None:
+            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "loops"):
+                if row[key] is not None:
+                    self.tb.add_scalar(f"train/{key}", row[key], progress.step)
         records.heartbeat(self.run_dir, step=progress.step, loss=loss, state="running")
         if not quiet and not self.quiet:
             print(f"[{self.run_dir.name}] step {progress.step}/{self.cfg.steps} loss {loss:.4f} S={loops} "
