@@ -159,7 +159,7 @@ def test_evaluate_stage_scores_selected_runs_once(tmp_path, capsys):
     """Three stages in one spec, as the embedded default has them: pretrain, fine-tune only the parents that
     `finetune.only` selects, then `evaluate:` (study.eval's own arguments) on the fine-tuned runs. A second
     submission of the same spec trains and evaluates nothing."""
-    ft = {"corpus": "gsm8k-synth:tiny", "only": "*-n9-*", "budget": {"steps": 2}, "data": {"seq_len": 200}}
+    ft = {"corpus": "gsm8k-synth:tiny", "only": "*-n9", "budget": {"steps": 2}, "data": {"seq_len": 200}}
     ev = [{"runs": "finetuned", "args": "--tasks gsm8k-synth:tiny:4 --loops 1,2 --gen-length 4"}]
     p = _write(tmp_path, finetune=ft, evaluate=ev)
     runs = sweep.expand(sweep.load_spec(p))
@@ -212,3 +212,17 @@ def test_finetune_stage_runs_after_its_parents(tmp_path, capsys):
     assert [s.state for s in records.scan_study(out)] == ["done"] * 3
     with pytest.raises(ConfigError, match="finetune.budget"):
         sweep.expand(sweep.parse_spec({**yaml.safe_load(p.read_text()), "finetune": {"corpus": "gsm8k-synth"}}))
+
+
+def test_the_embedded_defaults_stages_select_what_it_says():
+    """sweeps/demo.yaml: the width-128 LoopMDM and same-size MDM of the largest budget are fine-tuned and scored;
+    the attention statistic goes to the two largest looped runs (globs match slugs, never group names)."""
+    root = Path(__file__).resolve().parents[1]
+    spec_ = sweep.load_spec(root / "sweeps" / "demo.yaml")
+    runs = sweep.expand(spec_)
+    children = [r for r in runs if r.parent is not None]
+    assert sorted(c.parent.slug for c in children) == ["d128-l0.3.0-s1-c5e12", "d128-l1.1.1-s4-c5e12"]
+    tasks, attention = spec_.evaluate
+    assert [r.slug for r in runs if tasks.selects(r)] == [c.slug for c in children]
+    assert sorted(r.slug for r in runs if attention.selects(r)) == ["d128-l1.1.1-s4-c5e12", "d64-l1.1.1-s4-c5e12"]
+    assert tasks.request.tasks == ["gsm8k-synth:tiny:200"] and attention.request.attention

@@ -234,7 +234,7 @@ def run_evaluations(study_dir: Path, spec: Spec, runs: list[PlannedRun], quiet: 
             continue
         for rec in res.get("tasks", []):
             if not quiet:
-                print("    " + T.describe(rd, rec, "already done" if rec.get("cached") else f"done"), flush=True)
+                print("    " + T.describe(rd, rec, "already done" if rec.get("cached") else "done"), flush=True)
         print(f"    {time.time() - t0:.0f} s", flush=True)
     return 1 if failed else 0
 

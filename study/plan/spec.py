@@ -193,7 +193,7 @@ def parse_spec(raw: dict, path: Path | None = None) -> Spec:
         if bad:
             raise ConfigError("finetune.roles", f"{bad} unknown; allowed: {', '.join(ROLES)}")
         if "only" in finetune and not (isinstance(finetune["only"], str) and finetune["only"].strip()):
-            raise ConfigError("finetune.only", f"got {finetune['only']!r}; a slug glob, e.g. 'd128-*-c5e12-*'")
+            raise ConfigError("finetune.only", f"got {finetune['only']!r}; a slug glob, e.g. 'd128-*-c5e12'")
     return Spec(study=str(study), description=str(raw.get("description", "")), base=raw.get("base") or {},
                 axes=axes, zip=zips, baselines=baselines, scaling=scaling, resources=raw.get("resources") or {},
                 resource_classes=classes, estimate=estimate, finetune=finetune, path=path,
@@ -367,7 +367,7 @@ def _finetune_children(spec: Spec, parents: list[PlannedRun]) -> list[PlannedRun
     roles = set(ft.pop("roles", ["looped", "baseline_same"]))
     only = ft.pop("only", None)
     children = []
-    for parent in select(parents, only):
+    for parent in (p for p in parents if only is None or fnmatch.fnmatch(p.slug, only)):
         if not ({g["role"] for g in parent.groups} or {"single"}) & roles:
             continue
         try:
