@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -230,7 +231,7 @@ def _tokenize_into(out: Path, docs: Iterable[str], tok: Tokenizer, params: dict,
 def _chunk_ids(batches: Iterable[list[str]], tokenizer: str, work: Path, workers: int) -> Iterator[tuple[list[np.ndarray], str]]:
     """(ids per document, SHA-256 of the chunk's texts) for each chunk of documents, in corpus order. A chunk
     an earlier, interrupted build finished is read back from `work/`; the others are tokenised — in a pool
-    of `workers` processes when > 1, in order, a few chunks ahead — and written there atomically."""
+    of `workers` processes when > 1, in order, at most 4 x workers chunks ahead — and written there atomically."""
     work.mkdir(parents=True, exist_ok=True)
     tasks = ((str(work / f"chunk-{i:06d}.npz"), tokenizer, batch) for i, batch in enumerate(batches))
     if workers == 1:
@@ -239,7 +240,8 @@ def _chunk_ids(batches: Iterable[list[str]], tokenizer: str, work: Path, workers
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        yield from pool.imap(_chunk_job, tasks)
+        while window := list(itertools.islice(tasks, 4 * workers)):  # bounded: imap alone reads the corpus ahead
+            yield from pool.imap(_chunk_job, window)
 
 
 def _chunk_job(task: tuple[str, str, list[str]]) -> tuple[list[np.ndarray], str]:
