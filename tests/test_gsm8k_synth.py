@@ -62,7 +62,7 @@ def check_problem(problem: dict) -> list[int]:
     return values
 
 
-@pytest.mark.parametrize("difficulty", [1, 2, 3, 4, 5, "easy", "medium", "hard", "mixed"])
+@pytest.mark.parametrize("difficulty", [1, 2, 3, 4, 5, "tiny", "easy", "medium", "hard", "mixed"])
 def test_answers_are_correct_and_have_the_requested_number_of_steps(difficulty):
     lo, hi = gsm8k_synth.step_range(difficulty)
     for problem in gsm8k_synth.generate(300, seed=3, difficulty=difficulty):
@@ -75,6 +75,15 @@ def test_easy_problems_are_one_small_addition_or_subtraction():
         (expr,) = [m.group(1) for m in ANNOTATION.finditer(problem["answer"])]
         assert re.fullmatch(r"\d+[+-]\d+", expr), expr
         assert all(int(x) <= 40 for x in re.findall(r"\d+", expr)), expr
+
+
+def test_tiny_problems_are_one_step_on_one_digit_numbers():
+    """The demo's fine-tuning task: one addition or subtraction whose operands are single digits."""
+    problems = gsm8k_synth.generate(300, seed=0, difficulty="tiny")
+    for problem in problems:
+        (expr,) = [m.group(1) for m in ANNOTATION.finditer(problem["answer"])]
+        assert re.fullmatch(r"[1-9][+-][1-9]", expr), expr
+    assert {"+", "-"} <= {ch for p in problems for ch in ANNOTATION.search(p["answer"]).group(1) if ch in "+-"}
 
 
 def test_same_seed_same_problems_other_seed_others():

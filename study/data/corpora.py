@@ -60,7 +60,7 @@ def resolve_corpus(spec: str) -> CorpusSource:
             n = int(parts[1]) if len(parts) > 1 else SYNTH_DOCS
         except ValueError as exc:
             raise DataError("data.corpus", f"bad {spec!r}: want gsm8k-synth[:DIFFICULTY[:N]] with DIFFICULTY "
-                                           f"1..5 or easy/medium/hard/mixed and N an integer ({exc})") from exc
+                                           f"1..5 or tiny/easy/medium/hard/mixed and N an integer ({exc})") from exc
         canon = f"gsm8k-synth:{difficulty}:{n}"
         return CorpusSource("synth", canon, f"{canon}@v{gsm8k_synth.GENERATOR_VERSION}", difficulty=difficulty,
                             n_docs=n)

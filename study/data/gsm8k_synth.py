@@ -30,7 +30,7 @@ TEST_BUCKETS = 10  # a problem belongs to the test split when hash(question) % T
 
 
 def step_range(difficulty: int | str) -> tuple[int, int]:
-    """Map a difficulty (1..5, or easy/medium/hard/mixed) to an inclusive range of step counts."""
+    """Map a difficulty (1..5, or tiny/easy/medium/hard/mixed) to an inclusive range of step counts."""
     if isinstance(difficulty, str) and difficulty.strip().isdigit():
         difficulty = int(difficulty)
     if isinstance(difficulty, int) and not isinstance(difficulty, bool):
@@ -69,7 +69,7 @@ def generate(n: int, seed: int, difficulty: int | str = "medium", split: str | N
         if attempts > 100 * n + 1000:
             raise ValueError(f"could not find {n} distinct problems at difficulty {difficulty!r}; ask for fewer")
         steps = rng.randint(lo, hi)
-        if difficulty == "tiny":
+        if str(difficulty).lower() == "tiny":
             problem = _guard(_collection)(rng, steps, digits=1)
         else:
             family = rng.choice([f for f, (a, b) in _FAMILIES if a <= steps <= b])

@@ -22,7 +22,6 @@ content, same folder: concurrent jobs write identical files).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import re
@@ -92,7 +91,7 @@ def parse(spec: str) -> TaskSpec:
                 raise ValueError("N must be >= 1")
         except ValueError as exc:
             raise TaskError("tasks", f"bad {spec!r}: want {head}[:DIFFICULTY[:N]], DIFFICULTY 1..5 or "
-                                     f"easy/medium/hard/mixed, N an integer >= 1 ({exc})") from None
+                                     f"tiny/easy/medium/hard/mixed, N an integer >= 1 ({exc})") from None
         name = head if (difficulty, n) == SYNTH_DEFAULTS else f"{head}-{difficulty}-{n}"
         metric = MC_METRIC if head.endswith("-mc") else GSM8K_METRIC
         return TaskSpec(spec, name, head, metric, difficulty=str(difficulty), n=n)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +35,8 @@ import records
 from study.evaluate.attention import attention_stats
 from study.evaluate.loop_scan import loop_scan
 from study.evaluate.provenance import device_name, versions
-from study.evaluate.loading import (DEFAULT_ATTENTION_TS, DEFAULT_SCAN_LOOPS, EvalError, check_loops,
-                                    check_thresholds, checkpoint_identity, load_run, run_config, short_hash)
+from study.evaluate.loading import (DEFAULT_ATTENTION_TS, DEFAULT_SCAN_LOOPS, EvalError, checkpoint_identity,
+                                    load_run, run_config, short_hash)
 
 EXECUTORS = ("local", "slurm", "debug")
 GENERATION_KINDS = ("gsm8k-local", "gsm8k-synth")  # local tasks that generate (checked before loading weights)
