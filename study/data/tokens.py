@@ -178,7 +178,8 @@ def _tokenize_into(out: Path, docs: Iterable[str], tok: Tokenizer, params: dict,
     counts = {"train": 0, "val": 0}
     n_docs = {"train": 0, "val": 0}
     source_hash = hashlib.sha256()
-    work = work if work is not None else out / "chunks"
+    scratch = work is None  # no resume folder given: chunks live inside `out` only while packing
+    work = out / "chunks" if scratch else work
     streams = [("train" if val_docs is not None else None, docs)] + ([("val", val_docs)] if val_docs is not None else [])
     with open(out / "train.bin", "wb") as f_train, open(out / "val.bin", "wb") as f_val:
         files = {"train": f_train, "val": f_val}
@@ -211,6 +212,8 @@ def _tokenize_into(out: Path, docs: Iterable[str], tok: Tokenizer, params: dict,
                         break
                 if full:
                     break
+    if scratch:
+        shutil.rmtree(work, ignore_errors=True)
     rule = "own_split" if val_docs is not None else "every_kth_document"
     if counts["val"] == 0 and every and val_cap != 0 and counts["train"] > 1:
         moved = val_cap if val_cap is not None else max(1, round(fraction * counts["train"]))
@@ -255,6 +258,7 @@ def _chunk_job(task: tuple[str, str, list[str]]) -> tuple[list[np.ndarray], str]
                 return np.split(z["ids"], np.cumsum(z["lengths"])[:-1]), text_sha
     ids = _encode_docs(get_tokenizer(tokenizer), batch)
     lengths = np.array([len(a) for a in ids], dtype=np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)  # a racing build that finished first removes the folder
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
     np.savez(tmp, ids=np.concatenate(ids) if ids else np.zeros(0, np.int64), lengths=lengths, sha=np.array(text_sha))
     os.replace(tmp, path)
