@@ -462,7 +462,8 @@ def data_main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-fraction", type=float, default=0.05, help="with a corpus target: every k-th document held out")
     p.add_argument("--val-split", default=None, help="with a corpus target: the corpus's own held-out split (hub)")
     p.add_argument("--max-tokens", type=int, default=None, help="with a corpus target: tokens read at most")
-    p.add_argument("--cache-dir", default=None, help="token cache (default $LOOPMDM_CACHE or ~/.cache/loopmdm)")
+    p.add_argument("--cache-dir", default=None, help="token cache (default: data.cache_dir, else $LOOPMDM_CACHE or "
+                                                      "~/.cache/loopmdm: where the runs will look)")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="tokenising processes")
     ns = ap.parse_args(argv)
     from study import data as data_mod
@@ -491,10 +492,11 @@ def _data_settings(ns) -> list[tuple]:
     target = Path(ns.target)
     if target.suffix in (".yaml", ".yml") and target.is_file():
         raw = config_mod.load_yaml_mapping(target, "TARGET", "a spec (study:, base:) or a run config (model:, data:)")
+        overrides = list(ns.overrides) + ([f"data.cache_dir={ns.cache_dir}"] if ns.cache_dir else [])
         if "study" in raw or "base" in raw:
-            cfgs = [r.cfg for r in spec_mod.expand(spec_mod.load_spec(target, ns.overrides))]
+            cfgs = [r.cfg for r in spec_mod.expand(spec_mod.load_spec(target, overrides))]
         else:
-            cfgs = [config_mod.from_dict(config_mod.apply_overrides(raw, list(ns.overrides)))]
+            cfgs = [config_mod.from_dict(config_mod.apply_overrides(raw, overrides))]
         out = []
         for c in cfgs:
             if c.kind != "pretrain":

@@ -436,7 +436,7 @@ def test_prepare_command_fills_the_cache_a_sweeps_runs_read(tmp_path, monkeypatc
 
     root = Path(__file__).resolve().parents[1]
     cache = tmp_path / "cache"
-    assert cli.data_main(["prepare", str(root / "sweeps" / "tiny.yaml"), f"data.cache_dir={cache}",
+    assert cli.data_main(["prepare", str(root / "sweeps" / "tiny.yaml"), "--cache-dir", str(cache),
                           "--workers", "1"]) == 0
     assert "shakespeare / byte:" in capsys.readouterr().out
     monkeypatch.setattr(data.tokens, "_tokenize_into", lambda *a, **k: pytest.fail("tokenised again"))
