@@ -382,7 +382,8 @@ def load_task_evals(study_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m analysis.collect", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m analysis.collect", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("study_dir")
     ap.add_argument("--no-write", action="store_true", help="print the summary only")
     a = ap.parse_args(argv)

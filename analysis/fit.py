@@ -148,7 +148,8 @@ def format_table(results: dict[str, Any], law: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m analysis.fit", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m analysis.fit", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("csv", help="one row per point: loss and N,D (parametric, isoflop) or C (frontier); optional family, run, se, budget")
     ap.add_argument("--law", choices=LAWS, default="parametric", help="frontier: L(C); parametric: L(N, D); isoflop: per-budget parabolas")
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (over runs)")
