@@ -589,9 +589,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("study_dir")
-    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     ap.add_argument("--convention", action="append", default=None,
-                    help="FLOPs convention(s): 6N_nonembed, 6N_total, exact (repeatable; default all)")
+                    help="FLOPs convention(s): 6N_nonembed, 6N_total, exact (repeatable; none given: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--loops", type=int, default=None, help="inference S for LoopMDM (default: largest S>=6 <= s_max)")
     ap.add_argument("--weighted", action="store_true", help="weight fits by the MC standard error of each NLL")
