@@ -98,6 +98,9 @@ def _seq_list(v: Any) -> np.ndarray | None:
     return a if a.ndim == 1 and a.size else None
 
 
+FINE_TUNED = "fine-tuned: task scores only"  # a sft run has no held-out token set (load_task_evals reads it)
+
+
 def variant_label(model: dict[str, Any]) -> str:
     """'plain', or the looped-block variants joined by '+': 'inject=concat+loop-embed+loop-norm'."""
     parts = []
@@ -198,7 +201,7 @@ def read_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     status["n_evals"] = len(evals)
     if not evals:
         # a fine-tuned run has no held-out token set: its scores are task evaluations (load_task_evals)
-        status["problem"] = "fine-tuned: task scores only" if cfg.get("kind") == "sft" else "no evaluations"
+        status["problem"] = FINE_TUNED if cfg.get("kind") == "sft" else "no evaluations"
         return [], status
     groups = meta.get("groups") or _infer_groups(cfg, model)
     status["groups_inferred"] = not meta.get("groups")
@@ -276,9 +279,9 @@ def collect(study_dir: str | Path, write: bool = True) -> pd.DataFrame:
         "n_runs_with_evals": sum(1 for s in statuses if s["n_evals"] > 0),
         "n_done": sum(1 for s in statuses if s["done"]),
         "skipped_no_evals": [s["dir"] for s in statuses if s.get("problem") == "no evaluations"],
-        "fine_tuned": [s["dir"] for s in statuses if s.get("problem") == "fine-tuned: task scores only"],
+        "fine_tuned": [s["dir"] for s in statuses if s.get("problem") == FINE_TUNED],
         "skipped_other": {s["dir"]: s["problem"] for s in statuses
-                          if s.get("problem") and s.get("problem") not in ("no evaluations", "fine-tuned: task scores only")},
+                          if s.get("problem") and s.get("problem") not in ("no evaluations", FINE_TUNED)},
         "partial": [s["dir"] for s in statuses if s["n_evals"] > 0 and not s["done"] and not s["failed"]],
         "failed": [s["dir"] for s in statuses if s["failed"]],
         "bad_lines": {s["dir"]: s["bad_lines"] for s in statuses if s["bad_lines"]},

@@ -26,6 +26,7 @@ INERT_NATS = 0.005
 SETTLE_RATIO = 0.5
 DRIFT_COS = 0.9
 DIVERGE_RATIO = 2.0
+DRIFT_GROWTH = 1.2  # state norm, last loop / first: "the norm grows" for a drift
 
 
 def _final_fixed(df: pd.DataFrame) -> pd.DataFrame:
@@ -67,7 +68,7 @@ def loop_sensitivity(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def state_behaviour(diag: dict[str, Any]) -> dict[str, Any]:
-    """Settles / drifts / neither from one loops.jsonl row (see the module docstring), with its numbers."""
+    """Settles / diverges / drifts / neither from one loops.jsonl row (see the module docstring), with its numbers."""
     inc = [float(x) for x in diag["increment_norm"]]
     norm = [float(x) for x in diag["state_norm"]]
     cos = [float(x) for x in diag["increment_cos"] if x is not None]
@@ -81,7 +82,7 @@ def state_behaviour(diag: dict[str, Any]) -> dict[str, Any]:
         kind = "settles"
     elif ratio > DIVERGE_RATIO:
         kind = "diverges"
-    elif mean_cos > DRIFT_COS and growth > 1.2:
+    elif mean_cos > DRIFT_COS and growth > DRIFT_GROWTH:
         kind = "drifts"
     else:
         kind = "neither"

@@ -326,10 +326,7 @@ def _claim_section(kind: str, claims: Sequence[Claim], figs: dict[str, FigureRes
         if f is None:
             continue
         if f.made:
-            png = [p for p in f.files if p.endswith(".png")]
-            if png:
-                rel = os.path.relpath(png[0], study_dir)
-                L += [f"![{f.caption}]({rel})", "", f"_{f.caption}_", ""]
+            L += _figure_md(f, study_dir)
         elif f.note:
             L += [f"_Figure {name} skipped: {f.note}._", ""]
     return L

@@ -225,7 +225,8 @@ def _tokenize_into(out: Path, docs: Iterable[str], tok: Tokenizer, params: dict,
         raise DataError("data.corpus", f"{params['corpus']} yielded no training tokens; check the corpus "
                                        "(and data.max_tokens / data.val_fraction)")
     if val_docs is not None and counts["val"] == 0:
-        raise DataError("data.val_split", f"split {params['val_split']!r} of {params['corpus']} yielded no tokens")
+        raise DataError("data.val_split", f"split {params['val_split']!r} of {params['corpus']} yielded no tokens; "
+                                          f"name a split the dataset has (e.g. test, validation) or unset it")
     return {"n_train": counts["train"], "n_val": counts["val"], "n_docs_train": n_docs["train"],
             "n_docs_val": n_docs["val"], "split_rule": rule, "val_every": every, "dtype": dtype.name,
             "source_sha256": source_hash.hexdigest()}

@@ -104,6 +104,13 @@ def resolve_knobs(cfg, weights: str = "model", loops: Any = None, exit_threshold
             "seed": int(seed), "weights": weights}
 
 
+def check_room(gen_length: int, max_seq_len: int) -> None:
+    """A generation must leave the prompt at least one of the model's positions."""
+    if gen_length >= max_seq_len:
+        raise EvalError("gen_length", f"{gen_length} leaves no room for a prompt in the model's {max_seq_len} "
+                                      f"positions; lower gen_length (study.eval --gen-length, lm-eval max_gen_toks)")
+
+
 @register_model("loopmdm")
 class LoopMDMLM(LM):
     """A LoopMDM checkpoint behind lm-eval's LM interface. Knobs (all also valid as ``--model_args``):
@@ -290,9 +297,7 @@ class LoopMDMLM(LM):
             temperature = 0.0
         if temperature < 0:
             raise EvalError("temperature", f"got {temperature}; must be >= 0 (0 = argmax)")
-        if gen_length >= self.max_length:
-            raise EvalError("gen_length", f"{gen_length} leaves no room for a prompt in the model's "
-                                          f"{self.max_length} positions; lower gen_length (or max_gen_toks)")
+        check_room(gen_length, self.max_length)
         return until, gen_length, block, temperature
 
     @torch.no_grad()

@@ -163,7 +163,7 @@ def evaluate_tasks(run_dir: str | Path, req: EvalRequest) -> list[dict]:
     """Every (task, loop setting) of ``req`` on one run; results already on disk are read, not recomputed.
     Everything that can be checked without weights is checked before any are loaded."""
     from study.evaluate import lm_tasks as tasks_mod
-    from study.evaluate.lm_eval_model import LoopMDMLM, resolve_knobs
+    from study.evaluate.lm_eval_model import LoopMDMLM, check_room, resolve_knobs
 
     run_dir = Path(run_dir)
     cfg, run_hash, ckpt, meta, weights = checkpoint_identity(run_dir, req.ckpt)
@@ -174,9 +174,8 @@ def evaluate_tasks(run_dir: str | Path, req: EvalRequest) -> list[dict]:
     plan = []  # (task, knobs, config, eval_hash, path)
     for loops, eps in req.settings(cfg.model.s_max):
         knobs = resolve_knobs(cfg.model, weights=weights, loops=loops, exit_threshold=eps, **req.model_args)
-        if any(t.kind in GENERATION_KINDS for t in specs) and knobs["gen_length"] >= cfg.model.max_seq_len:
-            raise EvalError("gen_length", f"{knobs['gen_length']} leaves no room for a prompt in the model's "
-                                          f"{cfg.model.max_seq_len} positions; lower --gen-length")
+        if any(t.kind in GENERATION_KINDS for t in specs):
+            check_room(knobs["gen_length"], cfg.model.max_seq_len)
         for t in specs:
             config = {"task": t.name, "task_kind": t.kind, "task_data": t.fingerprint, "limit": req.limit,
                       "num_fewshot": req.num_fewshot, "metric": req.metric or t.primary_metric, **knobs}

@@ -151,8 +151,7 @@ def submit_slurm(study_dir: Path, spec: Spec, runs: list[PlannedRun], resources,
         if r.resource_class:
             res = launch.ResourceSpec.from_dict(dict(spec.resources) | spec.resource_classes[r.resource_class])
         if depends_on:  # a fine-tuning run starts only once its parent finished
-            res = launch.ResourceSpec.from_dict(res.to_dict() | {
-                "additional": dict(res.additional) | {"dependency": f"afterok:{depends_on}"}})
+            res = after_ok(res, depends_on)
         cfg = r.final_config(spec.study)
         return launch.Job(key=r.hash[:12], name=r.slug, fn=run_point, args=(cfg.to_dict(), str(r.run_dir(study_dir))),
                           run_dir=r.run_dir(study_dir), resources=res)
@@ -162,7 +161,7 @@ def submit_slurm(study_dir: Path, spec: Spec, runs: list[PlannedRun], resources,
                               check_cluster=True) if first else []
     children = [r for r in runs if r.parent is not None]
     if children:
-        known = {k: j.job_id for k, j in records.known_jobs(study_dir).items() if j.queued and j.job_id}
+        known = queued_jobs(study_dir)
         deps = []
         for r in children:
             if records.done_summary(r.parent.run_dir(study_dir)) is not None:
@@ -176,6 +175,19 @@ def submit_slurm(study_dir: Path, spec: Spec, runs: list[PlannedRun], resources,
     for s in submitted:
         print(f"submitted {s.name} as job {s.job_id}")
     return wait_for(submitted) if wait else 0
+
+
+def queued_jobs(study_dir: Path) -> dict[str, str]:
+    """Run-hash prefix -> SLURM job id of the study's training jobs still queued or running."""
+    return {k: j.job_id for k, j in records.known_jobs(study_dir).items() if j.queued and j.job_id}
+
+
+def after_ok(res, job_id: str):
+    """The same resources, starting only once job ``job_id`` finished successfully (SLURM afterok)."""
+    from study import launch
+
+    return launch.ResourceSpec.from_dict(res.to_dict() | {
+        "additional": dict(res.additional) | {"dependency": f"afterok:{job_id}"}})
 
 
 def wait_for(submitted: list) -> int:
@@ -247,7 +259,7 @@ def submit_evaluations(study_dir: Path, spec: Spec, runs: list[PlannedRun], reso
 
     folder = study_dir / EVAL_JOBS
     known_eval = records.known_jobs(folder) if (folder / records.LEDGER).is_file() else {}
-    known_train = {k: j.job_id for k, j in records.known_jobs(study_dir).items() if j.queued and j.job_id}
+    known_train = queued_jobs(study_dir)
     jobs = []
     for stage in spec.evaluate:
         for r in runs:
@@ -260,8 +272,7 @@ def submit_evaluations(study_dir: Path, spec: Spec, runs: list[PlannedRun], reso
             if records.done_summary(r.run_dir(study_dir)) is None:
                 if r.hash[:12] not in known_train:
                     continue  # neither done nor queued: it failed; `--retry` resubmits it and its evaluation
-                res = launch.ResourceSpec.from_dict(res.to_dict() | {
-                    "additional": dict(res.additional) | {"dependency": f"afterok:{known_train[r.hash[:12]]}"}})
+                res = after_ok(res, known_train[r.hash[:12]])
             jobs.append(launch.Job(key=key, name=f"eval-{r.slug}", fn=evaluate_point, resources=res, kwargs={
                 "run_dir": str(r.run_dir(study_dir).resolve()), "req": stage.request,
                 "marker": str(eval_marker(study_dir, key).resolve())}))
