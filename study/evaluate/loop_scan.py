@@ -9,12 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-
-from model import flops, validation_nll
 import records
+from model import flops, validation_nll
 
-
-from .loading import DEFAULT_SCAN_LOOPS, EvalError, check_loops, check_thresholds, checkpoint_identity, eval_tokens, inference_flops, load_run
+from .loading import checkpoint_identity, eval_tokens, load_run
+from .request import DEFAULT_SCAN_LOOPS, EvalError, check_loops, check_thresholds
 
 
 # ------------------------------------------------------------------------------------------ loop scan
@@ -64,7 +63,7 @@ def loop_scan(run_dir: str | Path, loops: Sequence[int] = DEFAULT_SCAN_LOOPS,
             run = load_run(run_dir, records.ckpt_step(path), device, prefer_ema=(weights == "ema"))
         est = validation_nll(run.model, tokens, loops=s, n_draws=n_draws, seed=seed,
                              batch_size=batch_size or cfg.eval.batch_size, exit_threshold=eps)
-        row = {**base, **ident, **est.to_dict(), **inference_flops(cfg, est.mean_loops), "is_final": False,
+        row = {**base, **ident, **est.to_dict(), **_inference_flops(cfg, est.mean_loops), "is_final": False,
                "scan": True, "run_hash": run_hash}
         records.append_jsonl(evals_path, row)
         have[key] = row
@@ -75,3 +74,8 @@ def loop_scan(run_dir: str | Path, loops: Sequence[int] = DEFAULT_SCAN_LOOPS,
                   f"mean loops {est.mean_loops:.2f}", flush=True)
     return out
 
+
+def _inference_flops(cfg, loops: float) -> dict[str, float]:
+    """One denoising step's FLOPs per token at the loops actually used, under every convention."""
+    per = flops.all_conventions(flops.inference_flops_per_token, cfg.model, cfg.data.seq_len, loops)
+    return {f"infer_flops_per_token_{c}": v for c, v in per.items()}
