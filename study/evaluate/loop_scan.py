@@ -46,7 +46,7 @@ def loop_scan(run_dir: str | Path, loops: Sequence[int] = DEFAULT_SCAN_LOOPS,
     n_seqs = n_seqs or cfg.eval.n_seqs
     seed = cfg.eval.seed if seed is None else seed
     cap = exit_cap or max(loops or [cfg.model.s_max])
-    evals_path = run_dir / "evals.jsonl"
+    evals_path = run_dir / records.EVALS
     have = {_scan_key(r): r for r in records.read_jsonl(evals_path) if r.get("scan")}
     base = {"step": step, "tokens": meta.get("tokens"), **{f"flops_{c}": meta.get(f"flops_{c}") for c in flops.CONVENTIONS}}
     run = tokens = None

@@ -117,7 +117,7 @@ def _preempt_signal() -> signal.Signals:
     return signal.Signals[f"SIG{submitit.JobEnvironment.USR_SIG}"]
 
 
-def _global_rank() -> int:
+def global_rank() -> int:
     for var in ("RANK", "SLURM_PROCID", "SUBMITIT_LOCAL_GLOBALID"):
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var])
@@ -200,7 +200,7 @@ class PreemptionFlag(threading.Event):
         """Call after the preemption checkpoint is saved (on every rank). Never returns."""
         if self._installed:
             signal.alarm(0)
-        if _global_rank() != 0:
+        if global_rank() != 0:
             # rank 0's requeue stops this process; exiting first could get rank 0 killed before it requeues
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             time.sleep(max(30.0, self.grace_s))

@@ -32,7 +32,7 @@ ENV_SNAPSHOT = "LOOPMDM_SNAPSHOT"
 ENV_LAUNCH_CWD = "LOOPMDM_LAUNCH_CWD"
 
 
-from .preempt import DIST_ENV_KEYS, ENV_GRACE, PREEMPT, _global_rank, init_dist_env_from_slurm, install_preemption_flag
+from .preempt import DIST_ENV_KEYS, ENV_GRACE, PREEMPT, global_rank, init_dist_env_from_slurm, install_preemption_flag
 from .resources import ResourceSpec
 
 # --------------------------------------------------------------------------------------------- jobs
@@ -85,7 +85,7 @@ class ResumableRun(Checkpointable):
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission | None:
         marker = Path(self.run_dir) / records.PREEMPTED if self.run_dir else None
-        if marker is not None and _global_rank() == 0:
+        if marker is not None and global_rank() == 0:
             with contextlib.suppress(OSError):  # keep the trainer's own marker from this attempt if it wrote one
                 if not marker.exists() or marker.stat().st_mtime < self._started:
                     records.mark_preempted(self.run_dir, signals=list(PREEMPT.signals), by="submitit")
