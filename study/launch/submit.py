@@ -109,7 +109,7 @@ class Submitted:
 
 # ------------------------------------------------------------------------------------------ snapshot
 def project_root() -> Path:
-    """The directory holding the importable packages (this file is study/launch.py)."""
+    """The directory holding the importable packages (this file is study/launch/submit.py)."""
     return Path(__file__).resolve().parents[2]
 
 
