@@ -22,10 +22,12 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"model": ("model",), "records": ("records",), "study (package)": ("=study",)},
     {"study.data": ("study.data",), "study.weights": ("study.weights",), "study.machine": ("study.machine",),
      # the evaluate stage's torch-free front: the request as data, which planning checks (study.plan.spec)
-     "study.evaluate.request": ("study.evaluate.request",)},
+     "study.evaluate.request": ("study.evaluate.request",),
+     # reads what the stages wrote through records, computes with model.flops; nothing from study/
+     "analysis": ("analysis",)},
     {"study.plan": ("study.plan",)},
     {"study.train": ("study.train",), "study.evaluate": ("study.evaluate",)},
-    {"study.launch": ("study.launch",), "analysis": ("analysis",)},
+    {"study.launch": ("study.launch",)},
     {"cli": ("study.cli", "study.sweep", "study.run", "study.sft", "study.eval", "study.lm_eval_cli",
              "study.data.__main__")},
 ]
@@ -178,19 +180,26 @@ def test_the_cycle_finder_finds_cycles() -> None:
     assert _cycles({"a": {"b"}, "b": set()}) == []
 
 
+def _points_up(source: str, target: str) -> bool:
+    (level, unit), (t_level, t_unit) = _unit(source), _unit(target)
+    return t_unit != unit and t_level >= level
+
+
 def test_imports_point_down() -> None:
-    bad = []
-    for m in MODULES:
-        level, unit = _unit(m)
-        for name, line, _ in imports(m):
-            t = _target(name)
-            if t is None:
-                continue
-            t_level, t_unit = _unit(t)
-            if t_unit != unit and t_level >= level:
-                bad.append(f"{MODULES[m].relative_to(ROOT)}:{line}: {unit} (layer {level}) imports {t} "
-                           f"({t_unit}, layer {t_level})")
+    bad = [f"{MODULES[m].relative_to(ROOT)}:{line}: {_unit(m)} imports {t} {_unit(t)}"
+           for m in MODULES for name, line, _ in imports(m)
+           if (t := _target(name)) is not None and _points_up(m, t)]
     assert bad == []
+
+
+def test_the_layer_rule_refuses_what_it_should() -> None:
+    assert _points_up("study.plan.spec", "study.cli.eval")  # up
+    assert _points_up("study.plan.finetune", "study.evaluate.loading")  # up: the evaluate stage proper
+    assert _points_up("study.evaluate.task_scores", "study.launch.submit")  # up
+    assert _points_up("study.train.trainer", "study.evaluate.loading")  # sideways: same layer, other unit
+    assert _points_up("analysis.figures", "study.plan.config")  # analysis never reads study/
+    assert not _points_up("study.plan.spec", "study.evaluate.request")  # the request sits below planning
+    assert not _points_up("study.evaluate.dispatch", "study.evaluate.loop_scan")  # within a unit
 
 
 def test_nothing_imports_the_command_lines() -> None:
