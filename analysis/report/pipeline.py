@@ -26,7 +26,7 @@ from ..collect import BASE_COLUMNS, load_attention, load_loop_diagnostics, load_
 from ..figures import FigureResult, make_figures
 from ..select import CORE_COLUMNS, clean, missing_columns
 from ..study_fits import StudyFits, fit_study
-from ..util import CONVENTIONS, dumps, normalise_convention
+from ..util import CONVENTIONS, DefaultsFormatter, dumps, normalise_convention
 from .markdown import missing_list, render_markdown
 
 
@@ -146,12 +146,12 @@ def _relative(fig: dict, study_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=DefaultsFormatter)
     ap.add_argument("study_dir")
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     ap.add_argument("--convention", action="append", default=None,
                     help="FLOPs convention(s): 6N_nonembed, 6N_total, exact (repeatable; none given: all)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     ap.add_argument("--loops", type=int, default=None, help="inference S for LoopMDM (default: largest S>=6 <= s_max)")
     ap.add_argument("--weighted", action="store_true", help="weight fits by the MC standard error of each NLL")
     ap.add_argument("--no-figures", action="store_true")

@@ -21,25 +21,44 @@ def study_dir(spec, out: Path | None, root: Path | None) -> Path:
     return (out if out is not None else results_root(root) / spec.study).resolve()
 
 
+DESCRIPTIONS = {
+    "submit": "Plan a study (--dry-run: nothing written) or run it: its runs with their matched baselines, then its "
+              "fine-tune and evaluate stages; locally in this process or as SLURM jobs. Done, queued and running "
+              "runs are skipped; failed ones come back with --retry. Other verbs: status, collect, report "
+              "(each has its own --help).",
+    "status": "Where every run of a study stands: pending / running / done / failed / preempted, its step, last loss "
+              "and job, and the FLOPs done of those planned.",
+    "collect": f"Gather every run directory of a study into the tidy table ({records.RUNS_TABLE}).",
+    "report": f"Collect, fit, draw the figures and write {records.REPORT} for a study (python -m analysis.report "
+              f"STUDY_DIR does the same with more options).",
+}
+
+
 def parser(verb: str) -> Parser:
-    ap = Parser(prog=f"python -m study.sweep {verb}",
-                description="Studies: expand a spec into runs with matched baselines, plan, run or submit, watch, "
-                            f"report. Verbs: {', '.join(VERBS)} (default submit).")
+    """Each verb its own --help: only the options it reads."""
+    ap = Parser(prog=f"python -m study.sweep {verb}", description=DESCRIPTIONS[verb])
     ap.add_argument("spec", type=Path, help="a study spec, e.g. sweeps/demo.yaml")
-    ap.add_argument("overrides", nargs="*", default=[],
-                    help=f"key=value overrides of the spec's base config (optim.lr=1e-3), recorded in {records.PLAN}")
+    if verb in ("submit", "status"):  # overrides change the runs' hashes, so status must see them too
+        ap.add_argument("overrides", nargs="*", default=[], help="key=value overrides of the spec's base config "
+                        f"(optim.lr=1e-3), recorded in {records.PLAN}; a key the spec sweeps is refused")
     ap.add_argument("--out", type=Path, default=None, help="study directory (default: ROOT/<study>)")
     ap.add_argument("--root", type=Path, default=None,
-                    help=f"where study directories go (default ${ENV_RESULTS}, else ./results)")
-    ap.add_argument("--dry-run", action="store_true", help="print the plan and where it writes; write and submit nothing")
-    ap.add_argument("--json", action="store_true", help="with --dry-run or status: one JSON object per run, typed")
-    ap.add_argument("--retry", action="store_true", help="resubmit failed runs too")
-    ap.add_argument("--only", default=None, help="select runs by slug/group glob or hash prefix")
-    ap.add_argument("--executor", choices=("auto", "slurm", "local", "debug"), default=None,
-                    help="override resources.executor of the spec")
-    ap.add_argument("--wait", action="store_true", help="slurm: wait for the jobs, then report")
-    ap.add_argument("--no-report", dest="report", action="store_false", help="skip collect + report after local runs")
-    ap.add_argument("--quiet", action="store_true", help="no per-step log lines from the runs")
+                    help=f"where study directories go (default: ${ENV_RESULTS}, else ./results)")
+    if verb in ("submit", "status"):
+        ap.add_argument("--only", default=None, help="only the runs whose slug matches this glob, or whose hash "
+                        "starts with it (their baselines are runs of their own: select them by their slugs)")
+        ap.add_argument("--json", action="store_true",
+                        help="one JSON object per run, typed" + (" (with --dry-run)" if verb == "submit" else ""))
+    if verb == "submit":
+        ap.add_argument("--dry-run", action="store_true", help="print the plan and where it writes; write and "
+                        "submit nothing")
+        ap.add_argument("--retry", action="store_true", help="resubmit failed runs too")
+        ap.add_argument("--executor", choices=("auto", "slurm", "local", "debug"), default=None,
+                        help="override resources.executor of the spec")
+        ap.add_argument("--wait", action="store_true", help="slurm: wait for the jobs, then report")
+        ap.add_argument("--no-report", dest="report", action="store_false",
+                        help="skip collect + report after local runs")
+        ap.add_argument("--quiet", action="store_true", help="no per-step log lines from the runs")
     return ap
 
 
@@ -77,13 +96,19 @@ def main(argv: list[str] | None = None) -> int:
     from study.plan import spec as spec_mod
 
     try:
-        spec = spec_mod.load_spec(ns.spec, ns.overrides)
+        spec = spec_mod.load_spec(ns.spec, getattr(ns, "overrides", []))
+        sdir = study_dir(spec, ns.out, ns.root)
+        if verb == "report":
+            return report(sdir)
+        if verb == "collect":
+            return collect(sdir)
         runs = spec_mod.select(spec_mod.expand(spec), ns.only)
         if ns.only and not runs:
-            raise ConfigError("--only", f"{ns.only!r} matches no run of {spec.study}")
+            raise ConfigError("--only", f"{ns.only!r} matches no run slug or hash of {spec.study} (see --dry-run)")
+        if verb == "status":
+            return status(ns, sdir, runs)
         resources = _resources(spec, ns.executor)
-        sdir = study_dir(spec, ns.out, ns.root)
-        if verb == "submit" and ns.dry_run:
+        if ns.dry_run:
             rows = [spec_mod.plan_row(r, spec) for r in runs]
             if ns.json:
                 for row in rows:
@@ -92,12 +117,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(spec_mod.format_plan(rows))
                 print(f"writes to {sdir} ({resources.resolved_executor()} executor)")
             return 0
-        if verb == "report":
-            return report(sdir)
-        if verb == "status":
-            return status(ns, sdir, runs)
-        if verb == "collect":
-            return collect(sdir)
         _check_executor(resources)
         return submit(ns, spec, runs, resources, sdir)
     except input_errors() as exc:

@@ -10,6 +10,7 @@ training every run twice — a run another process holds is skipped and counted.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -75,12 +76,22 @@ def write_plan(study_dir: Path, spec: Spec, runs: list[PlannedRun], overrides: l
         records.atomic_write_text(study_dir / records.SPEC, spec.path.read_text())
 
 
+def duration(seconds: float) -> str:
+    """A remaining time a reader can trust: never '0 min' while something is left (seconds under 90 s)."""
+    if seconds < 90:
+        return f"{max(1, math.ceil(seconds))} s"
+    if seconds < 2 * 3600:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 class Eta:
-    """The sweep's remaining time from the FLOPs done so far: runs differ in size by orders of magnitude, so
-    the rate is FLOPs per second over the runs this command trained, applied to the FLOPs still planned."""
+    """The sweep's progress and remaining time from the FLOPs done so far: runs differ in size by orders of
+    magnitude, so the rate is FLOPs per second over the runs this command trained, applied to the FLOPs still
+    planned, and the progress is a fraction of the planned FLOPs (a log file shows it as well as a terminal)."""
 
     def __init__(self, runs: list[PlannedRun]):
-        self.left = sum(r.cfg.flops_per_step("exact") * r.cfg.steps for r in runs)
+        self.total = self.left = sum(r.cfg.flops_per_step("exact") * r.cfg.steps for r in runs)
         self.done_flops, self.seconds = 0.0, 0.0
 
     def record(self, run: PlannedRun, seconds: float, trained_fraction: float = 1.0) -> None:
@@ -90,10 +101,12 @@ class Eta:
         self.seconds += seconds
 
     def text(self) -> str:
+        done = f"{100 * (1 - max(0.0, self.left) / self.total):.0f}% of the planned FLOPs done" if self.total > 0 else ""
         if self.done_flops <= 0 or self.seconds <= 0:
-            return "ETA after the first run"
+            return ", ".join(x for x in (done, "ETA after the first run") if x)
         left_s = max(0.0, self.left) / (self.done_flops / self.seconds)
-        return f"ETA {left_s / 60:.0f} min for the rest ({time.strftime('%H:%M', time.localtime(time.time() + left_s))})"
+        eta = f"ETA {duration(left_s)} for the rest ({time.strftime('%H:%M', time.localtime(time.time() + left_s))})"
+        return ", ".join(x for x in (done, eta) if x)
 
 
 def run_locally(study_dir: Path, spec: Spec, runs: list[PlannedRun], quiet: bool = False) -> int:

@@ -130,12 +130,29 @@ class EvalStage:
 def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     """A spec file; ``key=value`` overrides apply to its base config (``optim.lr=1e-3``)."""
     raw = config_mod.load_yaml_mapping(path, "SPEC", "study:, base:, axes:, ... - e.g. sweeps/demo.yaml")
+    refuse_swept_overrides(raw, overrides)
     if overrides:
         base = raw.get("base") or {}
         if not isinstance(base, dict):
             raise ConfigError("base", "must be a mapping of RunConfig sections")
         raw["base"] = config_mod.apply_overrides(base, list(overrides))
     return parse_spec(raw, Path(path))
+
+
+def refuse_swept_overrides(raw: dict, overrides: list[str]) -> None:
+    """An override changes the base config, and every key the spec sweeps (``axes``, ``zip``, ``seeds``) is set
+    per run on top of it: overriding one would change nothing, so it is refused rather than ignored."""
+    axes = raw.get("axes") if isinstance(raw.get("axes"), dict) else {}
+    zips = [g for g in (raw.get("zip") if isinstance(raw.get("zip"), list) else []) if isinstance(g, dict)]
+    swept = {str(k): "axes" for k in axes} | {str(k): f"zip[{i}]" for i, g in enumerate(zips) for k in g}
+    if raw.get("seeds") is not None:
+        swept["seed"] = "seeds"
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        for s, where in swept.items():
+            if key == s or key.startswith(s + ".") or s.startswith(key + "."):
+                raise ConfigError(key, f"is swept by the spec ({where}: {s}), so an override of the base config "
+                                       f"would be ignored; edit {where} in the spec, or select runs with --only")
 
 
 def parse_spec(raw: dict, path: Path | None = None) -> Spec:
@@ -400,9 +417,11 @@ def format_plan(rows: list[dict]) -> str:
 
 
 def select(runs: list[PlannedRun], only: str | None) -> list[PlannedRun]:
+    """``--only``: runs whose slug matches the glob, or whose hash starts with it. Slugs only, as in an
+    ``evaluate:`` stage: a comparison group is named after its looped run, so a group glob would take the
+    baselines of every matching looped run too."""
     if not only:
         return runs
-    return [r for r in runs if fnmatch.fnmatch(r.slug, only) or r.hash.startswith(only) or
-            any(fnmatch.fnmatch(g["group"], only) for g in r.groups)]
+    return [r for r in runs if fnmatch.fnmatch(r.slug, only) or r.hash.startswith(only)]
 
 
