@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                      force_collect=a.force_collect, loops=a.loops, weighted=a.weighted)
     for c in res.claims:
         vs = f" — {c.paper_verdict}" if c.paper_verdict else ""
-        print(f"{c.verdict:>14}  {c.name}: {c.measured_str()} {c.ci_str()}{vs}")
+        print(f"{c.verdict_text():>14}  {c.name}: {c.measured_str()} {c.ci_str()}{vs}")
     if res.missing:
         print(f"{len(res.missing)} item(s) missing — see the report")
     print(f"wrote {res.report_path} and {res.fits_path} in {res.seconds:.1f} s")
