@@ -14,7 +14,9 @@ from study import cli
 from study.cli.common import EXIT_BAD_INPUT, EXIT_CODES
 from study.launch.preempt import EXIT_STOPPED
 from study.launch.training import Eta, duration
+from study.plan import config as config_mod
 from study.plan import spec as spec_mod
+from test_train import corpus, tiny_cfg  # noqa: F401  (the module-scoped corpus fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "sweeps" / "tiny.yaml"
@@ -92,3 +94,13 @@ def test_eta_never_says_zero_with_a_run_to_go_and_shows_the_fraction_done():
     text = eta.text()
     assert re.match(r"^\d+% of the planned FLOPs done, ETA \d+ s for the rest", text), text
     assert "0 min" not in text and not text.startswith("0%")
+
+
+def test_a_log_file_shows_the_progress_fraction(tmp_path, corpus, capsys):
+    """Without a terminal (a job log, a pipe) every step line says how far the run is, not only 'step k/N'."""
+    cfg = tiny_cfg(corpus, tmp_path / "cache", **{"budget.steps": 4, "system.log_every": 2, "eval.points": 1})
+    path = tmp_path / "c.yaml"
+    path.write_text(config_mod.dump_yaml(cfg))
+    assert cli.run_main([str(path), "--out", str(tmp_path / "run")]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "] step " in ln]
+    assert [ln.split("] ", 1)[1].split(" loss")[0] for ln in lines] == ["step 2/4 (50%)", "step 4/4 (100%)"]

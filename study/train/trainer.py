@@ -40,6 +40,7 @@ from study.weights import load_weights, save_weights
 
 from .distributed import (RunError, all_gather, any_rank, full_parameters, init_distributed, pick_device,
                           quiet_stdout, safe_checkpoint_engine)
+from . import wandb_log
 
 
 class Diverged(RunError):
@@ -109,6 +110,7 @@ class Trainer:
         self.quiet = quiet
         self.rank = 0
         self.tb = None  # a TensorBoard writer on rank 0 with system.tensorboard
+        self.wandb = None  # the W&B mirror on rank 0 with system.wandb (study.train.wandb_log)
 
     def say(self, text: str) -> None:
         if self.rank == 0 and not self.quiet:
@@ -358,6 +360,8 @@ class Trainer:
                 if self.tb is not None:
                     eps = "" if row["exit_threshold"] is None else f"_exit{row['exit_threshold']:g}"
                     self.tb.add_scalar(f"val/nll_S{row['eval_loops']}{eps}", row["nll"], progress.step)
+            if self.wandb is not None:
+                self.wandb.log_eval(rows, progress.step)
             if diag is not None:
                 records.append_jsonl(self.run_dir / records.LOOP_DIAG, diag)
 
@@ -428,6 +432,7 @@ class Trainer:
         cfg = self.cfg
         progress = self._setup()
         self.tb = self._tensorboard(progress)
+        self.wandb = wandb_log.open_run(cfg, self.run_dir, self.rank, quiet=self.quiet)
         eval_steps = set(cfg.eval_steps())
         metrics_path, evals_path = self.run_dir / records.METRICS, self.run_dir / records.EVALS
         steps = cfg.steps
@@ -483,6 +488,8 @@ class Trainer:
             bar.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.close(status)
         if status == "preempted":
             latest = records.latest_checkpoint(self.run_dir)
             if latest is None or records.ckpt_step(latest) != progress.step:
@@ -511,9 +518,12 @@ class Trainer:
             for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "loops"):
                 if row[key] is not None:
                     self.tb.add_scalar(f"train/{key}", row[key], progress.step)
+        if self.wandb is not None:
+            self.wandb.log_train(row, progress.step)
         records.heartbeat(self.run_dir, step=progress.step, loss=loss, state="running")
         if not quiet and not self.quiet:
-            print(f"[{self.run_dir.name}] step {progress.step}/{self.cfg.steps} loss {loss:.4f} S={loops} "
+            print(f"[{self.run_dir.name}] step {progress.step}/{self.cfg.steps} "
+                  f"({100 * progress.step / max(self.cfg.steps, 1):.0f}%) loss {loss:.4f} S={loops} "
                   f"lr {lr:.2e} {row['tokens_per_s']:.0f} tok/s", flush=True)
 
 
