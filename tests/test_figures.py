@@ -17,6 +17,7 @@ from analysis.figures import compute, loops
 from analysis.report import run_report
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each study's report and figures take ~20 s on 2 shared cores
 
 
 def draw(study: str, tmp: Path) -> tuple[dict, object]:
@@ -45,6 +46,11 @@ def demo(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sudoku(tmp_path_factory):
     return draw("sudoku", tmp_path_factory.mktemp("figs"))
+
+
+@pytest.fixture(scope="module")
+def shape(tmp_path_factory):
+    return draw("paper_shape_cpu", tmp_path_factory.mktemp("figs"))
 
 
 def legend_texts(fig) -> list[str]:
@@ -153,3 +159,14 @@ def test_loss_vs_flops_without_a_fit_shows_plain_points(sudoku):
     texts = legend_texts(fig)
     assert not any("fitted to" in t or "extrapolated" in t for t in texts)
     assert all(math.isclose(c.get_alpha() or 1.0, 0.9) for c in ax.collections if len(c.get_offsets()))
+
+
+def test_inference_compute_names_each_comparison_group_once(shape, demo):
+    """Many looped variants of one width (paper_shape_cpu): each line is named by its looped run."""
+    for figs, _ in (shape, demo):
+        texts = legend_texts(figs["nll_vs_inference_flops"])
+        lines = [t for t in texts if t.endswith("(LoopMDM, fixed S)")]
+        assert len(lines) == len(set(lines)) >= 2
+        assert {"LoopMDM, adaptive exit", "same-size MDM", "deeper MDM"} <= set(texts)
+    md = (shape[1].report_path).read_text()
+    assert "](figures/nll_vs_inference_flops.png)" in md  # shown in claim 4's section

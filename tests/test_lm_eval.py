@@ -163,6 +163,7 @@ def lm_eval_command() -> str:
     return str(script)
 
 
+@pytest.mark.slow
 def test_documented_lm_eval_command_line_scores_a_run(runs, tmp_path):
     """The command the README and the task YAMLs give, as a real subprocess against a tiny trained run: it
     scores, and --output_path gets a folder named after the run (lm-eval names it after ``pretrained=``), the

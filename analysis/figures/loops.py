@@ -84,23 +84,24 @@ def fig_nll_vs_inference_flops(df: pd.DataFrame, figdir: Path, formats=("png", "
         for i, g in enumerate(groups):
             dg, color = top[top["group"] == g], cmap(i)
             lp = dg[dg["family"] == "loopmdm"]
-            width = int(lp["d_model"].iloc[0])
+            slug = str(lp.sort_values("run")["slug"].iloc[0])  # the looped run names its group
             fixed = lp[lp["exit_threshold"].isna()].drop_duplicates("eval_loops").sort_values("eval_loops")
             xs = list(flops_per_token(fixed, fixed["eval_loops"]))
             ax.errorbar(xs, fixed["nll"], yerr=ci95(fixed), color=color, marker="o", ms=4, capsize=2,
-                        label=f"LoopMDM d{width}, fixed S")
+                        label=f"{slug} (LoopMDM, fixed S)")
             for x, (_, r) in zip(xs, fixed.iterrows()):
                 ax.annotate(f"S={int(r['eval_loops'])}", (x, r["nll"]), textcoords="offset points", xytext=(3, 3),
                             fontsize=6, color=color)
             ada = lp[lp["exit_threshold"].notna() & lp["mean_loops"].notna()]
             if not ada.empty:
                 ax.errorbar(list(flops_per_token(ada, ada["mean_loops"])), ada["nll"], yerr=ci95(ada), fmt="^",
-                            color=color, ms=5, capsize=2, label=f"LoopMDM d{width}, adaptive exit")
+                            color=color, ms=5, capsize=2)
             for fam, marker in (("mdm", "s"), ("mdm_deeper", "D")):
                 b = dg[dg["family"] == fam].drop_duplicates("run")
                 if not b.empty:
                     ax.errorbar([flops_per_token(r, 1) for _, r in b.iterrows()], b["nll"], yerr=ci95(b),
                                 fmt=marker, color=color, ms=5, mec="k", mew=0.5, capsize=2)
+        ax.scatter([], [], marker="^", color="w", edgecolor="k", label="LoopMDM, adaptive exit")
         ax.scatter([], [], marker="s", color="w", edgecolor="k", label="same-size MDM")
         ax.scatter([], [], marker="D", color="w", edgecolor="k", label="deeper MDM")
         ax.set_xscale("log")
@@ -108,7 +109,7 @@ def fig_nll_vs_inference_flops(df: pd.DataFrame, figdir: Path, formats=("png", "
         ax.set_xlabel("inference FLOPs per token per denoising step (exact)")
         ax.set_ylabel("final validation NLL [nats/token]")
         ax.set_title("Quality vs inference compute")
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
         return FigureResult(name, save(fig, figdir, name, formats), caption=cap)
 
 
