@@ -14,6 +14,7 @@ import pytest
 
 import records
 from study.plan import config as C
+from test_reliability import DIST_VARS
 from test_train import corpus, tiny_cfg  # noqa: F401  (the module-scoped corpus fixture)
 
 wandb = pytest.importorskip("wandb", reason="wandb is not installed (pip install wandb, or '.[dev]')")
@@ -24,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def offline_env(tmp: Path) -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
+    """A fresh single process (no rank variables an earlier in-process run left behind), W&B offline in tmp."""
+    return {k: v for k, v in os.environ.items() if k not in DIST_VARS} | {
+            "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
             "WANDB_SILENT": "true", "WANDB_DIR": str(tmp), "WANDB_CACHE_DIR": str(tmp / "cache"),
             "WANDB_CONFIG_DIR": str(tmp / "config"), "WANDB_PROJECT": "loopmdm-test"}
 
