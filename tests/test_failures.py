@@ -316,3 +316,203 @@ def test_an_empty_spec_does_not_suggest_leaving_it_out(tmp_path, capsys, verb):
     line = one_line_error(cli.sweep_main([*verb, str(tmp_path / "s.yaml"), "--dry-run"]), capsys.readouterr().err,
                           "s.yaml", "the file is empty")
     assert "no file at all" not in line
+
+
+# ====================================================================== beyond the list: read-only targets
+@pytest.fixture
+def blocker(tmp_path) -> Path:
+    """A regular file: every path below it is unwritable for everyone, root included."""
+    f = tmp_path / "a-file"
+    f.write_text("")
+    return f
+
+
+def _under_file_cases(tmp_path: Path, blocker: Path, trained) -> dict:
+    cfg_path, run = trained
+    (tmp_path / "p.csv").write_text("C,loss\n1e10,3.0\n1e11,2.8\n1e12,2.6\n1e13,2.5\n")
+    (tmp_path / "tiny.txt").write_text("to be or not to be " * 200)
+    return {  # entry point -> (its main, argv, the option or field the one line must name)
+        "study.sweep --dry-run": (cli.sweep_main, [str(write_spec(tmp_path / "s.yaml", SMALL)), "--dry-run", "--out",
+                                                   str(blocker / "study")], "--out"),
+        "study.sweep report": (cli.sweep_main, ["report", str(tmp_path / "s.yaml"), "--out", str(blocker / "study")],
+                               "--out"),
+        "study.run": (cli.run_main, [str(cfg_path), "--out", str(blocker / "run")], "--out"),
+        "study.sft": (cli.sft_main, [str(run), "gsm8k-synth:tiny", "--steps", "2", "--out", str(blocker / "sft")],
+                      "--out"),
+        "study.data prepare": (cli.data_main, ["prepare", str(tmp_path / "tiny.txt"), "--cache-dir",
+                                               str(blocker / "cache")], "data.cache_dir"),
+        "analysis.fit --out": ("analysis.fit", [str(tmp_path / "p.csv"), "--law", "frontier", "--out",
+                                                str(blocker / "fit.json")], "--out"),
+        "study.lm_eval_cli --output_path": ("study.cli.lm_eval", ["run", "--model", "loopmdm", "--model_args",
+                                                                 f"run={run}", "--tasks", "gsm8k-synth:tiny",
+                                                                 "--output_path", str(blocker / "out")],
+                                           "--output_path"),
+    }
+
+
+@pytest.mark.parametrize("case", ["study.sweep --dry-run", "study.sweep report", "study.run", "study.sft",
+                                  "study.data prepare", "analysis.fit --out", "study.lm_eval_cli --output_path"])
+def test_a_target_below_a_file_is_one_line_and_nothing_is_written(tmp_path, blocker, trained, capsys, monkeypatch,
+                                                                  case):
+    import importlib
+
+    main, argv, field = _under_file_cases(tmp_path, blocker, trained)[case]
+    before = tree(tmp_path)
+    if isinstance(main, str):
+        main = importlib.import_module(main).main
+    if case.startswith("study.lm_eval_cli"):  # lm-eval's own command line reads sys.argv
+        monkeypatch.setattr(sys, "argv", ["lm_eval", *argv])
+        with pytest.raises(SystemExit) as stop:
+            main()
+        rc = stop.value.code
+    else:
+        rc = main(argv)
+    one_line_error(rc, capsys.readouterr().err, field, f"{blocker} is a file")
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("case", ["study.sweep collect", "analysis.collect", "study.eval"])
+def test_a_read_only_study_or_run_is_one_line_and_untouched(tmp_path, read_only_works, trained, case):
+    study = _demo_study(tmp_path / "s")
+    spec = write_spec(tmp_path / "s.yaml", SMALL)
+    args, field = {"study.sweep collect": (["study.sweep", "collect", str(spec), "--out", str(study)], "--out"),
+                   "analysis.collect": (["analysis.collect", str(study)], "study_dir"),
+                   "study.eval": (["study.eval", str(tmp_path / "run"), "--scan", "--allow-unfinished"], "target")}[case]
+    if case == "study.eval":
+        copy_run(trained, tmp_path)
+    read_only(tmp_path)
+    before = tree(tmp_path)
+    try:
+        r = run_cli(args, tmp_path)
+    finally:
+        writable(tmp_path)
+    one_line_error(r.returncode, r.stderr, field, "not writable")
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("args", [["study.sweep", "status", "SPEC", "--out", "STUDY"], ["analysis.compare", "STUDY", "STUDY"]],
+                         ids=["sweep status", "compare"])
+def test_commands_that_only_read_work_on_a_read_only_study(tmp_path, read_only_works, args):
+    study = _demo_study(tmp_path / "s")
+    spec = write_spec(tmp_path / "s.yaml", SMALL)
+    read_only(tmp_path)
+    before = tree(tmp_path)
+    try:
+        r = run_cli([{"SPEC": str(spec), "STUDY": str(study)}.get(a, a) for a in args], tmp_path)
+    finally:
+        writable(tmp_path)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert tree(tmp_path) == before
+
+
+# ===================================================================== beyond the list: an unreachable hub
+@pytest.fixture
+def no_hub(monkeypatch):
+    """This process sees a blocked network: the hub's endpoint refuses connections, nothing says offline."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", BLOCKED_HUB)
+
+
+@pytest.mark.parametrize("case", ["study.sweep --dry-run", "study.data prepare (tokenizer)", "study.data prepare (corpus)",
+                                  "study.run (corpus)", "study.sft (corpus)"])
+def test_every_command_says_an_unreachable_hub_once_at_once(tmp_path, trained, no_hub, capsys, case):
+    cfg_path, run = trained
+    (tmp_path / "tiny.txt").write_text("to be or not to be " * 200)
+    hub_base = SMALL | {"data": SMALL["data"] | {"tokenizer": "loopmdm-no-such-tokenizer"}}
+    main, argv, field = {
+        "study.sweep --dry-run": (cli.sweep_main, [str(write_spec(tmp_path / "s.yaml", hub_base)), "--dry-run"],
+                                  "data.tokenizer"),
+        "study.data prepare (tokenizer)": (cli.data_main, ["prepare", str(tmp_path / "tiny.txt"), "--tokenizer",
+                                                           "loopmdm-no-such-tokenizer", "--cache-dir",
+                                                           str(tmp_path / "cache")], "data.tokenizer"),
+        "study.data prepare (corpus)": (cli.data_main, ["prepare", "hf:loopmdm/no-such-corpus", "--cache-dir",
+                                                        str(tmp_path / "cache")], "data.corpus"),
+        "study.run (corpus)": (cli.run_main, [str(cfg_path), "data.corpus=hf:loopmdm/no-such-corpus", "--out",
+                                              str(tmp_path / "run")], "data.corpus"),
+        "study.sft (corpus)": (cli.sft_main, [str(run), "hf:loopmdm/no-such-corpus", "--steps", "2", "--out",
+                                              str(tmp_path / "sft")], "data.corpus"),
+    }[case]
+    before = tree(tmp_path)
+    t0 = time.monotonic()
+    rc = main(argv)
+    took = time.monotonic() - t0
+    out = capsys.readouterr()
+    one_line_error(rc, out.err, field, "unreachable")
+    assert "Retrying" not in out.out + out.err and took < 20, took
+    assert tree(tmp_path) == before
+
+
+def test_an_offline_hub_tokenizer_loads_from_the_local_cache(tmp_path):
+    """HF_HUB_OFFLINE=1 with the tokenizer cached (as on a compute node after a download on the login node)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "[MASK]": 1, "</s>": 2, "to": 3, "be": 4}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    snap = tmp_path / "hf" / "hub" / "models--loopmdm--tiny-tok" / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    tok.save(str(snap / "tokenizer.json"))
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("0" * 40)
+    for env in ({"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": BLOCKED_HUB}):
+        r = run_cli(["study.run", "data.tokenizer=loopmdm/tiny-tok", "--print-config"], tmp_path,
+                    _env(HF_HOME=str(tmp_path / "hf"), **env))
+        assert r.returncode == 0 and "vocab_size: 5" in r.stdout, r.stderr  # [MASK] and </s> are its own
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["study.eval", "study.lm_eval_cli"])
+def test_an_lm_eval_task_from_an_unreachable_hub_is_one_line_without_retries(tmp_path, trained, command):
+    _, run = trained
+    shutil.copytree(run, tmp_path / "run")
+    records.mark_done(tmp_path / "run", {"config_hash": "-", "step": 25})
+    args = {"study.eval": ["study.eval", str(tmp_path / "run"), "--tasks", "hellaswag", "--limit", "2"],
+            "study.lm_eval_cli": ["study.lm_eval_cli", "run", "--model", "loopmdm", "--model_args",
+                                  f"run={tmp_path / 'run'}", "--tasks", "hellaswag", "--limit", "2"]}[command]
+    t0 = time.monotonic()
+    r = run_cli(args, tmp_path, _env(HF_ENDPOINT=BLOCKED_HUB, HF_HOME=str(tmp_path / "hf")), timeout=300)
+    took = time.monotonic() - t0
+    assert "Retrying" not in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and last.startswith("error: tasks:") and "unreachable" in last, r.stderr[-2000:]
+    assert took < 120, took
+
+
+# ======================================================================= beyond the list: an empty input
+def _empty_cases(tmp_path: Path) -> dict:
+    (tmp_path / "empty.yaml").write_text("")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "no-runs" / records.RUNS_DIR).mkdir(parents=True)
+    (tmp_path / "bare").mkdir()
+    return {  # entry point -> (its main, argv, what the one line must say)
+        "study.sweep: empty spec": (cli.sweep_main, [str(tmp_path / "empty.yaml")], "the file is empty"),
+        "study.run: empty config": (cli.run_main, [str(tmp_path / "empty.yaml")], "the file is empty"),
+        "study.sft: empty parent": (cli.sft_main, [str(tmp_path / "bare"), "gsm8k-synth:tiny", "--steps", "2"],
+                                    "not a run directory"),
+        "study.eval: study without runs": (cli.eval_main, [str(tmp_path / "no-runs"), "--scan"], "no finished run"),
+        "study.eval: empty directory": (cli.eval_main, [str(tmp_path / "bare"), "--scan"], "neither a run directory"),
+        "study.data: empty corpus": (cli.data_main, ["prepare", str(tmp_path / "empty.txt"), "--cache-dir",
+                                                     str(tmp_path / "cache")], "is empty"),
+        "study.data: empty spec": (cli.data_main, ["prepare", str(tmp_path / "empty.yaml")], "the file is empty"),
+        "analysis.report: study without runs": ("analysis.report", [str(tmp_path / "no-runs")], "nothing to report"),
+        "analysis.collect: study without runs": ("analysis.collect", [str(tmp_path / "no-runs")], "nothing to collect"),
+        "analysis.fit: empty file": ("analysis.fit", [str(tmp_path / "empty.csv")], "cannot read"),
+        "analysis.compare: studies without runs": ("analysis.compare", [str(tmp_path / "no-runs")] * 2,
+                                                   "share no finished run"),
+    }
+
+
+@pytest.mark.parametrize("case", ["study.sweep: empty spec", "study.run: empty config", "study.sft: empty parent",
+                                  "study.eval: study without runs", "study.eval: empty directory",
+                                  "study.data: empty corpus", "study.data: empty spec",
+                                  "analysis.report: study without runs", "analysis.collect: study without runs",
+                                  "analysis.fit: empty file", "analysis.compare: studies without runs"])
+def test_an_empty_input_is_one_line_and_nothing_is_written(tmp_path, capsys, case):
+    import importlib
+
+    main, argv, words = _empty_cases(tmp_path)[case]
+    main = importlib.import_module(main).main if isinstance(main, str) else main
+    before = tree(tmp_path)
+    one_line_error(main(argv), capsys.readouterr().err, words)
+    assert tree(tmp_path) == before

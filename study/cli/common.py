@@ -38,5 +38,12 @@ def say_error(exc: Exception) -> int:
     return EXIT_BAD_INPUT
 
 
+def check_writable(path: Path, field: str, fix: str) -> None:
+    """A target this command will write into, checked before anything is: one line naming the option."""
+    why = records.unwritable(path)
+    if why is not None:
+        raise ConfigError(field, f"cannot write {path}: {why}; {fix}")
+
+
 def results_root(root: Path | None) -> Path:
     return Path(root or os.environ.get(ENV_RESULTS) or "results")

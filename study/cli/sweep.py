@@ -12,7 +12,7 @@ from pathlib import Path
 import records
 from model.config import ConfigError
 
-from .common import EXIT_BAD_INPUT, ENV_RESULTS, Parser, input_errors, results_root, say_error
+from .common import EXIT_BAD_INPUT, ENV_RESULTS, Parser, check_writable, input_errors, results_root, say_error
 
 VERBS = ("submit", "status", "collect", "report")
 
@@ -83,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--only", f"{ns.only!r} matches no run of {spec.study}")
         resources = _resources(spec, ns.executor)
         sdir = study_dir(spec, ns.out, ns.root)
+        if verb != "status":  # everything but status writes into the study directory
+            for place in (sdir, sdir / records.RUNS_DIR):
+                check_writable(place, "--out" if ns.out is not None else "--root",
+                               "pass --out (or --root) to a writable place")
+        if verb == "submit":  # the dry run refuses what the submission refuses
+            _check_executor(resources)
         if verb == "submit" and ns.dry_run:
             rows = [spec_mod.plan_row(r, spec) for r in runs]
             if ns.json:
@@ -98,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
             return status(ns, sdir, runs)
         if verb == "collect":
             return collect(sdir)
-        _check_executor(resources)
         return submit(ns, spec, runs, resources, sdir)
     except input_errors() as exc:
         return say_error(exc)
@@ -180,11 +185,6 @@ def status(ns, sdir: Path, runs) -> int:
 
 
 def collect(sdir: Path) -> int:
-    from analysis.collect import collect as collect_table
+    from analysis.collect import main as collect_main
 
-    if not (sdir / records.RUNS_DIR).is_dir():
-        print(f"error: {sdir} has no runs yet (nothing to collect); run the study first", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    df = collect_table(sdir)
-    print(f"{len(df)} rows from {df['run'].nunique() if len(df) else 0} runs -> {sdir / records.RUNS_TABLE}")
-    return 0
+    return collect_main([str(sdir)])
