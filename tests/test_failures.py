@@ -107,6 +107,18 @@ def writable(*paths: Path) -> None:
             q.chmod(q.stat().st_mode | 0o200)
 
 
+def run_read_only(args: list[str], ro: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """The command, with ``ro`` and everything below it read-only; nothing under ``cwd`` may change."""
+    read_only(ro)
+    before = tree(cwd)
+    try:
+        r = run_cli(args, cwd)
+    finally:
+        writable(ro)
+    assert tree(cwd) == before, r.stderr
+    return r
+
+
 def write_spec(path: Path, base: dict, **extra) -> Path:
     path.write_text(yaml.safe_dump({"study": path.stem, "base": base, "resources": {"executor": "local"}} | extra))
     return path
@@ -244,14 +256,8 @@ def test_7_read_only_places_are_one_line(tmp_path, read_only_works, case):
     else:
         _demo_study(ro / "s")
         args, field = ["analysis.report", str(ro / "s"), "--bootstrap", "10", "--no-figures"], "study_dir"
-    read_only(ro)
-    before = tree(tmp_path)
-    try:
-        r = run_cli(args, tmp_path)
-    finally:
-        writable(ro)
+    r = run_read_only(args, ro, tmp_path)
     one_line_error(r.returncode, r.stderr, field, "not writable", str(ro))
-    assert tree(tmp_path) == before
 
 
 def test_8_a_checkpoint_without_its_manifest_is_incomplete_and_said(trained, tmp_path, capsys):
@@ -380,14 +386,8 @@ def test_a_read_only_study_or_run_is_one_line_and_untouched(tmp_path, read_only_
                    "study.eval": (["study.eval", str(tmp_path / "run"), "--scan", "--allow-unfinished"], "target")}[case]
     if case == "study.eval":
         copy_run(trained, tmp_path)
-    read_only(tmp_path)
-    before = tree(tmp_path)
-    try:
-        r = run_cli(args, tmp_path)
-    finally:
-        writable(tmp_path)
+    r = run_read_only(args, tmp_path, tmp_path)
     one_line_error(r.returncode, r.stderr, field, "not writable")
-    assert tree(tmp_path) == before
 
 
 @pytest.mark.parametrize("args", [["study.sweep", "status", "SPEC", "--out", "STUDY"], ["analysis.compare", "STUDY", "STUDY"]],
@@ -395,14 +395,8 @@ def test_a_read_only_study_or_run_is_one_line_and_untouched(tmp_path, read_only_
 def test_commands_that_only_read_work_on_a_read_only_study(tmp_path, read_only_works, args):
     study = _demo_study(tmp_path / "s")
     spec = write_spec(tmp_path / "s.yaml", SMALL)
-    read_only(tmp_path)
-    before = tree(tmp_path)
-    try:
-        r = run_cli([{"SPEC": str(spec), "STUDY": str(study)}.get(a, a) for a in args], tmp_path)
-    finally:
-        writable(tmp_path)
+    r = run_read_only([{"SPEC": str(spec), "STUDY": str(study)}.get(a, a) for a in args], tmp_path, tmp_path)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
-    assert tree(tmp_path) == before
 
 
 # ===================================================================== beyond the list: an unreachable hub
