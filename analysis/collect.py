@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-write", action="store_true", help="print the summary only")
     a = ap.parse_args(argv)
     sd = Path(a.study_dir)
-    why = None if a.no_write else records.unwritable(sd / records.RUNS_TABLE)
+    why = None if a.no_write else records.unwritable(sd / records.RUNS_TABLE, "file")
     if not (sd / records.RUNS_DIR).is_dir() or why:
         print(f"error: {sd}/runs does not exist (is this a study directory?)" if not (sd / records.RUNS_DIR).is_dir()
               else f"error: study_dir: cannot write {records.RUNS_TABLE} into {sd}: {why}; make it writable, or pass "

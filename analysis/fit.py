@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print(f"error: {a.csv}: {'; '.join(problems)} (columns present: {', '.join(raw.columns)})", file=sys.stderr)
         return 2
-    why = records.unwritable(a.out) if a.out else None
+    why = records.unwritable(a.out, "file") if a.out else None
     if why is not None:
         print(f"error: --out: cannot write {a.out}: {why}; pass --out to a writable place", file=sys.stderr)
         return 2

@@ -39,13 +39,17 @@ def _fsync_dir(directory: Path) -> None:
 TEMP_SUFFIX = ".tmp"
 
 
-def unwritable(path: PathLike) -> str | None:
-    """Why ``path`` (a file or directory, existing or still to be created, with anything below it) cannot be
-    written here, or None: its nearest existing ancestor is a file, or a directory this process may not
-    write into. Asked before any work starts, so a read-only target fails in one line with nothing written.
-    ``os.access`` is the kernel's own answer: a read-only mount is refused to root too, while permission bits
-    are not (root writes through them, so for root they are no obstacle)."""
+def unwritable(path: PathLike, kind: str | None = None) -> str | None:
+    """Why ``path`` (existing or still to be created, with anything below it) cannot be written here, or None:
+    its nearest existing ancestor is a file, or a directory this process may not write into, or it exists as
+    the wrong ``kind`` ('dir' or 'file'). Asked before any work starts, so a read-only target fails in one
+    line with nothing written. ``os.access`` is the kernel's own answer: a read-only mount is refused to root
+    too, while permission bits are not (root writes through them, so for root they are no obstacle)."""
     path = Path(path).absolute()
+    if kind == "dir" and path.exists() and not path.is_dir():
+        return f"{path} is a file, not a directory"
+    if kind == "file" and path.is_dir():
+        return f"{path} is a directory, not a file"
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

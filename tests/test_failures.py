@@ -195,6 +195,16 @@ def test_3_the_dry_run_refuses_slurm_without_sbatch_as_the_submit_does(tmp_path,
     assert not (tmp_path / "out").exists()
 
 
+def test_study_eval_on_slurm_without_sbatch_is_one_line(trained, capsys, monkeypatch):
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name in ("sbatch", "srun") else real(name, *a, **k))
+    _, run = trained
+    before = tree(run)
+    rc = cli.eval_main([str(run), "--scan", "--allow-unfinished", "--executor", "slurm"])
+    one_line_error(rc, capsys.readouterr().err, "executor", "sbatch")
+    assert tree(run) == before
+
+
 @pytest.mark.parametrize("finetune, field", [
     ({"only": "nothing-like-this-*"}, "finetune.only"),
     ({"roles": ["baseline_deeper"]}, "finetune.roles"),
@@ -374,6 +384,24 @@ def test_a_target_below_a_file_is_one_line_and_nothing_is_written(tmp_path, bloc
     else:
         rc = main(argv)
     one_line_error(rc, capsys.readouterr().err, field, f"{blocker} is a file")
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("case", ["study.run --out FILE", "study.sweep --out FILE", "analysis.fit --out DIR"])
+def test_a_target_of_the_wrong_kind_is_one_line(tmp_path, blocker, trained, capsys, case):
+    from analysis.fit import main as fit_main
+
+    cfg_path, _ = trained
+    (tmp_path / "p.csv").write_text("C,loss\n1e10,3.0\n1e11,2.8\n1e12,2.6\n1e13,2.5\n")
+    main, argv, words = {
+        "study.run --out FILE": (cli.run_main, [str(cfg_path), "--out", str(blocker)], "is a file, not a directory"),
+        "study.sweep --out FILE": (cli.sweep_main, [str(write_spec(tmp_path / "s.yaml", SMALL)), "--out", str(blocker)],
+                                   "is a file, not a directory"),
+        "analysis.fit --out DIR": (fit_main, [str(tmp_path / "p.csv"), "--law", "frontier", "--out", str(tmp_path)],
+                                   "is a directory, not a file"),
+    }[case]
+    before = tree(tmp_path)
+    one_line_error(main(argv), capsys.readouterr().err, words)
     assert tree(tmp_path) == before
 
 

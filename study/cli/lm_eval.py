@@ -32,7 +32,7 @@ def main() -> None:
         try:
             out = _output_path(argv)
             if out:
-                check_writable(Path(out), "--output_path", "pass --output_path to a writable place")
+                check_writable(Path(out), "--output_path", "pass --output_path to a writable place", kind=None)
         except input_errors() as exc:
             sys.exit(say_error(exc))
         hub = cache_only_unless_reachable()

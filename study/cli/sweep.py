@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import records
 from model.config import ConfigError
 
-from .common import EXIT_BAD_INPUT, ENV_RESULTS, Parser, check_writable, input_errors, results_root, say_error
+from .common import (EXIT_BAD_INPUT, ENV_RESULTS, Parser, check_sbatch, check_writable, input_errors, results_root,
+                     say_error)
 
 VERBS = ("submit", "status", "collect", "report")
 
@@ -57,12 +57,6 @@ def _resources(spec, executor: str | None):
     return resources
 
 
-def _check_executor(resources) -> None:
-    if resources.resolved_executor() == "slurm" and shutil.which("sbatch") is None:
-        raise ConfigError("resources.executor", "slurm was asked for but `sbatch` is not on PATH on this machine; "
-                          "run where SLURM is installed, or use --executor local")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = "submit"
@@ -87,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             for place in (sdir, sdir / records.RUNS_DIR):
                 check_writable(place, "--out" if ns.out is not None else "--root",
                                "pass --out (or --root) to a writable place")
-        if verb == "submit":  # the dry run refuses what the submission refuses
-            _check_executor(resources)
+        if verb == "submit" and resources.resolved_executor() == "slurm":  # the dry run refuses it too
+            check_sbatch("resources.executor")
         if verb == "submit" and ns.dry_run:
             rows = [spec_mod.plan_row(r, spec) for r in runs]
             if ns.json:

@@ -124,7 +124,7 @@ def prepare_tokens(
 
 def _check_can_build(source: CorpusSource, tokens_dir: Path) -> None:
     """What a build needs that can be checked before the cache is touched: a writable cache, a reachable hub."""
-    why = records.unwritable(tokens_dir)
+    why = records.unwritable(tokens_dir, "dir")
     if why is not None:
         raise DataError("data.cache_dir", f"the token cache {tokens_dir.parent} cannot be written ({why}); set "
                                           f"data.cache_dir (or $LOOPMDM_CACHE) to a writable directory, or prepare "

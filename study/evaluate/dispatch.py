@@ -25,7 +25,7 @@ def evaluate_run(run_dir: str | Path, req: EvalRequest) -> dict[str, Any]:
     """Everything ``req`` asks of one run (the function a SLURM job runs). The results go into the run, so a run
     that cannot be written is refused before any work."""
     for place in (Path(run_dir), Path(run_dir) / records.EVALS_DIR):
-        why = records.unwritable(place)
+        why = records.unwritable(place, "dir")
         if why is not None:
             raise EvalError("target", f"cannot write results into {run_dir}: {why}; evaluate a writable copy of "
                                       f"the run (its {records.CONFIG} and {records.CKPT_DIR}/)")

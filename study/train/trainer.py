@@ -142,9 +142,9 @@ class Trainer:
             records.atomic_write_text(self.run_dir / records.CONFIG, dump_yaml(self.cfg.replace(meta=meta)))
 
     def _check_writable(self) -> None:
-        why = records.unwritable(self.run_dir)
+        why = records.unwritable(self.run_dir, "dir")
         if why is not None:
-            raise RunError(f"cannot write the run directory {self.run_dir} ({why}); pass --out to a writable place")
+            raise RunError(f"the run directory {self.run_dir} is not writable ({why}); pass --out to a writable place")
 
     def _load_data(self) -> None:
         """Tokenizer, corpus, parent weights: everything that can be wrong with the inputs, checked before
