@@ -27,7 +27,7 @@ def main() -> None:
 
     argv = sys.argv[1:]
     if "-h" in argv or "--help" in argv:
-        hub = None
+        hub_reason = None
     else:
         try:
             out = _output_path(argv)
@@ -35,7 +35,7 @@ def main() -> None:
                 check_writable(Path(out), "--output_path", "pass --output_path to a writable place", kind=None)
         except input_errors() as exc:
             sys.exit(say_error(exc))
-        hub = cache_only_unless_reachable()
+        hub_reason = cache_only_unless_reachable()
     import study.evaluate.lm_eval_model  # noqa: F401  (registers "loopmdm")
     from lm_eval.__main__ import cli_evaluate
 
@@ -44,8 +44,8 @@ def main() -> None:
     try:
         cli_evaluate()
     except ConnectionError as exc:  # `datasets` reports a cache miss offline as a ConnectionError
-        if hub is None:
+        if hub_reason is None:
             raise
-        sys.exit(say_error(not_cached(None, hub, exc)))
+        sys.exit(say_error(not_cached(None, hub_reason, exc)))
     except input_errors() as exc:
         sys.exit(say_error(exc))

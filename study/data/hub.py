@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import threading
 import urllib.error
 import urllib.request
 
@@ -20,29 +21,40 @@ TRUE = ("1", "ON", "YES", "TRUE")
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
-def offline_requested() -> bool:
-    """The user said the hub is not to be used (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``): cache only."""
-    return any(os.environ.get(v, "").strip().upper() in TRUE for v in OFFLINE_VARS)
+def offline_requested() -> str | None:
+    """The variable by which the user said the hub is not to be used (``HF_HUB_OFFLINE`` /
+    ``HF_DATASETS_OFFLINE``: the local cache only), or None."""
+    return next((v for v in OFFLINE_VARS if os.environ.get(v, "").strip().upper() in TRUE), None)
 
 
 def hub_unavailable() -> str | None:
     """Why the hub cannot be used from this process (for an error message), or None when it answers.
     The probe is made once per process and endpoint; the proxy settings of the environment are honoured."""
-    if offline_requested():
-        return "HF_HUB_OFFLINE is set"
+    var = offline_requested()
+    if var is not None:
+        return f"{var} is set"
     return _probe(os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/"))
 
 
 @functools.lru_cache(maxsize=4)
 def _probe(endpoint: str) -> str | None:
-    try:
-        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=PROBE_TIMEOUT_S).close()
-    except urllib.error.HTTPError as exc:  # it answered: reachable, unless it is down
-        return f"{endpoint} answers HTTP {exc.code}" if exc.code >= 500 else None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        why = getattr(exc, "reason", None) or exc
-        return f"{endpoint} is unreachable from here ({why})"
-    return None
+    """One HEAD request, in a thread so that a name lookup that hangs (which no socket timeout covers) is
+    bounded by the same deadline."""
+    answer: list[str | None] = []
+
+    def ask() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=PROBE_TIMEOUT_S).close()
+            answer.append(None)
+        except urllib.error.HTTPError as exc:  # the hub's front page answers 200: an error is a proxy or an outage
+            answer.append(f"{endpoint} answers HTTP {exc.code}")
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            answer.append(f"{endpoint} is unreachable from here ({getattr(exc, 'reason', None) or exc})")
+
+    probe = threading.Thread(target=ask, name="hub-probe", daemon=True)
+    probe.start()
+    probe.join(PROBE_TIMEOUT_S + 0.5)
+    return answer[0] if answer else f"{endpoint} did not answer within {PROBE_TIMEOUT_S:g} s"
 
 
 def cache_only_unless_reachable() -> str | None:
