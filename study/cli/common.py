@@ -46,11 +46,11 @@ def check_writable(path: Path, field: str, fix: str, kind: str | None = "dir") -
         raise ConfigError(field, f"cannot write {path}: {why}; {fix}")
 
 
-def check_sbatch(field: str) -> None:
+def check_sbatch(field: str, also: str = "") -> None:
     """SLURM was asked for: refused at once (by a dry run too) where it cannot be submitted to."""
     if shutil.which("sbatch") is None:
         raise ConfigError(field, "slurm was asked for but `sbatch` is not on PATH on this machine; run where SLURM is "
-                                 "installed, or use --executor local")
+                                 f"installed, or use --executor local{also}")
 
 
 def results_root(root: Path | None) -> Path:

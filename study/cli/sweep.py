@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                 check_writable(place, "--out" if ns.out is not None else "--root",
                                "pass --out (or --root) to a writable place")
         if verb == "submit" and resources.resolved_executor() == "slurm":  # the dry run refuses it too
-            check_sbatch("resources.executor")
+            check_sbatch("resources.executor", " (with --dry-run: the same plan, to see it on this machine)"
+                         if ns.dry_run else "")
         if verb == "submit" and ns.dry_run:
             rows = [spec_mod.plan_row(r, spec) for r in runs]
             if ns.json:
