@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 SCHEDULES = ("linear", "cosine")
+MAX_EXP = math.log(2.0 ** 1023 * (2 - 2.0 ** -52))  # ~709.78: exp of anything larger overflows a float
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,13 @@ class NLLEstimate:
 
     @property
     def ppl(self) -> float:
-        return math.exp(self.nats)
+        """exp(NLL), inf where that overflows a float (a finite NLL past ~709 nats/token: a diverged model)."""
+        return math.exp(self.nats) if self.nats < MAX_EXP else math.inf
+
+    @property
+    def finite(self) -> bool:
+        """Every number of the estimate is a finite float: what a model that has not diverged gives."""
+        return all(math.isfinite(v) for v in (self.nats, self.se_nats, self.ppl))
 
     def to_dict(self) -> dict:
         return {"nll": self.nats, "nll_bits": self.bits, "ppl": self.ppl, "nll_se": self.se_nats,

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import records
 from model.config import ConfigError
 
-from .common import EXIT_BAD_INPUT, ENV_RESULTS, Parser, input_errors, results_root, say_error
+from .common import (EXIT_BAD_INPUT, ENV_RESULTS, Parser, check_sbatch, check_writable, input_errors, results_root,
+                     say_error)
 
 VERBS = ("submit", "status", "collect", "report")
 
@@ -76,12 +76,6 @@ def _resources(spec, executor: str | None):
     return resources
 
 
-def _check_executor(resources) -> None:
-    if resources.resolved_executor() == "slurm" and shutil.which("sbatch") is None:
-        raise ConfigError("resources.executor", "slurm was asked for but `sbatch` is not on PATH on this machine; "
-                          "run where SLURM is installed, or use --executor local")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = "submit"
@@ -98,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = spec_mod.load_spec(ns.spec, getattr(ns, "overrides", []))
         sdir = study_dir(spec, ns.out, ns.root)
+        if verb != "status":  # everything but status writes into the study directory
+            for place in (sdir, sdir / records.RUNS_DIR):
+                check_writable(place, "--out" if ns.out is not None else "--root",
+                               "pass --out (or --root) to a writable place")
         if verb == "report":
             return report(sdir)
         if verb == "collect":
@@ -108,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         if verb == "status":
             return status(ns, sdir, runs)
         resources = _resources(spec, ns.executor)
+        if resources.resolved_executor() == "slurm":  # the dry run refuses it too
+            check_sbatch("resources.executor", " (with --dry-run: the same plan, to see it on this machine)"
+                         if ns.dry_run else "")
         if ns.dry_run:
             rows = [spec_mod.plan_row(r, spec) for r in runs]
             if ns.json:
@@ -117,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(spec_mod.format_plan(rows))
                 print(f"writes to {sdir} ({resources.resolved_executor()} executor)")
             return 0
-        _check_executor(resources)
         return submit(ns, spec, runs, resources, sdir)
     except input_errors() as exc:
         return say_error(exc)
@@ -199,11 +199,6 @@ def status(ns, sdir: Path, runs) -> int:
 
 
 def collect(sdir: Path) -> int:
-    from analysis.collect import collect as collect_table
+    from analysis.collect import main as collect_main
 
-    if not (sdir / records.RUNS_DIR).is_dir():
-        print(f"error: {sdir} has no runs yet (nothing to collect); run the study first", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    df = collect_table(sdir)
-    print(f"{len(df)} rows from {df['run'].nunique() if len(df) else 0} runs -> {sdir / records.RUNS_TABLE}")
-    return 0
+    return collect_main([str(sdir)])

@@ -142,11 +142,9 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
 def refuse_swept_overrides(raw: dict, overrides: list[str]) -> None:
     """An override changes the base config, and every key the spec sweeps (``axes``, ``zip``, ``seeds``) is set
     per run on top of it: overriding one would change nothing, so it is refused rather than ignored."""
-    axes = raw.get("axes") if isinstance(raw.get("axes"), dict) else {}
     zips = [g for g in (raw.get("zip") if isinstance(raw.get("zip"), list) else []) if isinstance(g, dict)]
-    swept = {str(k): "axes" for k in axes} | {str(k): f"zip[{i}]" for i, g in enumerate(zips) for k in g}
-    if raw.get("seeds") is not None:
-        swept["seed"] = "seeds"
+    swept = {str(k): "axes" for k in (raw.get("axes") if isinstance(raw.get("axes"), dict) else {})} | \
+        {str(k): f"zip[{i}]" for i, g in enumerate(zips) for k in g} | ({"seed": "seeds"} if raw.get("seeds") else {})
     for item in overrides:
         key = item.split("=", 1)[0].strip()
         for s, where in swept.items():
@@ -354,7 +352,9 @@ def expand(spec: Spec) -> list[PlannedRun]:
                     member["flops_ratio"] = round(ratio, 4)  # per-step FLOPs, deeper / looped at E[S]
                 add(bcfg, axes, rclass, member)
     pretrain = list(runs.values())
-    return pretrain + (_finetune_children(spec, pretrain) if spec.finetune else [])
+    planned = pretrain + (_finetune_children(spec, pretrain) if spec.finetune else [])
+    _check_stages_select(spec, planned)
+    return planned
 
 
 def _finetune_children(spec: Spec, parents: list[PlannedRun]) -> list[PlannedRun]:
@@ -376,7 +376,30 @@ def _finetune_children(spec: Spec, parents: list[PlannedRun]) -> list[PlannedRun
         cfg = _build(raw, spec, f"fine-tuning {parent.slug}")
         children.append(PlannedRun(cfg=cfg, slug=records.safe_slug(config_mod.slug(cfg)), groups=list(parent.groups),
                                    axes=parent.axes, resource_class=parent.resource_class, parent=parent))
+    if not children:  # a stage that fine-tunes nothing is a typo in the spec, never what was meant
+        slugs = _listing(sorted({p.slug for p in parents}))
+        if only is not None and not any(fnmatch.fnmatch(p.slug, only) for p in parents):
+            raise ConfigError("finetune.only", f"{only!r} matches no pretraining run (their slugs: {slugs}); fix the glob "
+                                               f"or remove only:")
+        present = sorted({g["role"] for p in parents for g in p.groups} or {"single"})
+        raise ConfigError("finetune.roles", f"{sorted(roles)} selects no pretraining run"
+                                            f"{'' if only is None else f' matching {only!r}'} (their roles: "
+                                            f"{', '.join(present)}; slugs: {slugs}); list one of those roles")
     return children
+
+
+def _listing(names: list[str], most: int = 6) -> str:
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+def _check_stages_select(spec: Spec, runs: list[PlannedRun]) -> None:
+    """Every ``evaluate:`` stage selects at least one run of the expanded study: a stage that evaluates nothing is
+    a typo in the spec (a glob that matches no slug, ``finetuned`` without a finetune stage)."""
+    for i, stage in enumerate(spec.evaluate):
+        if not any(stage.selects(r) for r in runs):
+            raise ConfigError(f"evaluate[{i}].runs", f"{stage.runs!r} selects no run of {spec.study} (slugs: "
+                                                     f"{_listing(sorted(r.slug for r in runs))}); use "
+                                                     f"{', '.join(EVAL_RUNS)} or a glob over those slugs")
 
 
 # -- the plan ----------------------------------------------------------------------------------------

@@ -116,6 +116,11 @@ class Trainer:
         if self.rank == 0 and not self.quiet:
             print(f"[{self.run_dir.name}] {text}", flush=True)
 
+    def warn(self, text: str) -> None:
+        """Not progress: shown with --quiet too (a damaged checkpoint, a fallback to an older one)."""
+        if self.rank == 0:
+            print(f"[{self.run_dir.name}] warning: {text}", flush=True)
+
     # -- set-up ----------------------------------------------------------------------------------
     def _check_not_foreign(self) -> dict | None:
         """Refuse a run dir that belongs to another config (returns its config, None when new)."""
@@ -139,12 +144,9 @@ class Trainer:
             records.atomic_write_text(self.run_dir / records.CONFIG, dump_yaml(self.cfg.replace(meta=meta)))
 
     def _check_writable(self) -> None:
-        parent = self.run_dir
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise RunError(f"cannot write the run directory {self.run_dir} ({parent} is not writable); "
-                           f"pass --out to a writable place")
+        why = records.unwritable(self.run_dir, "dir")
+        if why is not None:
+            raise RunError(f"the run directory {self.run_dir} is not writable ({why}); pass --out to a writable place")
 
     def _load_data(self) -> None:
         """Tokenizer, corpus, parent weights: everything that can be wrong with the inputs, checked before
@@ -251,7 +253,7 @@ class Trainer:
             if why is None:
                 good.append(ckpt)
             else:
-                self.say(f"checkpoint {ckpt.name} is damaged ({why}); trying an older one")
+                self.warn(f"checkpoint {ckpt.name} is damaged ({why}); trying an older one")
         return good
 
     def _resume(self) -> Progress:
@@ -283,10 +285,10 @@ class Trainer:
                     _, client = self.engine.load_checkpoint(str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True,
                                                             load_lr_scheduler_states=False)
             except Exception as exc:  # noqa: BLE001 - a damaged file that the manifest could not see
-                self.say(f"checkpoint {ckpt.name} could not be loaded ({type(exc).__name__}: {exc}); trying an older one")
+                self.warn(f"checkpoint {ckpt.name} could not be loaded ({type(exc).__name__}: {exc}); trying an older one")
                 continue
             if client is None:
-                self.say(f"DeepSpeed could not load checkpoint {ckpt.name}; trying an older one")
+                self.warn(f"DeepSpeed could not load checkpoint {ckpt.name}; trying an older one")
                 continue
             if self.ema is not None and "ema" in client:
                 self.ema = {k: v.float() for k, v in client["ema"].items()}
@@ -294,7 +296,7 @@ class Trainer:
             if self.rank == 0:
                 dropped = records.cut_logs_to_step(self.run_dir, progress.step)
                 extra = f"; dropped {sum(dropped.values())} log rows of the steps it replays" if any(dropped.values()) else ""
-                self.say(f"resuming from step {progress.step} ({ckpt.name}){extra}")
+                (self.say if ckpt == found[-1] else self.warn)(f"resuming from step {progress.step} ({ckpt.name}){extra}")
             return progress
         raise RunError(f"no checkpoint of {self.run_dir} could be loaded; delete {records.ckpt_root(self.run_dir)} to "
                        f"start the run again from step 0")
@@ -338,10 +340,9 @@ class Trainer:
                                             rows=rows_here)
             parts = all_gather((per, lsum, ln), self.world)
             est = estimate_from_draws(torch.cat([p[0] for p in parts]), sum(p[1] for p in parts) / max(1, sum(p[2] for p in parts)))
-            bad = not all(math.isfinite(v) for v in (est.nats, est.se_nats))
-            if any_rank(bad, self.world, self.device):
-                raise Diverged(f"evaluation at step {progress.step} (S={loops}) gave NLL {est.nats} ± {est.se_nats}: "
-                               f"the weights are not finite or the model diverged; lower optim.lr or raise "
+            if any_rank(not est.finite, self.world, self.device):  # NaN, inf, or past exp's range
+                raise Diverged(f"evaluation at step {progress.step} (S={loops}) gave NLL {est.nats:.4g} ± "
+                               f"{est.se_nats:.3g} nats/token: the model diverged; lower optim.lr or raise "
                                f"optim.warmup_steps")
             rows.append({"step": progress.step, "tokens": progress.tokens, **progress.flops(), "eval_loops": loops,
                          "exit_threshold": eps, **est.to_dict(), "is_final": final})
