@@ -144,3 +144,17 @@ def test_a_training_micro_step_asks_the_device_nothing():
     assert loss.device.type == "meta" and m.embed.weight.grad is not None and 0 < info["mask_frac"] < 1
     with pytest.raises(Exception):
         loss.item()  # the device really is unreadable
+
+
+def test_vocab_padding_enters_the_run_hash_only_when_set():
+    """A padded run has its own identity (its checkpoints hold bigger matrices); every run that does not pad
+    keeps the hash it had before the field existed."""
+    from study.plan import config as C
+
+    raw = {"model": {"d_model": 32, "n_heads": 4}, "data": {"tokenizer": "byte", "seq_len": 32}}
+    base = C.from_dict(raw)
+    assert "pad_vocab" not in base.semantic_dict()["model"]
+    assert C.from_dict(C.apply_overrides(raw, ["model.pad_vocab=1"])).hash == base.hash
+    padded = C.from_dict(C.apply_overrides(raw, ["model.pad_vocab=128"]))
+    assert padded.hash != base.hash and padded.semantic_dict()["model"]["pad_vocab"] == 128
+    assert padded.flops_per_step() == base.flops_per_step()  # budgets buy the same steps
