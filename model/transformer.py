@@ -233,8 +233,8 @@ class LoopMDM(nn.Module):
         With ``rows`` (n,) — flat positions b * L + i — and their clean tokens ``targets`` (n,), the output
         head runs on those rows only and the `LoopOutput` holds ``nll`` (n,) fp32, the cross-entropy of each
         row with the mask token and the vocabulary padding excluded, instead of logits: the training loss
-        weights every unmasked position by 0, so the head (a sixth of a small model's FLOPs) and the loss
-        need not run there (`model.diffusion.sequence_nelbo`).
+        weights every unmasked position by 0, so the head (most of a narrow model's FLOPs with a 50k
+        vocabulary) and the loss need not run there (`model.diffusion.sequence_nelbo`).
 
         ``loops`` is S, the mid-block repetitions (default ``s_max``; any S >= 1 works, S > s_max too).
         With ``exit_threshold`` a sequence stops looping once ||h_k - h_{k-1}|| / ||h_k|| < threshold,
