@@ -393,7 +393,7 @@ class Check:
             r["time_vs_all"] = r["step_s"] / base["step_s"]
         return {"shape": asdict(shape), "rows": out}
 
-    # 4: the harness
+    # 5: the harness
     def harness(self, shape: Shape, work: Path, bare: dict | None) -> dict:
         s, cfg = self.size, self.backbone(shape)
         out = []
