@@ -40,6 +40,7 @@ from .distributed import Diverged, ForeignRunDir, RunError, any_rank, init_distr
 from .engine import build_engine, full_state, split_batch, zero_stage
 from .evaluation import Evaluator
 from .metrics import MetricsLog, Progress, Window
+from .perf import peak_flops
 
 
 def resolve_parent(init_from: str, run_dir: Path) -> Path:
@@ -218,8 +219,6 @@ class Trainer:
         log = MetricsLog(cfg, self.run_dir, self.rank, progress.step, self.quiet)
         evaluator = Evaluator(cfg, self.run_dir, self.eval_tokens, self.device, self.rank, self.world, log.tb)
         steps = cfg.steps
-        from study.train.perf import peak_flops
-
         peak = peak_flops(self.device, torch.bfloat16 if cfg.precision == "bf16" else torch.float32)
         bar = None
         if self.rank == 0 and not self.quiet and sys.stderr.isatty():
