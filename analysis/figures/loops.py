@@ -101,9 +101,11 @@ def fig_nll_vs_inference_flops(df: pd.DataFrame, figdir: Path, formats=("png", "
                 if not b.empty:
                     ax.errorbar([flops_per_token(r, 1) for _, r in b.iterrows()], b["nll"], yerr=ci95(b),
                                 fmt=marker, color=color, ms=5, mec="k", mew=0.5, capsize=2)
-        ax.scatter([], [], marker="^", color="w", edgecolor="k", label="LoopMDM, adaptive exit")
-        ax.scatter([], [], marker="s", color="w", edgecolor="k", label="same-size MDM")
-        ax.scatter([], [], marker="D", color="w", edgecolor="k", label="deeper MDM")
+        kinds = (("^", "LoopMDM, adaptive exit", top["exit_threshold"].notna() & (top["family"] == "loopmdm")),
+                 ("s", "same-size MDM", top["family"] == "mdm"), ("D", "deeper MDM", top["family"] == "mdm_deeper"))
+        for marker, label, present in kinds:  # a marker is explained only where the figure has it
+            if present.any():
+                ax.scatter([], [], marker=marker, color="w", edgecolor="k", label=label)
         ax.set_xscale("log")
         log_x_clean(ax)
         ax.set_xlabel("inference FLOPs per token per denoising step (exact)")
