@@ -260,7 +260,8 @@ def _records_names() -> dict[str, bool]:
              records.EVALS, records.METRICS, records.LOOP_DIAG, records.CONFIG, records.SYSTEM, records.DONE,
              records.FAILED, records.RUNNING, records.PREEMPTED, records.MANIFEST, records.SUBMIT_LOCK,
              records.EVAL_JOBS_DIR, records.SNAPSHOTS_DIR, records.FIGURES_DIR, records.TENSORBOARD_DIR,
-             records.SUBMITIT_DIR, records.RUNS_DIR, records.EVALS_DIR, records.CKPT_DIR]
+             records.SUBMITIT_DIR, records.RUNS_DIR, records.EVALS_DIR, records.CKPT_DIR, records.TUNE_DIR,
+             records.TUNED]
     return {n: "." in n.strip(".") or "_" in n for n in names}
 
 

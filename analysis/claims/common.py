@@ -49,6 +49,7 @@ from ..util import fmt, fmt_near, jsonable
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 PAPER_MULTIPLIER = 3.3
 PAPER_GSM8K_POINTS = 8.5
+NOT_IN_PAPER = "not in the paper"  # a number the report adds (φ): no paper value, no direction the paper states
 CONSISTENT, SMALLER, LARGER, UNDETERMINED = ("consistent with the paper", "smaller than the paper",
                                              "larger than the paper", "undetermined")
 
@@ -187,7 +188,7 @@ def state_power(c: Claim) -> Claim:
     if c.mde is None:
         c.mde_text = "not determined (censored or missing CI)"
         return c
-    what = f"{fmt(c.mde)}x" if mult else f"|effect| >= {fmt(c.mde)} {c.unit}"
+    what = f"{fmt(c.mde)}x" if mult else f"|effect| >= {fmt(c.mde)}" + (f" {c.unit}" if c.unit else "")
     c.mde_text = f"{'>= ' if mult else ''}{what} at 80% power"
     paper = c.paper_value
     if paper is not None and paper not in (0, 1):

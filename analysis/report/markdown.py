@@ -10,12 +10,14 @@ import pandas as pd
 
 import records
 
-from ..claims import (INCONCLUSIVE, NOT_SUPPORTED, SECTIONS, SUPPORTED, TASK_EVAL_CONTRACT, Claim, Section,
-                      multiplier_disagreements)
+from ..claims import (INCONCLUSIVE, NOT_IN_PAPER, NOT_SUPPORTED, SECTIONS, SUPPORTED, TASK_EVAL_CONTRACT, Claim,
+                      Section, multiplier_disagreements)
 from ..claims.common import cell
 from ..figures import FigureResult
 from ..select import seed_spread
 from ..study_fits import StudyFits
+from .lr import headline as lr_headline
+from .lr import lr_section_md
 from .sections import attention_md, figure_md, fit_diagnostics_md, loop_diagnostics_md, task_loops_md
 
 VERDICT_MARK = {SUPPORTED: "✅ supported", NOT_SUPPORTED: "❌ not supported", INCONCLUSIVE: "❔ inconclusive"}
@@ -23,7 +25,7 @@ VERDICT_MARK = {SUPPORTED: "✅ supported", NOT_SUPPORTED: "❌ not supported", 
 
 def vs_paper(c: Claim) -> str:
     if c.paper_verdict is None:
-        return "— (the paper states a direction)"
+        return "— (not a claim of the paper)" if c.paper_text == NOT_IN_PAPER else "— (the paper states a direction)"
     return f"{c.paper_verdict} ({c.paper_text})" if c.paper_verdict != "undetermined" else "undetermined"
 
 
@@ -120,7 +122,8 @@ def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd
                     claims: Sequence[Claim], figs: Sequence[FigureResult], missing: Sequence[str],
                     notes: Sequence[str], n_boot: int, seed: int, env: dict[str, str],
                     loop_sens: pd.DataFrame | None = None, loop_states: pd.DataFrame | None = None,
-                    tasks: pd.DataFrame | None = None, attention: pd.DataFrame | None = None) -> str:
+                    tasks: pd.DataFrame | None = None, attention: pd.DataFrame | None = None,
+                    lr: tuple[dict | None, dict] = (None, {})) -> str:
     n_runs = int(df["run"].nunique()) if "run" in df and not df.empty else 0
     s = summary or {}
     L = [f"# LoopMDM claims report — {study}", "",
@@ -144,6 +147,7 @@ def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd
                  f"{VERDICT_MARK.get(c.verdict, c.verdict)} | {cell(vs_paper(c))} | {cell(c.mde_text or '—')} | "
                  f"{cell(cav)} |")
     L.append("")
+    L += [lr_headline(*lr), ""]
     inert = [c for c in claims if c.details.get("inert_runs")]
     if inert:
         L += [f"> **Inert looping:** {inert[0].details['inert_runs']} — see *Loop diagnostics*.", ""]
@@ -154,6 +158,7 @@ def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd
     figmap = {f.name: f for f in figs}
     for section in SECTIONS:
         L += claim_section(section, claims, figmap, study_dir)
+    L += lr_section_md(*lr, figmap, study_dir)
     try:
         seeds = seed_spread(df, fits.loops if fits is not None else None)
         L += ["## Training seeds", "", seeds["text"] + ".", ""]
