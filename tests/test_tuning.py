@@ -203,3 +203,30 @@ def test_local_sweep_tunes_then_trains_the_grid_and_reruns_nothing(tmp_path, cap
     assert "6 done); 0 to run" in again and "2 done); 0 to run" in again
     assert {d: (d / records.DONE).stat().st_mtime for d in mtimes} == mtimes
     assert records.read_json(records.tuned_path(out)) == rec
+
+
+def test_report_shows_the_lrs_and_whether_the_verdicts_are_lr_sensitive(tmp_path):
+    """With the landscape above, LoopMDM ties the same-size MDM at their own best LRs, but loses at the same-size
+    MDM's LR: the comparison at the tuning budget is LR-sensitive, and the report says so (table, figure, headline)."""
+    from analysis.figures import fig_nll_vs_lr
+    from analysis.report import run_report
+    from analysis.tuning import BETTER, UNRESOLVED, WORSE, load_tuning, lr_sensitivity
+
+    s = sweep.parse_spec(raw_spec())
+    study = tmp_path / "study"
+    fake_tuning(study, s)
+    tuned = tuning.choices(s.tune, sweep.tuning_runs(s), study)
+    training.write_tuned(study, s, tuned)
+    sens = lr_sensitivity(*load_tuning(study))
+    (comp,) = sens["comparisons"]  # no deeper baseline in this spec: one comparison
+    assert comp["tuned"]["verdict"] == UNRESOLVED and comp["shared"]["verdict"] == WORSE and comp["changed"]
+    assert comp["shared"]["delta"] == pytest.approx(-0.05 * math.log(2) ** 2) and sens["changed"] is True
+    assert BETTER not in (comp["tuned"]["verdict"], comp["shared"]["verdict"])
+    res = run_report(study, n_boot=20, figures=False)  # tuned, the grid not trained yet: the LRs are reported
+    md = res.report_path.read_text()
+    assert "at the tuning budget the comparisons would change had every family used the same-size MDM's LR" in md
+    section = md.split("## Learning rate", 1)[1].split("\n## ", 1)[0]
+    assert "| loopmdm-d32 | LoopMDM | 32 | 0.004 |" in section and "| mdm-d32 | MDM (same size) | 32 | 0.008 |" in section
+    assert "| **yes** |" in section and "Not known from these runs" in section
+    fig = fig_nll_vs_lr(load_tuning(study)[1], tmp_path / "figs", ("png",))
+    assert fig.made and Path(fig.files[0]).stat().st_size > 0

@@ -119,13 +119,13 @@ def run_report(
     except Exception as e:  # diagnostics never take the report down
         notes.append(f"loop diagnostics failed: {e.__class__.__name__}: {e}")
         loop_sens = loop_states = pd.DataFrame()
-    tuning_rec, tuning_runs = TU.load_tuning(study_dir) if has_runs else (None, pd.DataFrame())
+    tuning_rec, tuning_runs = TU.load_tuning(study_dir)  # a study may be tuned before its grid has run
     try:
         lr_sens = TU.lr_sensitivity(tuning_rec, tuning_runs)
     except Exception as e:  # the LR section never takes the report down
         notes.append(f"LR sensitivity failed: {e.__class__.__name__}: {e}")
         lr_sens = None
-    grid_lrs = TU.grid_lrs(study_dir) if has_runs else {}
+    grid_lrs = TU.grid_lrs(study_dir)
     figs: list[FigureResult] = []
     if figures and len(df) and not miss_core:
         figs = make_figures(df, tasks, fits, claims, study_dir / records.FIGURES_DIR, formats, loop_diag=loop_diag,

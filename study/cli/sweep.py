@@ -174,9 +174,8 @@ def submit(ns, spec, runs, tune_runs, resources, sdir: Path) -> int:
         todo, counts = training.to_submit(sdir, ready, ns.retry)
         print(f"{spec.study}: {len(runs)} runs ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}); "
               f"{len(todo)} to {'submit' if slurm else 'run'} -> {sdir}", flush=True)
-        if ns.only:
-            tune_runs, runs = plan(spec, sdir, None)
-        training.write_plan(sdir, spec, runs, ns.overrides, tune_runs)
+        whole = plan(spec, sdir, None) if ns.only else (tune_runs, runs)  # plan.json lists every run
+        training.write_plan(sdir, spec, whole[1], ns.overrides, whole[0])
         training.write_run_configs(sdir, spec, todo)
         if todo:
             if eta is not None:
