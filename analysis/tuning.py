@@ -52,7 +52,18 @@ def load_tuning(study_dir: str | Path) -> tuple[dict[str, Any] | None, pd.DataFr
             if final:
                 row.update(nll_per_seq=final[-1].get("nll_per_seq"), eval_set=final[-1].get("eval_set"))
             rows.append(row)
-    return rec, pd.DataFrame(rows)
+    t = pd.DataFrame(rows)
+    if not t.empty:  # every LR against its key's chosen one, paired: what the choice among them rests on
+        t["se_vs_chosen"] = [_se_vs_chosen(t, r) for _, r in t.iterrows()]
+    return rec, t
+
+
+def _se_vs_chosen(t: pd.DataFrame, r: pd.Series) -> float | None:
+    ch = t[(t["key"] == r["key"]) & t["chosen"]]
+    if ch.empty or r["state"] != "done":
+        return None
+    c = ch.iloc[0]
+    return PA.diff_se(r["nll_per_seq"], c["nll_per_seq"], r["nll_se"], c["nll_se"], r["eval_set"], c["eval_set"])[0]
 
 
 def _point(t: pd.DataFrame, key: str, lr: float, warmup: Any) -> pd.Series | None:
@@ -89,6 +100,8 @@ def lr_sensitivity(rec: dict[str, Any] | None, t: pd.DataFrame) -> dict[str, Any
                  warmup_steps=c.get("warmup_steps"), nll=c.get("nll"), nll_se=c.get("nll_se"), edge=c.get("edge") or [],
                  n_lrs=len(c.get("points") or []), n_diverged=sum(p["state"] == "diverged" for p in c.get("points") or []))
             for k, c in keys.items()]
+    for r in rows:
+        r["runner_up"] = _runner_up(t[t["key"] == r["key"]]) if r["status"] == "tuned" else None
     comps = []
     for width in sorted({r["width"] for r in rows}):
         at = {r["family"]: r for r in rows if r["width"] == width}
@@ -111,6 +124,17 @@ def lr_sensitivity(rec: dict[str, Any] | None, t: pd.DataFrame) -> dict[str, Any
     flags = [c["changed"] for c in comps if c["changed"] is not None]
     return dict(rows=rows, comparisons=comps, changed=any(flags) if flags else None,
                 budget=(rec.get("tune") or {}).get("budget"), by=(rec.get("tune") or {}).get("by"))
+
+
+def _runner_up(g: pd.DataFrame) -> dict[str, Any] | None:
+    """The second-best LR of a key and how far behind the chosen one it is (paired): is the choice resolved?"""
+    ok = g[(g["state"] == "done") & ~g["chosen"]].sort_values("nll")
+    if ok.empty or "se_vs_chosen" not in g:
+        return None
+    r, best = ok.iloc[0], g[g["chosen"]]["nll"].iloc[0]
+    se = r["se_vs_chosen"]
+    return dict(lr=float(r["lr"]), delta=float(r["nll"] - best), se=None if se is None else float(se),
+                resolved=None if se is None else bool(r["nll"] - best > Z95 * se))
 
 
 def grid_lrs(study_dir: str | Path) -> dict[str, list[float]]:

@@ -13,7 +13,8 @@ from .style import COLORS, LABELS, STYLE, FigureResult, decimal_y, plt, save
 def fig_nll_vs_lr(t: pd.DataFrame | None, figdir: Path, formats=("png", "pdf")) -> FigureResult:
     name = "nll_vs_lr"
     cap = ("Final validation NLL vs learning rate at the tuning budget, per family (LoopMDM at the S the claims read); "
-           "bars: ±1 MC s.e.; ringed: the LR the family's grid runs trained at; ✕ at the top: diverged")
+           "bars: ±1 s.e. of the difference to the family's chosen LR, paired over the shared evaluation sequences (the "
+           "noise the choice rests on); ringed: the LR the family's grid runs trained at; ✕ at the top: diverged")
     if t is None or t.empty:
         return FigureResult(name, note="no tuning stage", caption=cap)
     widths = sorted(t["width"].dropna().unique())
@@ -27,7 +28,7 @@ def fig_nll_vs_lr(t: pd.DataFrame | None, figdir: Path, formats=("png", "pdf")) 
                 fam = str(g["family"].iloc[0])
                 col = COLORS.get(fam, "0.4")
                 ok = g[g["state"] == "done"].sort_values("lr")
-                ax.errorbar(ok["lr"], ok["nll"], yerr=pd.to_numeric(ok["nll_se"], errors="coerce").fillna(0.0),
+                ax.errorbar(ok["lr"], ok["nll"], yerr=pd.to_numeric(ok["se_vs_chosen"], errors="coerce").fillna(0.0),
                             color=col, marker="o", ms=4, capsize=2, label=LABELS.get(fam, fam) + (f" ({key})" if several else ""))
                 ch = ok[ok["chosen"]]
                 ax.plot(ch["lr"], ch["nll"], "o", ms=11, mfc="none", mec=col, mew=1.6)

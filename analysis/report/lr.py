@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..bootstrap import Z95
 from ..claims.common import cell
 from ..figures import FigureResult
 from ..tuning import delta_text, lr_text
@@ -33,6 +34,13 @@ def headline(sens: dict[str, Any] | None, grid_lrs: dict[str, list[float]]) -> s
            f"tuning budget the comparisons {what} (see *Learning rate*)."
 
 
+def _runner_up_text(u: dict[str, Any] | None) -> str:
+    if not u:
+        return "—"
+    ci = "" if u["se"] is None else f" ± {Z95 * u['se']:.4f}" + ("" if u["resolved"] else " (not resolved)")
+    return f"{lr_text(u['lr'])}: {u['delta']:+.4f}{ci}"
+
+
 def lr_section_md(sens: dict[str, Any] | None, grid_lrs: dict[str, list[float]], figs: dict[str, FigureResult],
                   study_dir: Path) -> list[str]:
     L = ["## Learning rate: tuned per family and width", ""]
@@ -49,15 +57,16 @@ def lr_section_md(sens: dict[str, Any] | None, grid_lrs: dict[str, list[float]],
           + ("" if "flops" in budget else f" The tuning budget is not in FLOPs: the families differ in compute there, so "
                                           f"the differences below are at equal {', '.join(budget)}, not at equal compute."),
           "",
-          "| key | family | width | LR | final NLL at the tuning budget | LRs tried (diverged) | at the grid's edge |",
-          "|---|---|---|---|---|---|---|"]
+          "| key | family | width | LR | final NLL at the tuning budget (± MC s.e.) | next best LR: ΔNLL (paired, ± 95%) "
+          "| LRs tried (diverged) | at the grid's edge |", "|---|---|---|---|---|---|---|---|"]
     for r in sens["rows"]:
         if r["status"] != "tuned":
             L.append(f"| {r['key']} | {FAMILY_LABEL.get(r['family'], r['family'])} | {r['width']} | — ({r['status']}) "
-                     f"| — | {r['n_lrs']} ({r['n_diverged']}) | — |")
+                     f"| — | — | {r['n_lrs']} ({r['n_diverged']}) | — |")
             continue
         L.append(f"| {r['key']} | {FAMILY_LABEL.get(r['family'], r['family'])} | {r['width']} | {lr_text(r['lr'])} | "
-                 f"{fmt(r['nll'], 4)} ± {fmt(r['nll_se'])} | {r['n_lrs']} ({r['n_diverged']}) | "
+                 f"{fmt(r['nll'], 4)} ± {fmt(r['nll_se'])} | {_runner_up_text(r.get('runner_up'))} | "
+                 f"{r['n_lrs']} ({r['n_diverged']}) | "
                  f"{cell('; '.join(r['edge'])) if r['edge'] else 'no'} |")
     L.append("")
     comps = sens.get("comparisons") or []
