@@ -88,7 +88,9 @@ def test_tuning_runs_per_family_and_width():
 
 def test_choose_picks_the_grids_best_and_flags_an_edge():
     lrs = [1e-3, 2e-3, 4e-3, 8e-3]
-    pts = lambda best: [tuning.TunePoint(lr, 0, "done", landscape("mdm", lr, {"mdm": best}), 0.001) for lr in lrs]  # noqa: E731
+    def pts(best: float) -> list[tuning.TunePoint]:
+        return [tuning.TunePoint(lr, 0, "done", landscape("mdm", lr, {"mdm": best}), 0.001) for lr in lrs]
+
     c = tuning.choose("mdm-d32", "mdm", 32, pts(2.5e-3), lrs)
     assert c.status == tuning.TUNED and c.lr == 2e-3 and c.edge == []
     high = tuning.choose("mdm-d32", "mdm", 32, pts(0.05), lrs)
@@ -230,3 +232,20 @@ def test_report_shows_the_lrs_and_whether_the_verdicts_are_lr_sensitive(tmp_path
     assert "| **yes** |" in section and "Not known from these runs" in section
     fig = fig_nll_vs_lr(load_tuning(study)[1], tmp_path / "figs", ("png",))
     assert fig.made and Path(fig.files[0]).stat().st_size > 0
+
+
+def test_the_paper_specs_tune_before_their_grid():
+    """Every paper-scale spec but the inference-loop one (a model compared with itself) has a tuning stage that plans;
+    paper_shape_cpu is the committed CPU study (results/paper_shape_cpu: a tuning stage would re-plan its runs)."""
+    root = Path(__file__).resolve().parents[1]
+    specs = sorted((root / "sweeps").glob("paper_*.yaml"))
+    assert len(specs) >= 7
+    for p in specs:
+        s = sweep.load_spec(p)
+        if p.stem in ("paper_inference_loops", "paper_shape_cpu"):
+            assert s.tune is None
+            continue
+        runs = sweep.tuning_runs(s)
+        assert s.tune is not None and len(runs) >= 2 * len(s.tune.lr), p.stem
+        assert {r.tune["family"] for r in runs} >= {"loopmdm", "mdm"}
+        assert all(r.pending for r in sweep.expand(s) if r.parent is None)

@@ -43,8 +43,8 @@ def claim_phi(fits: StudyFits) -> Claim:
     caveats.append(f"{p.n_plain} plain and {p.n_looped} looped points for 6 parameters; LoopMDM at {fits.loops_note}")
     if p.n_looped < 3:
         caveats.append("φ rests on fewer than 3 looped runs")
-    return Claim(key, name, statement, None, NOT_IN_PAPER, float(v.estimate), v.low, v.high, "", verdict_gt(v.low, v.high, 0.0),
-                 PHI_RULE, caveats, dict(fit=p.to_dict()))
+    return Claim(key, name, statement, None, NOT_IN_PAPER, float(v.estimate), v.low, v.high, "",
+                 verdict_gt(v.low, v.high, 0.0), PHI_RULE, caveats, dict(fit=p.to_dict()))
 
 
 def details_md(c: Claim) -> list[str]:

@@ -28,8 +28,9 @@ def fig_nll_vs_lr(t: pd.DataFrame | None, figdir: Path, formats=("png", "pdf")) 
                 fam = str(g["family"].iloc[0])
                 col = COLORS.get(fam, "0.4")
                 ok = g[g["state"] == "done"].sort_values("lr")
+                label = LABELS.get(fam, fam) + (f" ({key})" if several else "")
                 ax.errorbar(ok["lr"], ok["nll"], yerr=pd.to_numeric(ok["se_vs_chosen"], errors="coerce").fillna(0.0),
-                            color=col, marker="o", ms=4, capsize=2, label=LABELS.get(fam, fam) + (f" ({key})" if several else ""))
+                            color=col, marker="o", ms=4, capsize=2, label=label)
                 ch = ok[ok["chosen"]]
                 ax.plot(ch["lr"], ch["nll"], "o", ms=11, mfc="none", mec=col, mew=1.6)
                 div = g[g["state"] == "diverged"]["lr"].to_numpy(float)

@@ -371,7 +371,8 @@ def plan_row(pr: PlannedRun, spec: Spec) -> dict:
            "groups": [g["group"] for g in pr.groups], "axes": pr.axes, "params_embedding": p.embedding,
            "params_nonembedding": p.nonembedding, "params_effective": p.effective_nonembedding(cfg.model.expected_loops),
            "steps": cfg.steps, "tokens": cfg.steps * cfg.tokens_per_step, "resource_class": pr.resource_class,
-           "lr": None if pr.pending else cfg.optim.lr, "lr_source": pr.lr_source or ({"source": "tune"} if pr.tune else None)}
+           "lr": None if pr.pending else cfg.optim.lr,
+           "lr_source": pr.lr_source or ({"source": "tune"} if pr.tune else None)}
     for conv in flops.CONVENTIONS:
         per_step = cfg.flops_per_step(conv)
         row[f"flops_per_step_{conv}"] = per_step

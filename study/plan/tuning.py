@@ -265,7 +265,8 @@ def choose(key: str, family_: str, width: int, points: Sequence[TunePoint], lrs:
     if best.lr == lrs[-1]:
         c.edge.append(f"lr={best.lr:g} is the largest LR tried")
     if len(warmups) > 1 and best.warmup_steps in (min(warmups), max(warmups)):
-        c.edge.append(f"warmup_steps={best.warmup_steps} is the {'fewest' if best.warmup_steps == min(warmups) else 'most'} tried")
+        end = "fewest" if best.warmup_steps == min(warmups) else "most"
+        c.edge.append(f"warmup_steps={best.warmup_steps} is the {end} tried")
     return c
 
 
