@@ -44,7 +44,8 @@ def parser(verb: str) -> Parser:
     ap.add_argument("--only", default=None, help="select runs by slug/group glob or hash prefix")
     ap.add_argument("--executor", choices=("auto", "slurm", "local", "debug"), default=None,
                     help="override resources.executor of the spec")
-    ap.add_argument("--wait", action="store_true", help="slurm: wait for the jobs, then report")
+    ap.add_argument("--wait", action="store_true", help="slurm: wait for the jobs, then report (with a tuning stage: "
+                    "wait for the tuning jobs, then submit the grid at the chosen LRs and wait for it)")
     ap.add_argument("--no-report", dest="report", action="store_false", help="skip collect + report after local runs")
     ap.add_argument("--quiet", action="store_true", help="no per-step log lines from the runs")
     return ap
