@@ -97,6 +97,7 @@ def lr_sensitivity(rec: dict[str, Any] | None, t: pd.DataFrame) -> dict[str, Any
         return dict(rows=[], comparisons=[], changed=None)
     keys = rec.get("keys") or {}
     rows = [dict(key=k, family=c["family"], width=c["width"], status=c["status"], lr=c.get("lr"),
+                 representative=c.get("representative"),
                  warmup_steps=c.get("warmup_steps"), nll=c.get("nll"), nll_se=c.get("nll_se"), edge=c.get("edge") or [],
                  n_lrs=len(c.get("points") or []), n_diverged=sum(p["state"] == "diverged" for p in c.get("points") or []))
             for k, c in keys.items()]
@@ -118,6 +119,7 @@ def lr_sensitivity(rec: dict[str, Any] | None, t: pd.DataFrame) -> dict[str, Any
                 shared = _delta(_point(t, other["key"], base["lr"], other["warmup_steps"]),
                                 _point(t, loop["key"], base["lr"], loop["warmup_steps"]))
                 comps.append(dict(width=width, comparison=what, loop_key=loop["key"], other_key=other["key"],
+                                  loop_run=loop["representative"], other_run=other["representative"],
                                   baseline_lr=base["lr"], loop_lr=loop["lr"], other_lr=other["lr"], tuned=own,
                                   shared=shared, changed=None if None in (own["verdict"], shared["verdict"])
                                   else own["verdict"] != shared["verdict"]))

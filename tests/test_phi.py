@@ -36,6 +36,10 @@ def test_claim_phi_states_phi_beside_the_multiplier():
     assert any("reference φ = N_mid/N = 0.6" in cv and "worth less than a distinct copy" in cv for cv in c.caveats)
     none = claim_phi(StudyFits(loops=8, loops_note="S=8", conventions=("flops_exact",)))
     assert none.details.get("missing_input")
+    f.message = "NOT reliable: parameters at their bounds: e"  # a fit nobody may trust gives no headline number
+    bad = claim_phi(StudyFits(loops=8, loops_note="S=8", conventions=("flops_exact",), phi=f))
+    assert bad.measured is None and bad.verdict != SUPPORTED and "NOT reliable" in bad.caveats[0]
+    assert bad.details["fit"]["phi"]["estimate"] == pytest.approx(f.phi.estimate)
 
 
 def test_phi_is_refused_where_the_data_cannot_identify_it():

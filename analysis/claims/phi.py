@@ -26,6 +26,10 @@ def claim_phi(fits: StudyFits) -> Claim:
         return inconclusive(*args, "φ not fitted (no plain-law fit for this study)")
     if not p.ok:
         return inconclusive(*args, f"φ not identified: {p.message}")
+    if p.message != "ok":  # a number from a fit nobody may trust is no headline; it stays in the details
+        return inconclusive(*args, f"φ not identified: the joint fit is {p.message}",
+                            f"its estimate {fmt(p.phi.estimate)} [{fmt(p.phi.low)}, {fmt(p.phi.high)}] is kept in the "
+                            f"details", details=dict(fit=p.to_dict()))
     v = p.phi
     caveats = [f"N_eff / N at the looped runs' mean E[S] = {fmt(p.mean_loops)}: {fmt(p.n_eff_ratio.estimate)} "
                f"[{fmt(p.n_eff_ratio.low)}, {fmt(p.n_eff_ratio.high)}]"]
@@ -35,10 +39,10 @@ def claim_phi(fits: StudyFits) -> Claim:
                  "above it: a loop is worth more than a distinct copy of the looped layers" if v.low > ref else
                  "the CI covers it")
         caveats.append(f"reference φ = N_mid/N = {fmt(ref)} (loops as good as distinct layers); {where}")
-    if p.message != "ok":
-        caveats.append(f"fit {p.message}")
     d = p.diagnostics
-    if d is not None and d.n_boot and d.n_boot_ok < 0.9 * d.n_boot:
+    if v.low is None:
+        caveats.insert(0, "no CI: fewer than 2 bootstrap refits converged")
+    elif d is not None and d.n_boot and d.n_boot_ok < 0.9 * d.n_boot:
         caveats.append(f"only {d.n_boot_ok}/{d.n_boot} bootstrap refits converged")
     caveats.append(f"{p.n_plain} plain and {p.n_looped} looped points for 6 parameters; LoopMDM at {fits.loops_note}")
     if p.n_looped < 3:
@@ -54,7 +58,9 @@ def details_md(c: Claim) -> list[str]:
         return []
     iv = lambda x: "—" if not x else f"{fmt(x['estimate'])} [{fmt(x.get('low'))}, {fmt(x.get('high'))}]"  # noqa: E731
     dg = f.get("diagnostics") or {}
-    return ["| φ | N_eff/N at E[S] | E | A | B | α | β | RMSE(log) | converged | starts agree |",
+    return [f"The joint fit ({f['n_plain']} plain and {f['n_looped']} looped points): {f['message']}; "
+            f"{dg.get('n_boot_ok', 0)}/{dg.get('n_boot', 0)} bootstrap refits converged.", "",
+            "| φ | N_eff/N at E[S] | E | A | B | α | β | RMSE(log) | converged | starts agree |",
             "|---|---|---|---|---|---|---|---|---|---|",
             f"| {iv(f['phi'])} | {iv(f['n_eff_ratio'])} | {iv(f['E'])} | {iv(f['A'])} | {iv(f['B'])} | {iv(f['alpha'])} "
             f"| {iv(f['beta'])} | {fmt(dg.get('rmse_log'))} | {'yes' if dg.get('converged') else 'NO'} | "

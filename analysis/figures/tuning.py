@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .style import COLORS, LABELS, STYLE, FigureResult, decimal_y, plt, save
+from .style import COLORS, LABELS, STYLE, FigureResult, decimal_y, log_x_clean, plt, save
 
 
 def fig_nll_vs_lr(t: pd.DataFrame | None, figdir: Path, formats=("png", "pdf")) -> FigureResult:
@@ -28,6 +28,8 @@ def fig_nll_vs_lr(t: pd.DataFrame | None, figdir: Path, formats=("png", "pdf")) 
                 fam = str(g["family"].iloc[0])
                 col = COLORS.get(fam, "0.4")
                 ok = g[g["state"] == "done"].sort_values("lr")
+                if ok.empty and not (g["state"] == "diverged").any():
+                    continue  # nothing measured yet (its tuning unfinished): no legend entry
                 label = LABELS.get(fam, fam) + (f" ({key})" if several else "")
                 ax.errorbar(ok["lr"], ok["nll"], yerr=pd.to_numeric(ok["se_vs_chosen"], errors="coerce").fillna(0.0),
                             color=col, marker="o", ms=4, capsize=2, label=label)
@@ -37,6 +39,7 @@ def fig_nll_vs_lr(t: pd.DataFrame | None, figdir: Path, formats=("png", "pdf")) 
                 if div.size:
                     diverged.append((ax, div, col))
             ax.set_xscale("log")
+            log_x_clean(ax)
             ax.set_xlabel("learning rate")
             ax.set_title(f"width {int(w)}")
         axes[0][0].set_ylabel("final NLL [nats/token]")

@@ -29,7 +29,7 @@ def headline(sens: dict[str, Any] | None, grid_lrs: dict[str, list[float]]) -> s
     changed = sens.get("changed")
     what = ("would change had every family used the same-size MDM's LR" if changed else
             "would not change had every family used the same-size MDM's LR" if changed is False else
-            "cannot be compared under one shared LR (tuning incomplete)")
+            "could not be compared under one shared LR (a family or its tuning is missing)")
     return f"> **Learning rate:** tuned per {'(family, width)' if sens.get('by') == 'width' else 'architecture'}; at the " \
            f"tuning budget the comparisons {what} (see *Learning rate*)."
 
@@ -51,7 +51,8 @@ def lr_section_md(sens: dict[str, Any] | None, grid_lrs: dict[str, list[float]],
                     f"baselines'; with one shared LR a multiplier can be the LR's doing, in either direction. Add a "
                     f"`tune:` stage to the spec (study/plan/tuning.py) to measure it.", ""]
     budget = sens.get("budget") or {}
-    L += [f"Each key's LR is the one with the smallest final NLL among those tried at the tuning budget ({budget}; "
+    shown = ", ".join(f"{k} {fmt(v)}" for k, v in budget.items())
+    L += [f"Each key's LR is the one with the smallest final NLL among those tried at the tuning budget ({shown}; "
           f"LoopMDM at the S the claims read); a diverged LR counts as worst; a best at the edge of the grid is flagged. "
           f"The grid's runs trained at these LRs (their configs' `meta.lr` say so)."
           + ("" if "flops" in budget else f" The tuning budget is not in FLOPs: the families differ in compute there, so "
@@ -72,19 +73,22 @@ def lr_section_md(sens: dict[str, Any] | None, grid_lrs: dict[str, list[float]],
     comps = sens.get("comparisons") or []
     if comps:
         L += ["Would the verdicts change had every family used the same-size MDM's LR? At the tuning budget, "
-              "ΔNLL = NLL(other) − NLL(LoopMDM) (> 0: LoopMDM better), paired over the shared evaluation sequences, "
-              "± its 95% half-width:", "",
-              "| width | comparison | LRs (LoopMDM / other) tuned | ΔNLL, tuned LRs | ΔNLL, all at the same-size MDM's LR | "
-              "verdict changes? |", "|---|---|---|---|---|---|"]
+              "ΔNLL = NLL(other) − NLL(LoopMDM) (> 0: LoopMDM better) between the keys' tuning runs (each key's "
+              "representative: its first grid run's architecture — for the deeper MDM one of its depths, where claim 3 "
+              "interpolates between two), paired over the shared evaluation sequences, ± its 95% half-width. One "
+              "training seed per LR: the half-widths hold evaluation noise only, not seed-to-seed variation.", "",
+              "| width | comparison (tuning runs of) | LRs (LoopMDM / other) tuned | ΔNLL, tuned LRs | ΔNLL, all at the "
+              "same-size MDM's LR | verdict changes? |", "|---|---|---|---|---|---|"]
         for c in comps:
             ch = "—" if c["changed"] is None else ("**yes**" if c["changed"] else "no")
-            L.append(f"| {c['width']} | {c['comparison']} | {lr_text(c['loop_lr'])} / {lr_text(c['other_lr'])} | "
+            runs = f" ({c.get('loop_run')} vs {c.get('other_run')})" if c.get("other_run") else ""
+            L.append(f"| {c['width']} | {c['comparison']}{cell(runs)} | {lr_text(c['loop_lr'])} / {lr_text(c['other_lr'])} | "
                      f"{delta_text(c['tuned'])} | {delta_text(c['shared'])} (LR {lr_text(c['baseline_lr'])}) | {ch} |")
         L.append("")
-        verdict = {True: "At the tuning budget at least one comparison comes out otherwise under one shared LR: the "
+        verdict = {True: "at the tuning budget at least one comparison comes out otherwise under one shared LR: the "
                          "verdicts are LR-sensitive there.",
-                   False: "At the tuning budget no comparison comes out otherwise under one shared LR.",
-                   None: "No comparison could be made under both policies."}[sens.get("changed")]
+                   False: "at the tuning budget no comparison comes out otherwise under one shared LR.",
+                   None: "no comparison could be made under both policies."}[sens.get("changed")]
         L += [f"Known: {verdict} {NOT_KNOWN}", ""]
     else:
         L += [f"No comparison could be made (a family or its tuning is missing). {NOT_KNOWN}", ""]
