@@ -51,7 +51,6 @@ def test_phi_is_refused_where_the_data_cannot_identify_it():
     assert not f.ok and "looped runs" in f.message
 
 
-@pytest.mark.slow
 def test_phi_ci_coverage_over_seeds_is_within_binomial_limits():
     """20 synthetic studies with φ = 0.3 (0.3% multiplicative noise): the 95% percentile-bootstrap CI must cover the
     truth in at least as many as Bin(20, 0.95) puts above its 0.5% quantile (a test of the interval, not of one

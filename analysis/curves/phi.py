@@ -18,7 +18,6 @@ by default), so every replicate keeps both and φ's interval carries the law's o
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -123,8 +122,13 @@ def fit_phi(
     X = (np.log(N) - u0, np.log(D) - v0, q)
     y = np.log(loss)
     model = PhiModel(float(q.max()))
-    starts = np.array([(*s, p) for s, p in itertools.product(parametric_starts(y), PHI_STARTS)])
     w = np.ones(N.size)
+    # starts: the plain law fitted alone (what pins E, A, B, α, β) at several φ, and the law's grid at φ = 0 in case
+    # the plain runs alone fit badly; crossing the whole grid with every φ would cost 5x for the same optimum
+    grid = parametric_starts(y)
+    plain, _ = multistart(ParametricModel(), (X[0][~looped], X[1][~looped]), y[~looped], w[~looped],
+                          parametric_starts(y[~looped]), delta, n_polish)
+    starts = np.concatenate([[(*plain, p) for p in PHI_STARTS], np.column_stack([grid, np.zeros(len(grid))])])
     theta, info = multistart(model, X, y, w, starts, delta, n_polish)
     pred = model.pred_jac(theta[None, :], X)[0][0]
     diag = diagnose(info, y, pred)
