@@ -10,7 +10,8 @@ write run directories only through it (docs/INTERFACES.md describes the files).
 """
 
 from .io import (Records, append_jsonl, atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text,
-                 atomic_write_yaml, iter_jsonl, read_json, read_jsonl, read_records, tail_jsonl, truncate_jsonl)
+                 atomic_write_yaml, iter_jsonl, read_json, read_jsonl, read_records, remove_stray_temp_files, tail_jsonl,
+                 truncate_jsonl, unwritable)
 from .ledger import (LEDGER, KnownJob, QueueEntry, job_comment, known_jobs, ledger_failed, ledger_intent,
                      ledger_submitted, new_submission_id, slurm_queue)
 from .lock import Locked, RunLock, lock_holder

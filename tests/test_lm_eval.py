@@ -29,8 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 GSM8K_DIR = Path(__file__).resolve().parent / "data" / "gsm8k"  # 50 real problems per split, MIT
 CONTRACT = {"task", "metric", "score", "loops", "exit_threshold", "per_sample", "n", "run_hash", "ckpt_step",
             "eval_hash", "config", "versions", "device"}
-MC_N = 100  # problems in the above-chance check
-MC_PASS = 0.35  # P(acc >= 0.35 | n=100, chance 0.25) = 1.5 %; this model scores ~0.45 (deterministic here)
+MC_N = 500  # problems in the above-chance check: all the task's 500
+# P(acc >= 0.30 | n=500, chance 0.25) = 0.6 %. The fixture's model is deterministic but its training is chaotic
+# (lr 5e-3, loss spikes): across SFT seeds it scores 0.32-0.43 on all 500 problems, and changes at the level of
+# rounding (issue #22's loss path) move it within that range; on 100 problems one seed's score was a lottery
+# around the old 0.35 threshold (0.33-0.43).
+MC_PASS = 0.30
 
 
 @pytest.fixture(scope="session")

@@ -179,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"error: unknown convention(s) {bad}; choose from 6N_nonembed, 6N_total, exact", file=sys.stderr)
         return 2
+    for place in [sd] + ([] if a.no_figures else [sd / records.FIGURES_DIR]):
+        why = records.unwritable(place, "dir")
+        if why is not None:
+            print(f"error: study_dir: cannot write the report into {sd}: {why}; make it writable, or copy the study "
+                  f"(its {records.RUNS_DIR}/) to a writable place and report there", file=sys.stderr)
+            return 2
     res = run_report(sd, n_boot=a.bootstrap, conventions=convs, seed=a.seed, figures=not a.no_figures,
                      force_collect=a.force_collect, loops=a.loops, weighted=a.weighted)
     for c in res.claims:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -36,6 +37,20 @@ def input_errors() -> tuple[type[Exception], ...]:
 def say_error(exc: Exception) -> int:
     print(f"error: {exc}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def check_writable(path: Path, field: str, fix: str, kind: str | None = "dir") -> None:
+    """A target this command will write into, checked before anything is: one line naming the option."""
+    why = records.unwritable(path, kind)
+    if why is not None:
+        raise ConfigError(field, f"cannot write {path}: {why}; {fix}")
+
+
+def check_sbatch(field: str, also: str = "") -> None:
+    """SLURM was asked for: refused at once (by a dry run too) where it cannot be submitted to."""
+    if shutil.which("sbatch") is None:
+        raise ConfigError(field, "slurm was asked for but `sbatch` is not on PATH on this machine; run where SLURM is "
+                                 f"installed, or use --executor local{also}")
 
 
 def results_root(root: Path | None) -> Path:

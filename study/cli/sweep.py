@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import records
 from model.config import ConfigError
 
-from .common import EXIT_BAD_INPUT, ENV_RESULTS, Parser, input_errors, results_root, say_error
+from .common import (EXIT_BAD_INPUT, ENV_RESULTS, Parser, check_sbatch, check_writable, input_errors, results_root,
+                     say_error)
 
 VERBS = ("submit", "status", "collect", "report")
 
@@ -65,12 +65,6 @@ def _resources(spec, executor: str | None):
     return resources
 
 
-def _check_executor(resources) -> None:
-    if resources.resolved_executor() == "slurm" and shutil.which("sbatch") is None:
-        raise ConfigError("resources.executor", "slurm was asked for but `sbatch` is not on PATH on this machine; "
-                          "run where SLURM is installed, or use --executor local")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = "submit"
@@ -91,6 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         if ns.only and not runs:
             raise ConfigError("--only", f"{ns.only!r} matches no run of {spec.study}")
         resources = _resources(spec, ns.executor)
+        if verb != "status":  # everything but status writes into the study directory (and its tuning stage's)
+            homes = (sdir, records.tune_dir(sdir)) if spec.tune is not None else (sdir,)
+            for place in (p for home in homes for p in (home, home / records.RUNS_DIR)):
+                check_writable(place, "--out" if ns.out is not None else "--root",
+                               "pass --out (or --root) to a writable place")
+        if verb == "submit" and resources.resolved_executor() == "slurm":  # the dry run refuses it too
+            check_sbatch("resources.executor", " (with --dry-run: the same plan, to see it on this machine)"
+                         if ns.dry_run else "")
         if verb == "submit" and ns.dry_run:
             return dry_run(ns, spec, tune_runs, runs, sdir, resources)
         if verb == "report":
@@ -99,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
             return status(ns, sdir, tune_runs + runs)
         if verb == "collect":
             return collect(sdir)
-        _check_executor(resources)
         return submit(ns, spec, runs, tune_runs, resources, sdir)
     except input_errors() as exc:
         return say_error(exc)
@@ -289,11 +290,6 @@ def status(ns, sdir: Path, runs) -> int:
 
 
 def collect(sdir: Path) -> int:
-    from analysis.collect import collect as collect_table
+    from analysis.collect import main as collect_main
 
-    if not (sdir / records.RUNS_DIR).is_dir():
-        print(f"error: {sdir} has no runs yet (nothing to collect); run the study first", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    df = collect_table(sdir)
-    print(f"{len(df)} rows from {df['run'].nunique() if len(df) else 0} runs -> {sdir / records.RUNS_TABLE}")
-    return 0
+    return collect_main([str(sdir)])

@@ -189,20 +189,23 @@ class _SpecParser(argparse.ArgumentParser):
 
 def parse_stage_args(args: str, where: str) -> tuple[list[str], EvalRequest]:
     """A spec's ``evaluate[i].args`` string -> (argv, request), every error naming ``where``: a bad flag, or one
-    that belongs to the sweep (how evaluations run is the sweep's executor and resources)."""
+    that belongs to the sweep (how evaluations run is the sweep's executor and resources) — refused whenever
+    it is given, its default value included."""
     argv = shlex.split(args)
     ap = _SpecParser(prog="evaluate stage", add_help=False)
     add_request_options(ap)
-    add_run_options(ap)
     try:
-        ns = ap.parse_args(argv)
+        ns, rest = ap.parse_known_args(argv)
+        run_only = _SpecParser(prog="evaluate stage", add_help=False)
+        add_run_options(run_only)
+        _, unknown = run_only.parse_known_args(rest)
+        if unknown:
+            ap.error(f"unrecognized arguments: {' '.join(unknown)}")
     except ConfigError as exc:
         raise ConfigError(where, f"{args!r}: {str(exc).split(': ', 1)[-1]}") from None
-    run_only = argparse.ArgumentParser(add_help=False)
-    add_run_options(run_only)
-    owned = [k for k, default in vars(run_only.parse_args([])).items() if getattr(ns, k) != default]
+    owned = [a for a in rest if a.startswith("-")]
     if owned:
-        raise ConfigError(where, f"--{owned[0].replace('_', '-')} belongs to the sweep (its executor and resources "
+        raise ConfigError(where, f"{owned[0].split('=')[0]} belongs to the sweep (its executor and resources "
                           f"apply to the evaluations too); remove it from args")
     try:
         return argv, request_from_args(ns)

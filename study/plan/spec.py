@@ -278,7 +278,9 @@ def expand(spec: Spec, tuned: dict[str, tuning.Choice] | None = None) -> list[Pl
     else:
         source = {"source": "scaling.lr", "rule": str(spec.scaling["lr"])} if "lr" in spec.scaling else {"source": "spec"}
         pretrain = [dataclasses.replace(r, lr_source=source) for r in pretrain]
-    return pretrain + (_finetune_children(spec, pretrain) if spec.finetune else [])
+    planned = pretrain + (_finetune_children(spec, pretrain) if spec.finetune else [])
+    _check_stages_select(spec, planned)
+    return planned
 
 
 def tuning_runs(spec: Spec) -> list[PlannedRun]:
@@ -359,7 +361,30 @@ def _finetune_children(spec: Spec, parents: list[PlannedRun]) -> list[PlannedRun
         children.append(PlannedRun(cfg=cfg, slug=records.safe_slug(config_mod.slug(cfg)), groups=list(parent.groups),
                                    axes=parent.axes, resource_class=parent.resource_class, parent=parent,
                                    lr_source=source))
+    if not children:  # a stage that fine-tunes nothing is a typo in the spec, never what was meant
+        slugs = _listing(sorted({p.slug for p in parents}))
+        if only is not None and not any(fnmatch.fnmatch(p.slug, only) for p in parents):
+            raise ConfigError("finetune.only", f"{only!r} matches no pretraining run (their slugs: {slugs}); fix the glob "
+                                               f"or remove only:")
+        present = sorted({g["role"] for p in parents for g in p.groups} or {"single"})
+        raise ConfigError("finetune.roles", f"{sorted(roles)} selects no pretraining run"
+                                            f"{'' if only is None else f' matching {only!r}'} (their roles: "
+                                            f"{', '.join(present)}; slugs: {slugs}); list one of those roles")
     return children
+
+
+def _listing(names: list[str], most: int = 6) -> str:
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+def _check_stages_select(spec: Spec, runs: list[PlannedRun]) -> None:
+    """Every ``evaluate:`` stage selects at least one run of the expanded study: a stage that evaluates nothing is
+    a typo in the spec (a glob that matches no slug, ``finetuned`` without a finetune stage)."""
+    for i, stage in enumerate(spec.evaluate):
+        if not any(stage.selects(r) for r in runs):
+            raise ConfigError(f"evaluate[{i}].runs", f"{stage.runs!r} selects no run of {spec.study} (slugs: "
+                                                     f"{_listing(sorted(r.slug for r in runs))}); use "
+                                                     f"{', '.join(EVAL_RUNS)} or a glob over those slugs")
 
 
 # -- the plan ----------------------------------------------------------------------------------------
