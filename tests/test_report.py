@@ -16,7 +16,7 @@ from analysis.synthetic import SyntheticSpec, write_study
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(budgets=(1e15, 3e15, 1e16, 3e16, 1e17), size_factors=(0.25, 0.5, 1.0, 2.0, 4.0))
-CLAIM_KEYS = ["multiplier[flops_6N_nonembed]", "multiplier[flops_6N_total]", "multiplier[flops_exact]",
+CLAIM_KEYS = ["multiplier[flops_6N_nonembed]", "multiplier[flops_6N_total]", "multiplier[flops_exact]", "phi",
               "protocol[flops_6N_nonembed]", "protocol[flops_6N_total]", "protocol[flops_exact]", "deeper",
               "loop_scaling", "adaptive", "task[gsm8k]"]
 

@@ -51,6 +51,7 @@ NOT_MEASURED = "not measured"  # how the report shows a claim whose inputs are m
 ONE_SEED = "one seed per config: training-seed variance is not in the CI"
 PAPER_MULTIPLIER = 3.3
 PAPER_GSM8K_POINTS = 8.5
+NOT_IN_PAPER = "not in the paper"  # a number the report adds (φ): no paper value, no direction the paper states
 CONSISTENT, SMALLER, LARGER, UNDETERMINED = ("consistent with the paper", "smaller than the paper",
                                              "larger than the paper", "undetermined")
 

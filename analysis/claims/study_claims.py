@@ -13,14 +13,14 @@ from ..loop_diagnostics import inert_note, loop_sensitivity
 from ..select import loss_trend, seed_spread
 from ..study_fits import StudyFits
 from ..util import CONVENTIONS, normalise_convention
-from . import adaptive, deeper, loop_scaling, multiplier, protocol, task_delta
+from . import adaptive, deeper, loop_scaling, multiplier, phi, protocol, task_delta
 from .common import INCONCLUSIVE, ONE_SEED, Claim, Section, inconclusive, state_power
 
 #: the report's claim sections, in order
-SECTIONS: tuple[Section, ...] = tuple(m.SECTION for m in (multiplier, protocol, deeper, loop_scaling, adaptive,
+SECTIONS: tuple[Section, ...] = tuple(m.SECTION for m in (multiplier, phi, protocol, deeper, loop_scaling, adaptive,
                                                           task_delta))
 #: the claims about what looping buys, which an inert looped run (loop sensitivity ~ 0) explains away
-INERT_CLAIMS = ("multiplier", "protocol", "deeper", "loop_scaling")
+INERT_CLAIMS = ("multiplier", "phi", "protocol", "deeper", "loop_scaling")
 
 
 def all_claims(
@@ -32,6 +32,7 @@ def all_claims(
     jobs: list[tuple[str, Callable[[], Claim]]] = []
     for c in conventions:
         jobs.append((f"multiplier[{normalise_convention(c)}]", lambda c=c: multiplier.claim_multiplier(fits, c)))
+    jobs.append(("phi", lambda: phi.claim_phi(fits)))
     for c in conventions:
         jobs.append((f"protocol[{normalise_convention(c)}]",
                      lambda c=c: protocol.claim_protocol(df, c, loops=fits.loops, n_boot=n_boot, seed=seed)))

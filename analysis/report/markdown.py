@@ -10,12 +10,14 @@ import pandas as pd
 
 import records
 
-from ..claims import (INCONCLUSIVE, NOT_SUPPORTED, SECTIONS, SUPPORTED, TASK_EVAL_CONTRACT, Claim, Section,
+from ..claims import (INCONCLUSIVE, NOT_IN_PAPER, NOT_SUPPORTED, SECTIONS, SUPPORTED, TASK_EVAL_CONTRACT, Claim, Section,
                       multiplier_disagreements)
 from ..claims.common import (CONSISTENT, LARGER, NOT_MEASURED, SMALLER, UNDETERMINED, cell)
 from ..figures import FigureResult
 from ..select import seed_spread
 from ..study_fits import StudyFits
+from .lr import headline as lr_headline
+from .lr import lr_section_md
 from .sections import attention_md, figure_md, fit_diagnostics_md, loop_diagnostics_md, task_loops_md
 
 VERDICT_MARK = {SUPPORTED: "✅ supported", NOT_SUPPORTED: "❌ not supported", INCONCLUSIVE: "❔ inconclusive",
@@ -27,7 +29,7 @@ SHORT_VS_PAPER = {CONSISTENT: "consistent", SMALLER: "smaller", LARGER: "larger"
 
 def vs_paper(c: Claim) -> str:
     if c.paper_verdict is None:
-        return "— (the paper states a direction)"
+        return "— (not a claim of the paper)" if c.paper_text == NOT_IN_PAPER else "— (the paper states a direction)"
     return f"{c.paper_verdict} ({c.paper_text})" if c.paper_verdict != "undetermined" else "undetermined"
 
 
@@ -45,7 +47,7 @@ def vs_paper_cell(c: Claim) -> str:
     if not c.measured_at_all:
         return "—"
     if c.paper_verdict is None:
-        return f"— (direction only: {c.paper_text})"
+        return "— (not in the paper)" if c.paper_text == NOT_IN_PAPER else f"— (direction only: {c.paper_text})"
     return f"{SHORT_VS_PAPER.get(c.paper_verdict, c.paper_verdict)} (paper: {c.paper_text})"
 
 
@@ -179,7 +181,8 @@ def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd
                     claims: Sequence[Claim], figs: Sequence[FigureResult], missing: Sequence[str],
                     notes: Sequence[str], n_boot: int, seed: int, env: dict[str, str],
                     loop_sens: pd.DataFrame | None = None, loop_states: pd.DataFrame | None = None,
-                    tasks: pd.DataFrame | None = None, attention: pd.DataFrame | None = None) -> str:
+                    tasks: pd.DataFrame | None = None, attention: pd.DataFrame | None = None,
+                    lr: tuple[dict | None, dict] = (None, {})) -> str:
     n_runs = int(df["run"].nunique()) if "run" in df and not df.empty else 0
     s = summary or {}
     L = [f"# LoopMDM claims report — {study}", "",
@@ -202,6 +205,7 @@ def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd
     if others:
         convs = ", ".join(sorted({str(c.details.get("convention")) for c in others}))
         L += [f"_Claims 1–2 under the other FLOPs conventions ({convs}): sections 1 and 2._", ""]
+    L += [lr_headline(*lr), ""]
     inert = [c for c in claims if c.details.get("inert_runs")]
     if inert:
         L += [f"> **Inert looping:** {inert[0].details['inert_runs']} — see *Loop diagnostics*.", ""]
@@ -212,6 +216,7 @@ def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd
     figmap = {f.name: f for f in figs}
     for section in SECTIONS:
         L += claim_section(section, claims, figmap, study_dir)
+    L += lr_section_md(*lr, figmap, study_dir)
     try:
         seeds = seed_spread(df, fits.loops if fits is not None else None)
         L += ["## Training seeds", "", seeds["text"] + ".", ""]
