@@ -8,7 +8,9 @@ taken in the same process, interleaved round by round:
   - ``host_syncs``: two host syncs per micro-step, where the loss path had them before (a blocking copy of
     the mask before the forward, ``.item()`` of the mask fraction after it);
   - ``fused``: fused AdamW (CUDA);
-  - ``compile``: ``system.compile`` (every block compiled, the row head too).
+  - ``compile``: ``system.compile`` (every block compiled, the row head too);
+  - ``mixed``: the harness's optimisation on top (bf16 weights with an fp32 master copy, fp32 gradients,
+    clipping at 1.0, AdamW on the master): the like-for-like reference for the harness's own overhead.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Variant:
     host_syncs: bool = False
     fused: bool = True
     compile: bool = True
+    mixed: bool = False
 
     def without(self, change: str) -> "Variant":
         """This variant with one change undone, named for it."""
@@ -64,6 +67,8 @@ class BareStep:
 
     def make(self, v: Variant, loops: int, batch: int, seq_len: int, clip: float = 0.0):
         model = self.model(v)
+        if v.mixed and self.dtype != torch.float32:
+            return self._mixed_step(model, v, loops, batch, seq_len)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=v.fused and self.device.type == "cuda")
         x = torch.randint(0, self.cfg.vocab_size - 1, (batch, seq_len), device=self.device)
         gen = torch.Generator().manual_seed(0)
@@ -79,6 +84,28 @@ class BareStep:
             if clip:  # the harness's optimisation (gradient clipping is a choice, not overhead)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
+            return loss
+
+        return step
+
+    def _mixed_step(self, model, v: Variant, loops: int, batch: int, seq_len: int):
+        params = [p for p in model.parameters() if p.requires_grad]
+        master = [p.detach().float().clone().requires_grad_() for p in params]
+        opt = torch.optim.AdamW(master, lr=1e-4, fused=v.fused and self.device.type == "cuda")
+        x = torch.randint(0, self.cfg.vocab_size - 1, (batch, seq_len), device=self.device)
+        gen = torch.Generator().manual_seed(0)
+
+        def step():
+            loss, _ = masked_diffusion_loss(model, x, loops=loops, generator=gen, full_head=v.full_head)
+            loss.backward()
+            for p, m in zip(params, master):
+                m.grad = p.grad.float()
+                p.grad = None
+            torch.nn.utils.clip_grad_norm_(master, 1.0, foreach=True)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                torch._foreach_copy_(params, master)
             return loss
 
         return step

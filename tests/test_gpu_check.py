@@ -27,7 +27,8 @@ def test_gpu_check_small_runs_every_section_and_prints_per_change_ratios(tmp_pat
     for shape in ("LM1B", "OWT"):
         bare = sections[f"bare {shape}"]["rows"]
         looped = {row["variant"]: row for row in bare if row["family"].startswith("looped")}
-        assert {"all changes", "- rows head", "- vocab padding", "- no host syncs", "before #22"} <= set(looped)
+        assert {"all changes", "as the harness optimises", "- rows head", "- vocab padding", "- no host syncs",
+                "before #22"} <= set(looped)
         assert all(math.isfinite(row["time_vs_all"]) and row["time_vs_all"] > 0 for row in bare)
         assert {row["family"].split()[0] for row in bare} == {"looped", "same-size", "deeper"}
         harness = sections[f"harness {shape}"]["rows"]
@@ -43,3 +44,27 @@ def test_gpu_check_small_runs_every_section_and_prints_per_change_ratios(tmp_pat
     table = r.stdout
     assert "- rows head" in table and "before #22" in table and "x all" in table
     assert "set in sweeps/paper_isoflop_owt.yaml: batch.micro_batch:" in table
+
+
+def test_the_bare_step_as_the_harness_optimises_keeps_bf16_weights_and_an_fp32_master():
+    """Variant.mixed (the like-for-like reference for the harness's overhead) on the CPU in bf16: it must step
+    (its in-place copy back into the bf16 weights once failed on the GPU) and leave the weights equal to the
+    fp32 master, rounded."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from steps import BareStep, Variant
+    from model import ModelConfig
+
+    cfg = ModelConfig(vocab_size=40, d_model=32, n_heads=2, n_head_layers=1, n_mid_layers=1, n_tail_layers=1,
+                      s_max=2, max_seq_len=16)
+    bare = BareStep(cfg, torch.device("cpu"), torch.bfloat16)
+    v = Variant(name="mixed", mixed=True, compile=False, fused=False)
+    model = bare.model(v)
+    before = [p.detach().clone() for p in model.parameters()]
+    step = bare.make(v, loops=2, batch=2, seq_len=16)
+    for _ in range(2):
+        assert torch.isfinite(step())
+    after = list(model.parameters())
+    assert all(p.dtype == torch.bfloat16 and p.grad is None for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))
