@@ -134,10 +134,20 @@ class Trainer:
         if cfg.system.compile:
             self.model.compile_blocks()
         self.engine, self.opt = build_engine(cfg, self.model, self.micro, self.accum, self.device, self.quiet)
-        self.ema = {k: v.clone() for k, v in self._full_state().items()} if cfg.optim.ema > 0 else None
+        self.ema = {k: v.clone() for k, v in self._ema_source().items()} if cfg.optim.ema > 0 else None
 
     def _full_state(self) -> dict[str, torch.Tensor]:
         return full_state(self.engine.module, self.zero_stage)
+
+    def _ema_source(self) -> dict[str, torch.Tensor]:
+        """The weights the EMA follows, in fp32: left on the device under ZeRO 0-2 (copying the model to the host
+        every step would cost a sync and the whole model over PCIe per step), gathered to the host under ZeRO-3."""
+        if self.zero_stage == 3:
+            return self._full_state()
+        return {k: v.detach().float() for k, v in self.engine.module.state_dict().items()}
+
+    def _ema_on_host(self) -> dict[str, torch.Tensor] | None:
+        return None if self.ema is None else {k: v.cpu() for k, v in self.ema.items()}
 
     def _setup(self) -> Progress:
         cfg = self.cfg
@@ -159,7 +169,7 @@ class Trainer:
                                          self.accum, self.zero_stage, self.say, self.warn, self.quiet)
         progress, ema = self.checkpointer.resume()
         if self.ema is not None and ema is not None:
-            self.ema = ema
+            self.ema = {k: v.to(self.ema[k].device) for k, v in ema.items()}
         if self.rank == 0:
             records.atomic_write_json(self.run_dir / records.SYSTEM, {
                 "world_size": self.world, "grad_accum": self.accum, "micro_batch": self.micro,
@@ -192,8 +202,8 @@ class Trainer:
             window.loss += loss.detach().float() / self.accum
         if self.ema is not None:
             with torch.no_grad():
-                for k, v in self._full_state().items():
-                    self.ema[k].mul_(cfg.optim.ema).add_(v, alpha=1 - cfg.optim.ema)
+                now = self._ema_source()
+                torch._foreach_lerp_([self.ema[k] for k in now], list(now.values()), 1 - cfg.optim.ema)
         return loops
 
     def _check_finite(self, progress: Progress, window: Window, loops: int, lr: float) -> float:
@@ -262,12 +272,12 @@ class Trainer:
             if do_eval:
                 evaluator.evaluate(progress, last, self.engine.module, self._eval_weights())
             if do_ckpt:
-                self.checkpointer.save(progress, self.ema)
+                self.checkpointer.save(progress, self._ema_on_host())
         if bar is not None:
             bar.close()
         log.close(status)
         if status == "preempted":
-            self.checkpointer.save_unless_saved(progress, self.ema)
+            self.checkpointer.save_unless_saved(progress, self._ema_on_host())
             if self.rank == 0:
                 records.mark_preempted(self.run_dir, step=progress.step)
             return {"status": "preempted", "step": progress.step}
