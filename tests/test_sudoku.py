@@ -6,27 +6,31 @@ import pytest
 from study.data import sudoku
 
 
-def brute_force_solutions(puzzle: str, limit: int = 2) -> int:
+BOX = {4: (2, 2), 6: (2, 3), 9: (3, 3)}  # written out here, not read from the generator
+
+
+def brute_force_solutions(puzzle: str, limit: int = 2, n: int = 9) -> int:
     """An independent solver: plain row-major backtracking with set lookups (no shared code with the
     generator's most-constrained-first counter)."""
-    g = [[0 if ch == "." else int(ch) for ch in puzzle[r * 9:(r + 1) * 9]] for r in range(9)]
+    g = [[0 if ch == "." else int(ch) for ch in puzzle[r * n:(r + 1) * n]] for r in range(n)]
+    hb, wb = BOX[n]
     found = 0
 
     def ok(r, c, d):
-        if d in g[r] or d in (g[i][c] for i in range(9)):
+        if d in g[r] or d in (g[i][c] for i in range(n)):
             return False
-        br, bc = 3 * (r // 3), 3 * (c // 3)
-        return all(g[br + i][bc + j] != d for i, j in itertools.product(range(3), range(3)))
+        br, bc = hb * (r // hb), wb * (c // wb)
+        return all(g[br + i][bc + j] != d for i, j in itertools.product(range(hb), range(wb)))
 
     def solve(pos=0):
         nonlocal found
-        while pos < 81 and g[pos // 9][pos % 9]:
+        while pos < n * n and g[pos // n][pos % n]:
             pos += 1
-        if pos == 81:
+        if pos == n * n:
             found += 1
             return found >= limit
-        r, c = divmod(pos, 9)
-        for d in range(1, 10):
+        r, c = divmod(pos, n)
+        for d in range(1, n + 1):
             if ok(r, c, d):
                 g[r][c] = d
                 if solve(pos + 1):
@@ -50,6 +54,69 @@ def test_puzzles_are_valid_and_uniquely_solvable(blanks):
         assert brute_force_solutions(p) == 1  # unique, by a solver that shares no code with the generator
 
 
+@pytest.mark.parametrize("size, blanks", [(4, 6), (4, 12), (6, 14), (6, 24)])
+def test_smaller_grids_are_valid_and_uniquely_solvable(size, blanks):
+    rows = list(sudoku.generate(5, blanks=blanks, seed=2, split="test", size=size))
+    assert len({r["id"] for r in rows}) == 5 and all(r["id"].startswith(f"sudoku{size}x{size}-test-") for r in rows)
+    for r in rows:
+        p, s = r["puzzle"], r["solution"]
+        assert p.count(".") == blanks and len(p) == size * size
+        assert sudoku.is_valid_solution(s, size) and not sudoku.is_valid_solution(s)  # a 9x9 check refuses it
+        assert all(a == "." or a == b for a, b in zip(p, s))
+        assert brute_force_solutions(p, n=size) == 1
+    grids = list(sudoku.solved_grids(4, size=size))
+    assert all(len(t) + 1 == sudoku.record_len(size) and t.count("\n") == size for t in grids)
+    assert all(sudoku.is_valid_solution(sudoku.unlayout(t), size) for t in grids)
+    assert grids == list(sudoku.solved_grids(4, size=size)) != list(sudoku.solved_grids(4, seed=1, size=size))
+
+
+def test_the_9x9_streams_are_generator_version_1_byte_for_byte():
+    """The 9x9 default stays reproducible: the hashes of its corpus and puzzles as version 1 wrote them
+    (measured before the sizes were added), so its token caches and committed evaluations stay valid."""
+    import hashlib
+    import json
+
+    digest = lambda text: hashlib.sha256(text.encode()).hexdigest()  # noqa: E731
+    assert digest("".join(sudoku.solved_grids(50, seed=0))) == \
+        "87260d1e91ecf06e841c843348f9f4bdc562a055fbd9023a36e22bf90eaff05a"
+    assert digest(json.dumps(list(sudoku.generate(5, blanks=30, seed=0, split="test")))) == \
+        "8c2fe263b94f9d4ae842fe6053a447726a9c3122ff47241eabc17459aab6189d"
+
+
+@pytest.mark.parametrize("spec, size, n", [("sudoku", 9, 20_000), ("sudoku:500", 9, 500), ("sudoku:9x9:7", 9, 7),
+                                           ("sudoku:6x6", 6, 20_000), ("sudoku:4x4:30", 4, 30)])
+def test_corpus_specs_name_size_and_count(spec, size, n):
+    from study.data.corpora import resolve_corpus
+
+    assert sudoku.parse_corpus(spec) == (size, n)
+    src = resolve_corpus(spec)
+    assert src.spec == sudoku.canonical_corpus(size, n)
+    assert src.fingerprint == f"{src.spec}@v{sudoku.GENERATOR_VERSION}"
+    if size == 9:
+        assert src.spec == f"sudoku:{n}"  # the key version 1 used: 9x9 caches stay valid
+
+
+@pytest.mark.parametrize("spec", ["sudoku:0", "sudoku:5x5", "sudoku:6x9", "sudoku:6x6:x", "sudoku:6x6:10:3",
+                                  "sudoku:-4", "sudoku:abc"])
+def test_bad_corpus_specs_are_one_line_naming_the_field(spec):
+    from study.data.corpora import resolve_corpus
+    from study.data.tokenizers import DataError
+
+    with pytest.raises(DataError) as e:
+        resolve_corpus(spec)
+    assert e.value.field == "data.corpus" and "\n" not in str(e.value) and spec in str(e.value)
+
+
+def test_blanks_are_bounded_per_size():
+    for size, most in ((4, 12), (6, 28), (9, 64)):
+        sudoku.check_blanks(most, size)
+        for bad in (0, most + 1, True, 2.5):
+            with pytest.raises(ValueError, match=f"1..{most}"):
+                sudoku.check_blanks(bad, size)
+    with pytest.raises(ValueError, match="size=5"):
+        sudoku.geometry(5)
+
+
 def test_generation_is_a_pure_function_of_seed_and_split():
     a = list(sudoku.generate(3, blanks=30, seed=1))
     assert a == list(sudoku.generate(3, blanks=30, seed=1))
@@ -61,7 +128,7 @@ def test_generation_is_a_pure_function_of_seed_and_split():
 def test_layout_round_trips_and_the_corpus_is_aligned_records():
     g = next(sudoku.generate(1, blanks=30))["solution"]
     text = sudoku.layout(g)
-    assert len(text) + 1 == sudoku.RECORD_LEN and text.count("\n") == 9 and sudoku.unlayout(text) == g
+    assert len(text) + 1 == sudoku.record_len() and text.count("\n") == 9 and sudoku.unlayout(text) == g
     grids = list(sudoku.solved_grids(3))
     assert all(len(t) == 90 and sudoku.is_valid_solution(sudoku.unlayout(t)) for t in grids)
 
@@ -141,3 +208,15 @@ def test_sudoku_completion_is_scored_valid_or_not():
     wrong = doc["target"][1] + doc["target"][0] + doc["target"][2:]  # two cells swapped: a column repeats
     assert sudoku_results(doc, [wrong]) == {"valid": 0.0, "cells": 7 / 9}
     assert sudoku_results(doc, ["12"])["valid"] == 0.0  # too short
+
+
+def test_sudoku_completion_of_a_smaller_grid():
+    from study.evaluate.lm_eval_tasks.loaders import sudoku_complete, sudoku_results
+
+    doc = sudoku_complete(rows=2, n=1, size=6)["test"][0]
+    assert doc["context"].count("\n") == 4 and len(doc["target"]) == 14 and doc["id"].startswith("sudoku6x6-")
+    assert sudoku_results(doc, [doc["target"]]) == {"valid": 1.0, "cells": 1.0}
+    wrong = doc["target"][1] + doc["target"][0] + doc["target"][2:]
+    assert sudoku_results(doc, [wrong])["valid"] == 0.0
+    with pytest.raises(ValueError, match="size=5"):
+        sudoku_complete(rows=1, n=1, size=5)
