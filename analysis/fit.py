@@ -20,7 +20,7 @@ import pandas as pd
 import records
 
 from . import curves as F
-from .util import dumps, fmt
+from .util import DefaultsFormatter, dumps, fmt
 
 LAWS = ("frontier", "parametric", "isoflop")
 
@@ -152,7 +152,7 @@ def format_table(results: dict[str, Any], law: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.fit", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=DefaultsFormatter)
     ap.add_argument("csv", help="one row per point: loss and N,D (parametric, isoflop) or C (frontier); optional family, run, se, budget")
     ap.add_argument("--law", choices=LAWS, default="parametric", help="frontier: L(C); parametric: L(N, D); isoflop: per-budget parabolas")
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (over runs)")

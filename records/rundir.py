@@ -37,6 +37,8 @@ METRICS = "metrics.jsonl"
 EVALS = "evals.jsonl"
 LOOP_DIAG = "loops.jsonl"  # per-loop state diagnostics of looped runs at each eval point (model.diagnostics)
 TENSORBOARD_DIR = "tb"  # system.tensorboard: a mirror of the logs (the jsonl files are the record)
+WANDB_DIR = "wandb"  # system.wandb: W&B's own files (offline runs, its transaction logs), another mirror
+WANDB_RUN_ID = "run_id"  # in WANDB_DIR: the W&B run id, so every restart of the run continues the same W&B run
 EVALS_DIR = "evals"
 CKPT_DIR = "ckpt"
 CKPT_PREFIX = "step_"
@@ -97,6 +99,10 @@ def task_eval_path(run_dir: PathLike, task: str, eval_hash: str) -> Path:
 
 def tensorboard_dir(run_dir: PathLike) -> Path:
     return Path(run_dir) / TENSORBOARD_DIR
+
+
+def wandb_dir(run_dir: PathLike) -> Path:
+    return Path(run_dir) / WANDB_DIR
 
 
 def attention_path(run_dir: PathLike, settings_hash: str) -> Path:

@@ -258,7 +258,8 @@ def _records_names() -> dict[str, bool]:
              records.EVALS, records.METRICS, records.LOOP_DIAG, records.CONFIG, records.SYSTEM, records.DONE,
              records.FAILED, records.RUNNING, records.PREEMPTED, records.MANIFEST, records.SUBMIT_LOCK,
              records.EVAL_JOBS_DIR, records.SNAPSHOTS_DIR, records.FIGURES_DIR, records.TENSORBOARD_DIR,
-             records.SUBMITIT_DIR, records.RUNS_DIR, records.EVALS_DIR, records.CKPT_DIR]
+             records.SUBMITIT_DIR, records.RUNS_DIR, records.EVALS_DIR, records.CKPT_DIR, records.TUNE_DIR,
+             records.TUNED]
     return {n: "." in n.strip(".") or "_" in n for n in names}
 
 
@@ -299,11 +300,11 @@ def test_only_records_spells_the_directory_names() -> None:
 # ------------------------------------------------------------------------------------- torch-free plans
 def test_planning_a_spec_with_an_evaluate_stage_loads_no_torch() -> None:
     code = ("import sys\n"
-            "from study.plan import spec\n"
+            "from study.plan import spec, table\n"
             "s = spec.load_spec(sys.argv[1])\n"
             "runs = spec.expand(s)\n"
             "assert s.evaluate and runs\n"
-            "[spec.plan_row(r, s) for r in runs]\n"
+            "[table.plan_row(r, s) for r in runs]\n"
             "heavy = sorted(m for m in ('torch', 'deepspeed', 'lm_eval', 'submitit') if m in sys.modules)\n"
             "print(','.join(heavy) or 'none')\n")
     out = subprocess.run([sys.executable, "-c", code, str(ROOT / "sweeps" / "demo.yaml")], cwd=ROOT,

@@ -10,17 +10,22 @@ import sys
 from pathlib import Path
 
 import records
+from analysis.util import DefaultsFormatter
 from model.config import ConfigError
 
 EXIT_BAD_INPUT = 2
 ENV_RESULTS = "LOOPMDM_RESULTS"
+#: the exit codes every command line shares (README, "Exit codes"); 3 is study.launch.preempt.EXIT_STOPPED
+EXIT_CODES = ("exit codes: 0 done; 1 some runs or evaluations failed (the others finished); 2 bad input, "
+              "nothing written or submitted; 3 stopped by a signal after checkpointing (run the same command again)")
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with every option's default shown in --help, and usage errors as one line, exit 2."""
+    """argparse with every option's default shown once in --help, and usage errors as one line, exit 2."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        kwargs.setdefault("epilog", EXIT_CODES)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]

@@ -107,13 +107,13 @@ def add_request_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--num-fewshot", type=int, default=None,
                     help="default: the task's own (0 for the local GSM8K tasks)")
     ap.add_argument("--mc-num", type=int, default=None, help="Monte-Carlo draws per loglikelihood (default 32)")
-    ap.add_argument("--gen-length", type=int, default=None, help="generated tokens (default 128)")
+    ap.add_argument("--gen-length", type=int, default=None, help="generated tokens (default 128, at most half the model's positions)")
     ap.add_argument("--steps", type=int, default=None, help="denoising steps (default gen_length)")
     ap.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block (default gen_length)")
     ap.add_argument("--remasking", default=None, help="low_confidence | random | ancestral")
     ap.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0: greedy)")
     ap.add_argument("--seed", type=int, default=None,
-                    help="seed of the sampler's and the MC estimator's noise (default 0)")
+                    help="seed of the sampler's and the MC estimator's noise (default 1234)")
     ap.add_argument("--metric", default=None, help="lm-eval 'metric,filter' key to report as the score")
     ap.add_argument("--batch-size", type=int, default=16, help="requests per forward (speed only, not hashed)")
     ap.add_argument("--device", default="auto", help="auto (cuda if visible), cpu, cuda or cuda:N")

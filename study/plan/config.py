@@ -101,6 +101,7 @@ class SystemConfig:
     compile: bool = False
     tf32: bool = True  # CUDA fp32 runs: TF32 matmuls (recorded in the run's system.json); off = strict fp32
     tensorboard: bool = False  # also log metrics and evals as TensorBoard events in <run>/tb (needs `tensorboard`)
+    wandb: bool = False  # also log them to Weights & Biases (needs `wandb`; WANDB_PROJECT, WANDB_MODE=offline, ...)
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,8 @@ class RunConfig:
         need(d.seq_len >= 2, "data.seq_len", f"got {d.seq_len}; must be >= 2")
         need(not self.system.tensorboard or importlib.util.find_spec("tensorboard") is not None, "system.tensorboard",
              "needs the tensorboard package: pip install tensorboard, or set system.tensorboard=false")
+        need(not self.system.wandb or importlib.util.find_spec("wandb") is not None, "system.wandb",
+             "needs the wandb package: pip install wandb, or set system.wandb=false")
         need(isinstance(d.align, bool), "data.align", f"got {d.align!r}; must be true or false")
         need(d.val_split is None or (isinstance(d.val_split, str) and d.val_split.strip() != ""), "data.val_split",
              f"got {d.val_split!r}; a split name of the corpus (e.g. test) or null")

@@ -25,9 +25,9 @@ from .metrics import Progress
 
 class Evaluator:
     def __init__(self, cfg: RunConfig, run_dir: Path, tokens: torch.Tensor | None, device: torch.device, rank: int,
-                 world: int, tb=None):
+                 world: int, tb=None, wandb=None):
         self.cfg, self.run_dir, self.tokens, self.device = cfg, run_dir, tokens, device
-        self.rank, self.world, self.tb = rank, world, tb
+        self.rank, self.world, self.tb, self.wandb = rank, world, tb, wandb
         self.steps = set(cfg.eval_steps()) if cfg.kind == "pretrain" else set()
 
     def should_eval(self, step: int, last: bool) -> bool:
@@ -81,5 +81,7 @@ class Evaluator:
                 if self.tb is not None:
                     eps = "" if row["exit_threshold"] is None else f"_exit{row['exit_threshold']:g}"
                     self.tb.add_scalar(f"val/nll_S{row['eval_loops']}{eps}", row["nll"], progress.step)
+            if self.wandb is not None:
+                self.wandb.log_eval(rows, progress.step)
             if diag is not None:
                 records.append_jsonl(self.run_dir / records.LOOP_DIAG, diag)

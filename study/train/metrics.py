@@ -15,6 +15,8 @@ import records
 from model import flops
 from study.plan.config import RunConfig
 
+from . import wandb_log
+
 
 @dataclass
 class Progress:
@@ -72,6 +74,7 @@ class MetricsLog:
         self.cfg, self.run_dir, self.rank, self.quiet = cfg, run_dir, rank, quiet
         self.path = run_dir / records.METRICS
         self.tb = self._tensorboard(progress_step)
+        self.wandb = wandb_log.open_run(cfg, run_dir, rank, quiet)  # system.wandb: W&B's mirror (rank 0)
 
     def _tensorboard(self, step: int):
         """``system.tensorboard``: rank 0 mirrors metrics.jsonl and evals.jsonl into TensorBoard events in
@@ -99,14 +102,19 @@ class MetricsLog:
             for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "loops"):
                 if row[key] is not None:
                     self.tb.add_scalar(f"train/{key}", row[key], progress.step)
+        if self.wandb is not None:
+            self.wandb.log_train(row, progress.step)
         records.heartbeat(self.run_dir, step=progress.step, loss=loss, state="running")
         if echo and not self.quiet:
-            print(f"[{self.run_dir.name}] step {progress.step}/{self.cfg.steps} loss {loss:.4f} S={loops} "
+            print(f"[{self.run_dir.name}] step {progress.step}/{self.cfg.steps} "
+                  f"({100 * progress.step / max(self.cfg.steps, 1):.0f}%) loss {loss:.4f} S={loops} "
                   f"lr {lr:.2e} {row['tokens_per_s']:.0f} tok/s", flush=True)
 
-    def close(self) -> None:
+    def close(self, status: str = "done") -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.close(status)
 
 
 def grad_norm(engine) -> float | None:

@@ -219,7 +219,8 @@ class Trainer:
         cfg = self.cfg
         progress = self._setup()
         log = MetricsLog(cfg, self.run_dir, self.rank, progress.step, self.quiet)
-        evaluator = Evaluator(cfg, self.run_dir, self.eval_tokens, self.device, self.rank, self.world, log.tb)
+        evaluator = Evaluator(cfg, self.run_dir, self.eval_tokens, self.device, self.rank, self.world, log.tb,
+                              log.wandb)
         steps = cfg.steps
         peak = peak_flops(self.device, torch.bfloat16 if cfg.precision == "bf16" else torch.float32)
         bar = None
@@ -264,7 +265,7 @@ class Trainer:
                 self.checkpointer.save(progress, self.ema)
         if bar is not None:
             bar.close()
-        log.close()
+        log.close(status)
         if status == "preempted":
             self.checkpointer.save_unless_saved(progress, self.ema)
             if self.rank == 0:
