@@ -411,6 +411,8 @@ def load_task_evals(study_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
                     if ps.size else math.nan, "n": int(ps.size), "per_sample": ps,
                     "sample_ids": obj.get("sample_ids"), "file": f"{run_dir.name}/evals/{fp.name}",
                     "cell_accuracy": _num(obj.get("cell_accuracy")),  # Sudoku: share of cells right
+                    "blank_cell_accuracy": _num(obj.get("blank_cell_accuracy")),  # ... of the blank cells
+                    "blank_per_sample": np.asarray(obj.get("blank_cells_per_sample") or [], dtype=float),
                 })
     return pd.DataFrame(rows), problems
 

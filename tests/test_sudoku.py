@@ -142,6 +142,11 @@ def test_scores_perfect_one_cell_wrong_and_bad_answers():
     assert sudoku.score(wrong, s) == {"exact": 0.0, "cells": pytest.approx(80 / 81)}
     assert sudoku.score("", s) == {"exact": 0.0, "cells": 0.0}
     assert not sudoku.is_valid_solution(wrong)
+    # with the puzzle: the share of its 30 blanks answered right (the givens do not count)
+    assert sudoku.score(wrong, s, r["puzzle"]) == {"exact": 0.0, "cells": pytest.approx(80 / 81),
+                                                   "blanks": pytest.approx(29 / 30)}
+    assert sudoku.score(r["puzzle"], s, r["puzzle"])["blanks"] == 0.0  # the puzzle copied back: no blank right
+    assert sudoku.score(r["puzzle"], s, r["puzzle"])["cells"] == pytest.approx(51 / 81)
 
 
 def test_aligned_windows_are_whole_records():
@@ -220,3 +225,69 @@ def test_sudoku_completion_of_a_smaller_grid():
     assert sudoku_results(doc, [wrong])["valid"] == 0.0
     with pytest.raises(ValueError, match="size=5"):
         sudoku_complete(rows=1, n=1, size=5)
+
+
+def test_a_6x6_run_is_scored_at_its_own_size_in_each_order(tmp_path):
+    """The evaluation reads the grid size from the run's corpus: 6x6 puzzles, blanks bounded for 6x6, the
+    confidence order filed as its own task, and blank-cell accuracy per puzzle consistent with cell accuracy."""
+    from study.evaluate.request import EvalError
+    from study.evaluate.sudoku_eval import sudoku_eval
+    from study.plan import config as C
+    from study.train import train
+
+    cfg = C.from_dict({
+        "model": {"d_model": 32, "n_heads": 4, "n_mid_layers": 2, "grid_box": [2, 3]},
+        "data": {"corpus": "sudoku:6x6:200", "tokenizer": "byte", "seq_len": 43, "align": True,
+                 "val_fraction": 0.05, "cache_dir": str(tmp_path / "cache")},
+        "optim": {"lr": 3e-3, "warmup_steps": 2}, "batch": {"global_batch": 8}, "budget": {"steps": 3},
+        "eval": {"points": 1, "n_seqs": 4, "n_draws": 2},
+        "system": {"log_every": 50, "ckpt_every": 10_000, "num_threads": 1}})
+    run = tmp_path / "run6"
+    train(cfg, run, quiet=True)
+    [r] = sudoku_eval(run, loops=[1], n_puzzles=5, blanks=20, order="confidence")
+    assert r["task"] == "sudoku-confidence" and r["n"] == 5
+    assert all(i.startswith("sudoku6x6-test-") for i in r["sample_ids"])
+    for c, b in zip(r["cells_per_sample"], r["blank_cells_per_sample"]):
+        assert c * 36 == pytest.approx(16 + 20 * b)  # the 16 givens kept, b of the 20 blanks right
+    assert r["blank_cell_accuracy"] == pytest.approx(sum(r["blank_cells_per_sample"]) / 5)
+    assert r["score"] == sum(b == 1.0 for b in r["blank_cells_per_sample"]) / 5  # exact = every blank right
+    with pytest.raises(EvalError, match="1..28"):
+        sudoku_eval(run, loops=[1], n_puzzles=2, blanks=30)  # 30 blanks fit a 9x9, not a 6x6 grid
+
+
+@pytest.mark.parametrize("spec, size, runs", [("sudoku.yaml", 6, 3), ("sudoku_9x9.yaml", 9, 3)])
+def test_the_sudoku_specs_plan_grid_runs_and_score_both_orders_past_s_max(spec, size, runs):
+    """The committed CPU control (6x6) and the GPU spec (9x9): every run is trained on aligned records of its
+    grid size with its box positions, and the evaluate stage fills valid blank counts in the random and
+    the confidence order at loop counts past the training s_max."""
+    from pathlib import Path
+
+    from study.plan.spec import expand, load_spec
+
+    s = load_spec(Path(__file__).resolve().parents[1] / "sweeps" / spec)
+    planned = expand(s)
+    assert len(planned) == runs and {p.role for p in planned} == {"looped", "baseline_same", "baseline_deeper"}
+    for p in planned:
+        d = p.cfg.data
+        assert sudoku.parse_corpus(str(d.corpus))[0] == size and d.align
+        assert d.seq_len == sudoku.record_len(size) and p.cfg.model.grid_box == sudoku.BOXES[size]
+    s_max = max(p.cfg.model.s_max for p in planned)
+    reqs = [st.request for st in s.evaluate if st.request.sudoku]
+    assert {r.sudoku_order for r in reqs} == {"random", "confidence"}
+    for r in reqs:
+        sudoku.check_blanks(r.sudoku_blanks, size)
+        assert max(r.loops) > s_max and min(r.loops) == 1
+
+
+def test_the_report_table_gives_blank_cells_right_where_evaluations_have_them():
+    import pandas as pd
+
+    from analysis.report.sections import task_loops_md
+
+    row = dict(task="sudoku", metric="exact", n=100, exit_threshold=None, family="loopmdm", score=0.5,
+               cell_accuracy=0.9, blank_cell_accuracy=0.75)
+    t = pd.DataFrame([{**row, "loops": 1, "file": "a"}, {**row, "loops": 4, "file": "b", "score": 0.6}])
+    text = "\n".join(task_loops_md(t))
+    assert "in brackets: % of blank cells right" in text and "| LoopMDM | 50.0 (75.0) | 60.0 (75.0) |" in text
+    text = "\n".join(task_loops_md(t.drop(columns="blank_cell_accuracy")))  # an older record: all cells
+    assert "in brackets: % of cells right" in text and "50.0 (90.0)" in text

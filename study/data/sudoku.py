@@ -18,7 +18,8 @@ memorisation, not generalisation); 6x6 has 28,200,960 and 9x9 about 6.7e21, so a
 grids almost never holds a test puzzle's solution.
 
 Scores: ``exact`` is 1 only if every cell of the answer equals the solution; ``cells`` is the fraction of
-cells that do (givens included, so a copied puzzle is not scored 0 — compare with givens / cells).
+cells that do (givens included, so a copied puzzle is not scored 0 — compare with givens / cells);
+``blanks`` the fraction of the puzzle's blank cells that do (chance: 1/size).
 """
 from __future__ import annotations
 
@@ -244,10 +245,15 @@ def is_valid_solution(grid: str, size: int = 9) -> bool:
     return all(cells[i] not in {cells[p] for p in g.peers[i]} for i in range(g.cells))
 
 
-def score(answer: str, solution: str) -> dict[str, float]:
-    """exact (0/1) and cell accuracy over the solution's cells; an answer of the wrong length counts its first
-    cells, missing ones as wrong."""
+def score(answer: str, solution: str, puzzle: str | None = None) -> dict[str, float]:
+    """exact (0/1) and cell accuracy over the solution's cells; with the puzzle, also ``blanks``: the share of
+    its blank cells answered right (what the model filled in; chance is 1/size). An answer of the wrong length
+    counts its first cells, missing ones as wrong."""
     n = len(solution)
     a = (answer or "")[:n].ljust(n, "?")
-    right = sum(x == y for x, y in zip(a, solution))
-    return {"exact": float(right == n), "cells": right / n}
+    right = [x == y for x, y in zip(a, solution)]
+    out = {"exact": float(all(right)), "cells": sum(right) / n}
+    if puzzle is not None:
+        blank = [ok for ok, ch in zip(right, puzzle) if ch == BLANK]
+        out["blanks"] = sum(blank) / len(blank) if blank else 1.0
+    return out

@@ -1,12 +1,13 @@
 """The Sudoku positive control: fill the blanks of held-out puzzles with a trained run, at several loop counts.
 
-A run trained on solved grids (``data.corpus: sudoku``, ``data.align: true``, ``data.seq_len: 91`` = 9 lines
-of 9 + eos, `sudoku.layout`) sees each test puzzle as its solution with the blanks masked, and fills them with
-`model.diffusion.infill` one cell per step in a *restricted* order (``random`` by default, or ``raster``;
-``confidence`` is the free order). Exact-solve and cell accuracy per puzzle go to
-``evals/sudoku-<hash>.json`` in the task-evaluation contract (metric ``exact``; ``cells_per_sample`` beside
-it), keyed by (run hash, checkpoint step, settings) and never recomputed, so the report's task claim and its
-score-vs-loops figure read them like any other task."""
+A run trained on solved grids (``data.corpus: sudoku[:SIZE][:N]``, ``data.align: true``, ``data.seq_len`` =
+`sudoku.record_len`: 9 lines of 9 + eos = 91 for 9x9, 43 for 6x6, 21 for 4x4; `sudoku.layout`) sees each test
+puzzle of its size as the solution with the blanks masked, and fills them with `model.diffusion.infill` one
+cell per step in a *restricted* order (``random`` by default, or ``raster``; ``confidence`` is the free order).
+Exact-solve, cell and blank-cell accuracy per puzzle go to ``evals/<task>-<hash>.json`` in the task-evaluation
+contract (metric ``exact``; ``cells_per_sample`` and ``blank_cells_per_sample`` beside it; task ``sudoku``
+for the random order, ``sudoku-<order>`` for the others), keyed by (run hash, checkpoint step, settings) and
+never recomputed, so the report's task claim and its score-vs-loops figure read them like any other task."""
 from __future__ import annotations
 
 import time
@@ -66,7 +67,6 @@ def sudoku_eval(run_dir: str | Path, loops: Sequence[int] = DEFAULT_LOOPS, n_puz
         ids = [mask_id if ch == sudoku.BLANK else i for ch, i in zip(masked, ids)] + [tok.eos_id]
         rows.append(ids)
     x_all = torch.tensor(rows, dtype=torch.long)
-    n_cells = size * size
     for S, settings, h, path in todo:
         t0 = time.perf_counter()
         answers = []
@@ -75,13 +75,12 @@ def sudoku_eval(run_dir: str | Path, loops: Sequence[int] = DEFAULT_LOOPS, n_puz
             y = infill(run.model, x, steps=blanks, order=order, loops=S,
                        generator=torch.Generator().manual_seed(seed * 7919 + lo))
             answers += [sudoku.unlayout(tok.decode(r[:-1].tolist())) for r in y.cpu()]
-        scores = [sudoku.score(a, p["solution"]) for a, p in zip(answers, puzzles)]
-        exact = [s["exact"] for s in scores]
-        cells = [s["cells"] for s in scores]
+        scores = [sudoku.score(a, p["solution"], p["puzzle"]) for a, p in zip(answers, puzzles)]
+        exact, cells, blank = ([s[k] for s in scores] for k in ("exact", "cells", "blanks"))
         record = {"task": task_name(order), "metric": "exact", "score": sum(exact) / len(exact), "loops": S,
                   "exit_threshold": None, "per_sample": exact, "sample_ids": [p["id"] for p in puzzles],
                   "n": len(puzzles), "cell_accuracy": sum(cells) / len(cells), "cells_per_sample": cells,
-                  "blank_cell_accuracy": (sum(cells) * n_cells - (n_cells - blanks) * len(cells)) / (blanks * len(cells)),
+                  "blank_cell_accuracy": sum(blank) / len(blank), "blank_cells_per_sample": blank,
                   "run_hash": run_hash, "ckpt_step": step, "step": step, "eval_hash": h, "config": settings,
                   "versions": versions(), "device": device_name(run.device), "wall_s": time.perf_counter() - t0}
         records.atomic_write_json(path, record)
