@@ -149,6 +149,21 @@ def test_scores_perfect_one_cell_wrong_and_bad_answers():
     assert sudoku.score(r["puzzle"], s, r["puzzle"])["cells"] == pytest.approx(51 / 81)
 
 
+def test_answers_are_read_cell_by_cell_so_a_stray_token_costs_one_cell():
+    r = next(sudoku.generate(1, blanks=12, seed=0, size=6))
+    pieces = list(sudoku.layout(r["solution"], 6)) + [""]  # one decoded token a position, eos last
+    assert sudoku.cells_at(pieces, 6) == r["solution"]
+    i = r["puzzle"].index(".")
+    at = (i // 6) * 7 + i % 6  # the blank's position in the laid-out text
+    for stray in ("\n", "", "ab", "7"):  # a line break, a special token, two characters, a digit beyond 6
+        bad = pieces[:at] + [stray] + pieces[at + 1:]
+        got = sudoku.cells_at(bad, 6)
+        assert got == r["solution"][:i] + "?" + r["solution"][i + 1:]
+        assert sudoku.score(got, r["solution"], r["puzzle"]) == {"exact": 0.0, "cells": pytest.approx(35 / 36),
+                                                                 "blanks": pytest.approx(11 / 12)}
+    assert sudoku.cells_at(pieces[:10], 6) == r["solution"][:9] + "?" * 27  # a short answer: the rest wrong
+
+
 def test_aligned_windows_are_whole_records():
     import numpy as np
 

@@ -26,10 +26,11 @@ from __future__ import annotations
 import functools
 import random
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 BLANK = "."
 GENERATOR_VERSION = 1
+SCORER_VERSION = 2  # 2: answers read cell by cell (`cells_at`); 1 dropped line breaks, shifting cells
 BOXES = {4: (2, 2), 6: (2, 3), 9: (3, 3)}  # size -> (box rows, box columns)
 MIN_GIVENS = {4: 4, 6: 8, 9: 17}  # the fewest givens a uniquely solvable puzzle of each size can have
 DEFAULT_GRIDS = 20_000  # solved grids in a sudoku corpus when its spec names no count
@@ -178,6 +179,20 @@ def layout(grid: str, size: int = 9) -> str:
 def unlayout(text: str) -> str:
     """Model text -> cells (line breaks dropped; anything else kept, so a malformed answer scores low)."""
     return text.replace("\n", "")
+
+
+def cells_at(pieces: Sequence[str], size: int = 9) -> str:
+    """A model's answer read cell by cell at the layout's positions (``pieces``: one decoded token a position):
+    a piece that is not one digit is '?', so a line break or special token written into a cell costs that
+    cell only (dropping it, as `unlayout` does, would shift every later cell and score them as wrong)."""
+    g = geometry(size)
+    out = []
+    for r in range(size):
+        for c in range(size):
+            i = r * (size + 1) + c
+            ch = pieces[i] if i < len(pieces) else ""
+            out.append(ch if len(ch) == 1 and ch in g.digits else "?")
+    return "".join(out)
 
 
 def solved_grids(n: int, seed: int = 0, size: int = 9) -> Iterator[str]:

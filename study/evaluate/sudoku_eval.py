@@ -45,7 +45,7 @@ def sudoku_eval(run_dir: str | Path, loops: Sequence[int] = DEFAULT_LOOPS, n_puz
     todo, out = [], []
     for S in loops:
         settings = {"loops": S, "n_puzzles": n_puzzles, "blanks": blanks, "order": order, "seed": seed,
-                    "weights": weights, "generator": sudoku.GENERATOR_VERSION}
+                    "weights": weights, "generator": sudoku.GENERATOR_VERSION, "scorer": sudoku.SCORER_VERSION}
         h = short_hash({"run_hash": run_hash, "ckpt_step": step, **settings})
         path = records.task_eval_path(run_dir, task_name(order), h)
         if path.is_file():
@@ -74,7 +74,7 @@ def sudoku_eval(run_dir: str | Path, loops: Sequence[int] = DEFAULT_LOOPS, n_puz
             x = x_all[lo:lo + batch_size].to(run.device)
             y = infill(run.model, x, steps=blanks, order=order, loops=S,
                        generator=torch.Generator().manual_seed(seed * 7919 + lo))
-            answers += [sudoku.unlayout(tok.decode(r[:-1].tolist())) for r in y.cpu()]
+            answers += [sudoku.cells_at([tok.decode([t]) for t in r.tolist()], size) for r in y.cpu()]
         scores = [sudoku.score(a, p["solution"], p["puzzle"]) for a, p in zip(answers, puzzles)]
         exact, cells, blank = ([s[k] for s in scores] for k in ("exact", "cells", "blanks"))
         record = {"task": task_name(order), "metric": "exact", "score": sum(exact) / len(exact), "loops": S,
