@@ -150,8 +150,11 @@ def fig_score_vs_loops(tasks: pd.DataFrame | None, figdir: Path, formats=("png",
         if blanks:
             axes[0][1].set_title("Blank cells right vs loops")
             cap += "; right: the share of each puzzle's blank cells filled right"
-        axes[0][0].legend(loc="upper center", bbox_to_anchor=(0.5 * len(panels) + 0.05 * (len(panels) - 1), -0.16),
-                          ncol=len(panels), fontsize=7)
+        if blanks:  # one legend for both panels, below them (tight_layout leaves a figure legend alone)
+            fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.02),
+                       ncol=2, fontsize=7)
+        else:
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, fontsize=7)
         for fam in ("mdm", "mdm_deeper"):
             if fam in drawn:
                 cap += f"; {'dashed' if fam == 'mdm' else 'dotted'}: {LABELS[fam]}"
