@@ -410,8 +410,8 @@ def load_task_evals(study_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
                     "step": obj.get("step"), "score": _num(score) if score is not None else float(ps.mean())
                     if ps.size else math.nan, "n": int(ps.size), "per_sample": ps,
                     "sample_ids": obj.get("sample_ids"), "file": f"{run_dir.name}/evals/{fp.name}",
-                    "cell_accuracy": _num(obj.get("cell_accuracy")),  # Sudoku: share of cells right
-                })
+                    **{k: _num(obj.get(k)) for k in ("cell_accuracy", "blank_cell_accuracy")},  # Sudoku's
+                    "blank_per_sample": np.asarray(obj.get("blank_cells_per_sample") or [], dtype=float)})
     return pd.DataFrame(rows), problems
 
 

@@ -68,8 +68,13 @@ class ModelConfig:
     # Padded rows start at zero and are never used nor predicted: the model is the same function, with the
     # same initial weights; parameter and FLOPs counts are those of the real vocabulary (model/flops.py).
     pad_vocab: int = 1
+    # Learned row, column and box position embeddings for aligned records laid out as a grid (a Sudoku): n =
+    # box_rows * box_cols lines of n cells and a line break, then eos. (box_rows, box_cols); None: off (RoPE only).
+    grid_box: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.grid_box, list):  # from YAML or a plain call: hashable like the rest of the config
+            object.__setattr__(self, "grid_box", tuple(self.grid_box))
         self.validate()
 
     # -- derived ---------------------------------------------------------------------------------
@@ -81,6 +86,11 @@ class ModelConfig:
     def padded_vocab(self) -> int:
         """Rows of the embedding and the output head: vocab_size rounded up to a multiple of pad_vocab."""
         return -(-self.vocab_size // self.pad_vocab) * self.pad_vocab
+
+    @property
+    def grid_side(self) -> int:
+        """Cells per grid line with ``grid_box`` (box_rows * box_cols), 0 without."""
+        return self.grid_box[0] * self.grid_box[1] if self.grid_box else 0
 
     @property
     def n_layers_physical(self) -> int:
@@ -141,6 +151,16 @@ class ModelConfig:
         if not isinstance(p, int) or isinstance(p, bool) or p < 1 or p & (p - 1) or p > MAX_PAD_VOCAB:
             raise ConfigError("model.pad_vocab", f"got {p!r}; must be 1 (no padding) or a power of two up to "
                               f"{MAX_PAD_VOCAB} (128 suits GPU matmul tiles)")
+        if self.grid_box is not None:
+            g = self.grid_box
+            if (not isinstance(g, tuple) or len(g) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                                                                for v in g)):
+                raise ConfigError("model.grid_box", f"got {g!r}; give [box_rows, box_cols] (positive integers: "
+                                  f"[3, 3] for 9x9 Sudoku, [2, 3] for 6x6) or null")
+            if self.grid_side * (self.grid_side + 1) > self.max_seq_len:
+                raise ConfigError("model.grid_box", f"a {self.grid_side}x{self.grid_side} grid laid out in lines "
+                                  f"needs {self.grid_side * (self.grid_side + 1)} positions, more than "
+                                  f"model.max_seq_len={self.max_seq_len}; raise data.seq_len or shrink the boxes")
         if not 0 <= self.mask_id < self.vocab_size:
             raise ConfigError("model.mask_token_id", f"{self.mask_id} is outside the vocabulary [0, {self.vocab_size})")
 

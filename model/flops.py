@@ -46,7 +46,7 @@ def _check(convention: str) -> None:
 class ParamCounts:
     """Parameters by where they sit; ``effective(S)`` counts the mid block S times."""
 
-    embedding: int  # token embedding (+ untied output head, + the loop-index embedding: lookups, no matmul)
+    embedding: int  # token embedding (+ untied output head, + loop-index and grid embeddings: lookups, no matmul)
     per_layer: int
     head: int
     mid: int  # the looped block's layers plus what runs once per loop (concat adapter, state norm)
@@ -80,7 +80,8 @@ def param_counts(cfg: ModelConfig) -> ParamCounts:
     else:
         norms, ada, time_embed = 4 * d, 0, 0
     per_layer = 4 * d * d + 2 * d * cfg.d_mlp + norms + ada
-    embedding = cfg.vocab_size * d * (1 if cfg.tie_weights else 2) + (cfg.s_max * d if cfg.loop_embed else 0)
+    embedding = (cfg.vocab_size * d * (1 if cfg.tie_weights else 2) + (cfg.s_max * d if cfg.loop_embed else 0)
+                 + (3 * (cfg.grid_side + 1) * d if cfg.grid_box else 0))
     per_loop = (2 * d * d if cfg.loop_input == "concat" else 0) + (2 * d if cfg.loop_norm else 0)
     return ParamCounts(embedding=embedding, per_layer=per_layer, head=cfg.n_head_layers * per_layer,
                        mid=cfg.n_mid_layers * per_layer + per_loop, tail=cfg.n_tail_layers * per_layer,

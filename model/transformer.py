@@ -178,6 +178,9 @@ class LoopMDM(nn.Module):
         self.lm_head = None if cfg.tie_weights else _pad_rows(nn.Linear(cfg.d_model, cfg.vocab_size, bias=False),
                                                               cfg.padded_vocab)
         self.time_embed = TimeEmbedding(cfg.d_model) if cfg.time_cond else None
+        self.grid_embed = nn.Embedding(3 * (cfg.grid_side + 1), cfg.d_model) if cfg.grid_box else None
+        if cfg.grid_box:
+            self.register_buffer("grid_index", grid_index(cfg.grid_box, cfg.max_seq_len), persistent=False)
         cos, sin = rope_tables(cfg.max_seq_len, cfg.d_model // cfg.n_heads)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -302,6 +305,9 @@ class LoopMDM(nn.Module):
                 raise ValueError("this model is time-conditioned (model.time_cond=true): pass t")
             c = self.time_embed(t.expand(B) if t.dim() == 0 else t)
         h = self.embed(x)
+        if self.grid_embed is not None:  # row + column + box embeddings of each position's grid cell
+            at = self.grid_index[:L] if pad is None else self.grid_index[(~pad).long().cumsum(1).sub(1).clamp_min(0)]
+            h = h + self.grid_embed(at.to(x.device)).sum(-2)
         for blk in self.head_layers:
             h, _ = blk(h, pos, c)
         return h, pos, c
@@ -375,6 +381,26 @@ class LoopMDM(nn.Module):
         trace = [self._start(h)]
         self._loop(h, pos, c, loops, None, trace)
         return trace
+
+
+def grid_index(box: tuple[int, int], max_seq_len: int) -> torch.Tensor:
+    """(max_seq_len, 3): each position's row, column and box as rows of the grid embedding (``model.grid_box``).
+    A record is n = box_rows * box_cols lines of n cells and a line break; a line break has row r and column
+    and box "none" (n), positions past the grid (eos) have all three "none". Three tables of n + 1 rows each,
+    stacked: row r, n + 1 + column c, 2(n + 1) + box b."""
+    br, bc = box
+    n = br * bc
+    out = []
+    for p in range(max_seq_len):
+        r, c = divmod(p, n + 1)
+        if r >= n:
+            r = c = b = n
+        elif c == n:
+            b = n
+        else:
+            b = (r // br) * (n // bc) + c // bc
+        out.append((r, n + 1 + c, 2 * (n + 1) + b))
+    return torch.tensor(out, dtype=torch.long)
 
 
 def _pad_rows(m: nn.Embedding | nn.Linear, rows: int):

@@ -1,5 +1,5 @@
 """What a reader relies on in each figure, checked on the committed studies (results/demo: every figure;
-results/sudoku: a study with no fit): legend entries unique per run, error bars where the report has a CI,
+results/sudoku: a study with no fit and per-cell task scores): legend entries unique per run, error bars where the report has a CI,
 reference lines named in legends, stars on their curves, readable ticks."""
 
 from __future__ import annotations
@@ -98,9 +98,11 @@ def test_score_vs_loops_has_error_bars_and_draws_what_it_names(demo, sudoku):
     cap = next(f.caption for f in res.figures if f.name == "score_vs_loops")
     assert "dashed: MDM (same size)" in cap and "dotted" not in cap  # the demo has no deeper MDM task scores
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "4"]
-    # every score 0 (the Sudoku floor): 0 in view and said so
-    sax = sudoku[0]["score_vs_loops"].axes[0]
-    assert sax.get_ylim()[0] <= 0 < sax.get_ylim()[1] and "floor" in sax.get_title()
+    # Sudoku: exact solves on the left, the blank cells right on the right, both with CIs; 0 in view
+    sax, bax = sudoku[0]["score_vs_loops"].axes
+    assert sax.get_ylim()[0] <= 0 < sax.get_ylim()[1] and "floor" not in sax.get_title()
+    assert "blank cells" in bax.get_ylabel() and len(errorbars(bax)) == len(errorbars(sax)) == 2  # two orders
+    assert "blank cells" in next(f.caption for f in sudoku[1].figures if f.name == "score_vs_loops")
 
 
 def test_multiplier_one_panel_per_convention_with_reference_lines(demo):

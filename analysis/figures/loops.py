@@ -124,8 +124,10 @@ def ci95(d: pd.DataFrame) -> np.ndarray | None:
 
 def fig_score_vs_loops(tasks: pd.DataFrame | None, figdir: Path, formats=("png", "pdf")) -> FigureResult:
     """Task score against the loops S LoopMDM was run with, each point with its 95% CI over problems; the
-    baselines (which do not loop) as horizontal lines with their CI as a band. The caption names only what
-    is drawn."""
+    baselines (which do not loop) as horizontal lines with their CI as a band. Where the evaluations also
+    score each problem's blank cells (Sudoku), a second panel shows that share the same way: an exact solve
+    needs every blank, so a model can move far on the cells while exact solves stay at the floor. The
+    caption names only what is drawn."""
     name = "score_vs_loops"
     cap = "Task score vs inference loops (LoopMDM); bars and bands: 95% CI over problems (normal approximation)"
     if tasks is None or tasks.empty or "loops" not in tasks:
@@ -133,38 +135,58 @@ def fig_score_vs_loops(tasks: pd.DataFrame | None, figdir: Path, formats=("png",
     lt = tasks[(tasks["family"] == "loopmdm")].drop_duplicates("file")
     if lt.empty:
         return FigureResult(name, note="no task evaluations of LoopMDM", caption=cap)
-    styles = {"mdm": "--", "mdm_deeper": ":"}
+    blanks = "blank_per_sample" in tasks and any(np.size(p) for p in lt["blank_per_sample"])
+    panels = [("per_sample", "score [points]")] + ([("blank_per_sample", "blank cells right [%]")] if blanks else [])
     drawn: set[str] = set()
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots()
-        for i, (task, dt) in enumerate(lt.groupby("task")):
-            col = plt.get_cmap("tab10")(i)
-            pts = [(float(s), *mean_ci(np.concatenate([np.asarray(p, float) for p in g["per_sample"]]), 100))
-                   for s, g in dt.groupby("loops")]
-            s_, m, lo, hi = (np.array(v) for v in zip(*pts))
-            ax.errorbar(s_, m, yerr=[m - lo, hi - m], marker="o", color=col, capsize=3,
-                        label=f"{task}: LoopMDM (mean ± 95% CI)")
-            for fam, ls in styles.items():
-                b = tasks[(tasks["family"] == fam) & (tasks["task"] == task)].drop_duplicates("file")
-                if b.empty:
-                    continue
-                bm, blo, bhi = mean_ci(np.concatenate([np.asarray(p, float) for p in b["per_sample"]]), 100)
-                ax.axhline(bm, color=col, ls=ls, lw=1.1, label=f"{task}: {LABELS[fam]} (band: 95% CI)")
-                ax.axhspan(blo, bhi, color=col, alpha=0.08, lw=0)
-                drawn.add(fam)
-        ax.set_xscale("log", base=2)
-        integer_ticks(ax, lt["loops"].dropna().unique())
-        ax.set_xlabel("inference loops S")
-        ax.set_ylabel("score [points]")
-        top = max(ax.get_ylim()[1], 5.0)  # scores start at 0: keep it in view, and a floor visible as one
-        ax.set_ylim(-0.03 * top, top)
+        w, h = plt.rcParams["figure.figsize"]
+        fig, axes = plt.subplots(1, len(panels), figsize=(w * len(panels), h), squeeze=False)
+        for ax, (col, ylabel) in zip(axes[0], panels):
+            drawn |= _scores_vs_loops(ax, tasks, lt, col)
+            ax.set_ylabel(ylabel)
+        ax = axes[0][0]
         floor = not (tasks["score"].fillna(0) > 0).any()
         ax.set_title("Task score vs loops" + (" — every model scored 0 (floor)" if floor else ""))
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, fontsize=7)
+        if blanks:
+            axes[0][1].set_title("Blank cells right vs loops")
+            cap += "; right: the share of each puzzle's blank cells filled right"
+        if blanks:  # one legend for both panels, below them (tight_layout leaves a figure legend alone)
+            fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.02),
+                       ncol=2, fontsize=7)
+        else:
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, fontsize=7)
         for fam in ("mdm", "mdm_deeper"):
             if fam in drawn:
                 cap += f"; {'dashed' if fam == 'mdm' else 'dotted'}: {LABELS[fam]}"
         return FigureResult(name, save(fig, figdir, name, formats), caption=cap)
+
+
+def _scores_vs_loops(ax, tasks: pd.DataFrame, lt: pd.DataFrame, col: str) -> set[str]:
+    """One task per colour: LoopMDM's mean per-problem ``col`` (x 100) vs S with 95% CIs, each baseline a line
+    with its CI band; the baseline families drawn."""
+    styles = {"mdm": "--", "mdm_deeper": ":"}
+    drawn: set[str] = set()
+    for i, (task, dt) in enumerate(lt.groupby("task")):
+        c = plt.get_cmap("tab10")(i)
+        pts = [(float(s), *mean_ci(np.concatenate([np.asarray(p, float) for p in g[col]]), 100))
+               for s, g in dt.groupby("loops")]
+        s_, m, lo, hi = (np.array(v) for v in zip(*pts))
+        ax.errorbar(s_, m, yerr=[m - lo, hi - m], marker="o", color=c, capsize=3,
+                    label=f"{task}: LoopMDM (mean ± 95% CI)")
+        for fam, ls in styles.items():
+            b = tasks[(tasks["family"] == fam) & (tasks["task"] == task)].drop_duplicates("file")
+            if b.empty:
+                continue
+            bm, blo, bhi = mean_ci(np.concatenate([np.asarray(p, float) for p in b[col]]), 100)
+            ax.axhline(bm, color=c, ls=ls, lw=1.1, label=f"{task}: {LABELS[fam]} (band: 95% CI)")
+            ax.axhspan(blo, bhi, color=c, alpha=0.08, lw=0)
+            drawn.add(fam)
+    ax.set_xscale("log", base=2)
+    integer_ticks(ax, lt["loops"].dropna().unique())
+    ax.set_xlabel("inference loops S")
+    top = max(ax.get_ylim()[1], 5.0)  # scores start at 0: keep it in view, and a floor visible as one
+    ax.set_ylim(-0.03 * top, top)
+    return drawn
 
 
 def fig_adaptive(df: pd.DataFrame, figdir: Path, formats=("png", "pdf"), claims: Sequence[Claim] = ()) -> FigureResult:

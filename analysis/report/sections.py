@@ -127,9 +127,11 @@ def task_loops_md(tasks: pd.DataFrame | None) -> list[str]:
     L = ["## Task scores vs inference loops", ""]
     for task, dt in t.groupby("task", sort=True):
         loops = sorted({int(x) for x in dt["loops"].dropna()})
-        cells = "cell_accuracy" in dt and dt["cell_accuracy"].notna().any()
+        # Sudoku: in brackets the blank cells right (what the model filled), else all cells (givens included)
+        col = next((c for c in ("blank_cell_accuracy", "cell_accuracy") if c in dt and dt[c].notna().any()), None)
+        what = {"blank_cell_accuracy": "% of blank cells right", "cell_accuracy": "% of cells right"}.get(col)
         L += [f"**{task}** ({dt['metric'].iloc[0]}, % over {int(dt['n'].max())} problems"
-              + ("; in brackets: % of cells right" if cells else "") + "; mean over runs)", "",
+              + (f"; in brackets: {what}" if col else "") + "; mean over runs)", "",
               "| family | " + " | ".join(f"S={s}" for s in loops) + " |", "|---|" + "---|" * len(loops)]
         for fam in ("mdm", "mdm_deeper", "loopmdm"):
             df = dt[dt["family"] == fam]
@@ -142,7 +144,7 @@ def task_loops_md(tasks: pd.DataFrame | None) -> list[str]:
                     cols.append("—")
                     continue
                 v = f"{100 * d['score'].mean():.1f}"
-                cols.append(v + (f" ({100 * d['cell_accuracy'].mean():.1f})" if cells else ""))
+                cols.append(v + (f" ({100 * d[col].mean():.1f})" if col else ""))
             L.append(f"| {FAMILY_LABEL.get(fam, fam)} | " + " | ".join(cols) + " |")
         L.append("")
     return L

@@ -23,10 +23,9 @@ CORPUS_ALIASES = {  # the corpora of the LoopMDM / MDLM papers, by their short n
     "owt": "hf:Skylion007/openwebtext",
     "fineweb-edu": "hf:HuggingFaceFW/fineweb-edu:sample-10BT",
 }
-SUDOKU_GRIDS = 20_000  # default number of solved grids in the sudoku corpus
 SYNTH_DOCS = 20_000  # default number of generated problems in the gsm8k-synth pretraining corpus
 CORPUS_FORMS = (
-    "'shakespeare', 'gsm8k-synth[:DIFFICULTY[:N]]', 'sudoku[:N]', a .txt/.jsonl file or directory ('file:PATH[#field]'), "
+    "'shakespeare', 'gsm8k-synth[:DIFFICULTY[:N]]', 'sudoku[:SIZE][:N]' (SIZE 4x4, 6x6 or 9x9), a .txt/.jsonl file or directory ('file:PATH[#field]'), "
     f"'hf:NAME[:CONFIG][@REVISION][#field]', or an alias {sorted(CORPUS_ALIASES)}"
 )
 
@@ -66,11 +65,11 @@ def resolve_corpus(spec: str) -> CorpusSource:
         return CorpusSource("synth", canon, f"{canon}@v{gsm8k_synth.GENERATOR_VERSION}", difficulty=difficulty,
                             n_docs=n)
     if spec == "sudoku" or spec.startswith("sudoku:"):
-        tail = spec.partition(":")[2]
-        if tail and not (tail.isdigit() and int(tail) >= 1):
-            raise DataError("data.corpus", f"bad {spec!r}: want sudoku[:N], N >= 1 the number of solved grids")
-        n = int(tail) if tail else SUDOKU_GRIDS
-        canon = f"sudoku:{n}"
+        try:
+            size, n = sudoku.parse_corpus(spec)
+        except ValueError as exc:
+            raise DataError("data.corpus", str(exc)) from exc
+        canon = sudoku.canonical_corpus(size, n)
         return CorpusSource("sudoku", canon, f"{canon}@v{sudoku.GENERATOR_VERSION}", n_docs=n)
     if spec.startswith("hf:"):
         body, _, text_field = spec[3:].partition("#")
@@ -210,8 +209,9 @@ def _synth_docs(source: CorpusSource) -> Iterator[str]:
 
 
 def _sudoku_docs(source: CorpusSource) -> Iterator[str]:
-    """Solved grids (9 lines of 9 digits): a masked diffusion model trained on them learns to fill any blanks."""
-    yield from sudoku.solved_grids(source.n_docs, seed=0)
+    """Solved grids (SIZE lines of SIZE digits): a masked diffusion model trained on them learns to fill any blanks."""
+    size, n = sudoku.parse_corpus(source.spec)
+    yield from sudoku.solved_grids(n, seed=0, size=size)
 
 
 def _import_datasets(field_name: str) -> Any:

@@ -1,12 +1,13 @@
 """The Sudoku positive control: fill the blanks of held-out puzzles with a trained run, at several loop counts.
 
-A run trained on solved grids (``data.corpus: sudoku``, ``data.align: true``, ``data.seq_len: 91`` = 9 lines
-of 9 + eos, `sudoku.layout`) sees each test puzzle as its solution with the blanks masked, and fills them with
-`model.diffusion.infill` one cell per step in a *restricted* order (``random`` by default, or ``raster``;
-``confidence`` is the free order). Exact-solve and cell accuracy per puzzle go to
-``evals/sudoku-<hash>.json`` in the task-evaluation contract (metric ``exact``; ``cells_per_sample`` beside
-it), keyed by (run hash, checkpoint step, settings) and never recomputed, so the report's task claim and its
-score-vs-loops figure read them like any other task."""
+A run trained on solved grids (``data.corpus: sudoku[:SIZE][:N]``, ``data.align: true``, ``data.seq_len`` =
+`sudoku.record_len`: 9 lines of 9 + eos = 91 for 9x9, 43 for 6x6, 21 for 4x4; `sudoku.layout`) sees each test
+puzzle of its size as the solution with the blanks masked, and fills them with `model.diffusion.infill` one
+cell per step in a *restricted* order (``random`` by default, or ``raster``; ``confidence`` is the free order).
+Exact-solve, cell and blank-cell accuracy per puzzle go to ``evals/<task>-<hash>.json`` in the task-evaluation
+contract (metric ``exact``; ``cells_per_sample`` and ``blank_cells_per_sample`` beside it; task ``sudoku``
+for the random order, ``sudoku-<order>`` for the others), keyed by (run hash, checkpoint step, settings) and
+never recomputed, so the report's task claim and its score-vs-loops figure read them like any other task."""
 from __future__ import annotations
 
 import time
@@ -23,7 +24,7 @@ from .loading import checkpoint_identity, load_run, short_hash
 from .provenance import device_name, versions
 from .request import EvalError, check_loops
 
-TASK = "sudoku"
+TASK = "sudoku"  # the restricted (random) order; other orders file as sudoku-<order> (`task_name`)
 DEFAULT_LOOPS = (1, 2, 4, 8, 16)
 
 
@@ -33,34 +34,33 @@ def sudoku_eval(run_dir: str | Path, loops: Sequence[int] = DEFAULT_LOOPS, n_puz
     """One record per loop count S (S = 1 only for a non-looped run); see the module docstring."""
     if order not in INFILL_ORDERS:
         raise EvalError("order", f"got {order!r}; allowed: {', '.join(INFILL_ORDERS)}")
-    if not 1 <= blanks <= 64:
-        raise EvalError("blanks", f"got {blanks}; choose 1..64")
     cfg, run_hash, ckpt, meta, weights = checkpoint_identity(run_dir, "latest")
-    if not str(cfg.data.corpus).startswith("sudoku") or cfg.data.seq_len != sudoku.RECORD_LEN or not cfg.data.align:
-        raise EvalError("run", f"{run_dir} was not trained on Sudoku grids (needs data.corpus: sudoku, "
-                               f"data.seq_len: {sudoku.RECORD_LEN}, data.align: true; it has {cfg.data.corpus!r}, "
-                               f"{cfg.data.seq_len}, align={cfg.data.align})")
+    size = grid_size(cfg, run_dir)
+    try:
+        sudoku.check_blanks(blanks, size)
+    except ValueError as exc:
+        raise EvalError("blanks", str(exc)) from None
     loops = check_loops(loops) if cfg.model.is_looped else [1]
     step = int(meta["step"])
     todo, out = [], []
     for S in loops:
         settings = {"loops": S, "n_puzzles": n_puzzles, "blanks": blanks, "order": order, "seed": seed,
-                    "weights": weights, "generator": sudoku.GENERATOR_VERSION}
+                    "weights": weights, "generator": sudoku.GENERATOR_VERSION, "scorer": sudoku.SCORER_VERSION}
         h = short_hash({"run_hash": run_hash, "ckpt_step": step, **settings})
-        path = records.task_eval_path(run_dir, TASK, h)
+        path = records.task_eval_path(run_dir, task_name(order), h)
         if path.is_file():
             out.append(records.read_json(path))
         else:
             todo.append((S, settings, h, path))
     if not todo:
         return out
-    puzzles = list(sudoku.generate(n_puzzles, blanks=blanks, seed=seed, split="test"))
+    puzzles = list(sudoku.generate(n_puzzles, blanks=blanks, seed=seed, split="test", size=size))
     run = load_run(run_dir, records.ckpt_step(ckpt), device, prefer_ema=(weights == "ema"))
     tok = run.tokenizer
     mask_id = run.model.cfg.mask_id
     rows = []
     for p in puzzles:
-        text, masked = sudoku.layout(p["solution"]), sudoku.layout(p["puzzle"])
+        text, masked = sudoku.layout(p["solution"], size), sudoku.layout(p["puzzle"], size)
         ids = tok.encode(text)
         if len(ids) != len(text):
             raise EvalError("run", f"tokenizer {cfg.data.tokenizer!r} does not give one token per character")
@@ -74,14 +74,13 @@ def sudoku_eval(run_dir: str | Path, loops: Sequence[int] = DEFAULT_LOOPS, n_puz
             x = x_all[lo:lo + batch_size].to(run.device)
             y = infill(run.model, x, steps=blanks, order=order, loops=S,
                        generator=torch.Generator().manual_seed(seed * 7919 + lo))
-            answers += [sudoku.unlayout(tok.decode(r[:-1].tolist())) for r in y.cpu()]
-        scores = [sudoku.score(a, p["solution"]) for a, p in zip(answers, puzzles)]
-        exact = [s["exact"] for s in scores]
-        cells = [s["cells"] for s in scores]
-        record = {"task": TASK, "metric": "exact", "score": sum(exact) / len(exact), "loops": S,
+            answers += [sudoku.cells_at([tok.decode([t]) for t in r.tolist()], size) for r in y.cpu()]
+        scores = [sudoku.score(a, p["solution"], p["puzzle"]) for a, p in zip(answers, puzzles)]
+        exact, cells, blank = ([s[k] for s in scores] for k in ("exact", "cells", "blanks"))
+        record = {"task": task_name(order), "metric": "exact", "score": sum(exact) / len(exact), "loops": S,
                   "exit_threshold": None, "per_sample": exact, "sample_ids": [p["id"] for p in puzzles],
                   "n": len(puzzles), "cell_accuracy": sum(cells) / len(cells), "cells_per_sample": cells,
-                  "blank_cell_accuracy": (sum(cells) * 81 - (81 - blanks) * len(cells)) / (blanks * len(cells)),
+                  "blank_cell_accuracy": sum(blank) / len(blank), "blank_cells_per_sample": blank,
                   "run_hash": run_hash, "ckpt_step": step, "step": step, "eval_hash": h, "config": settings,
                   "versions": versions(), "device": device_name(run.device), "wall_s": time.perf_counter() - t0}
         records.atomic_write_json(path, record)
@@ -90,3 +89,25 @@ def sudoku_eval(run_dir: str | Path, loops: Sequence[int] = DEFAULT_LOOPS, n_puz
                   f"{record['score']:.3f}, cells {record['cell_accuracy']:.3f} ({record['wall_s']:.1f} s)", flush=True)
         out.append(record)
     return out
+
+
+def task_name(order: str) -> str:
+    """``sudoku`` for the paper's restricted random order, ``sudoku-confidence`` / ``sudoku-raster`` for the
+    others: each order is its own task in the report (its own claim row and score-vs-loops line)."""
+    return TASK if order == "random" else f"{TASK}-{order}"
+
+
+def grid_size(cfg, run_dir) -> int:
+    """The grid size a run was trained on (its data.corpus), or EvalError when it was not trained on aligned
+    Sudoku records."""
+    corpus = str(cfg.data.corpus)
+    try:
+        size = sudoku.parse_corpus(corpus)[0]
+    except ValueError:
+        size = None
+    if size is None or cfg.data.seq_len != sudoku.record_len(size) or not cfg.data.align:
+        want = sudoku.record_len(size or 9)
+        raise EvalError("run", f"{run_dir} was not trained on Sudoku grids (needs data.corpus: sudoku[:SIZE][:N], "
+                               f"data.seq_len: {want} for its size, data.align: true; it has {corpus!r}, "
+                               f"{cfg.data.seq_len}, align={cfg.data.align})")
+    return size

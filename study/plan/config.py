@@ -31,7 +31,7 @@ NON_SEMANTIC = ("system", "data.cache_dir", "eval.batch_size", "meta")
 #: fields added after runs existed: left out of the hash while at their default, so a config that does not
 #: use them keeps the identity (and the run directory) it had before they were added
 HASHED_ONLY_IF_SET = {"model.loop_input": "none", "model.loop_embed": False, "model.loop_norm": False,
-                      "model.pad_vocab": 1, "data.align": False, "data.val_split": None}
+                      "model.pad_vocab": 1, "model.grid_box": None, "data.align": False, "data.val_split": None}
 
 
 @dataclass(frozen=True)

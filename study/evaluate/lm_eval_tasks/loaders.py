@@ -71,19 +71,21 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def sudoku_complete(rows: Any = 1, n: Any = 100, **_: Any):
-    """Held-out solved grids (the solutions of study.data.sudoku's test puzzles) with their last ``rows`` rows
-    removed: the model writes them. With one row the answer is unique (each column misses one digit)."""
+def sudoku_complete(rows: Any = 1, n: Any = 100, size: Any = 9, **_: Any):
+    """Held-out solved grids (the solutions of study.data.sudoku's test puzzles) of ``size`` (4, 6 or 9: the
+    size the model was trained on) with their last ``rows`` rows removed: the model writes them. With one row
+    the answer is unique (each column misses one digit)."""
     from study.data import sudoku
 
-    rows, n = int(rows), int(n)
-    if not 1 <= rows <= 8 or n < 1:
-        raise ValueError(f"metadata rows={rows}, n={n}: rows to complete 1..8, n >= 1 grids")
+    rows, n, size = int(rows), int(n), int(size)
+    if size not in sudoku.BOXES or not 1 <= rows <= size - 1 or n < 1:
+        raise ValueError(f"metadata rows={rows}, n={n}, size={size}: size 4, 6 or 9, rows to complete "
+                         f"1..size-1, n >= 1 grids")
     docs = []
-    for p in sudoku.generate(n, blanks=1, seed=0, split="test"):  # one blank: the cheapest unique puzzle
-        lines = sudoku.layout(p["solution"]).splitlines(keepends=True)
-        docs.append({"id": p["id"], "context": "".join(lines[:9 - rows]), "target": "".join(lines[9 - rows:]),
-                     "solution": p["solution"], "rows": rows})
+    for p in sudoku.generate(n, blanks=1, seed=0, split="test", size=size):  # one blank: the cheapest unique puzzle
+        lines = sudoku.layout(p["solution"], size).splitlines(keepends=True)
+        docs.append({"id": p["id"], "context": "".join(lines[:size - rows]), "target": "".join(lines[size - rows:]),
+                     "solution": p["solution"], "rows": rows, "size": size})
     return _dataset({"test": docs})
 
 
@@ -92,8 +94,9 @@ def sudoku_results(doc: dict, results: list[str]) -> dict[str, float]:
     ``cells``: the share of written cells equal to the held-out grid's."""
     from study.data import sudoku
 
-    written = "".join(ch for ch in results[0] if ch != "\n")[:9 * doc["rows"]]
+    size = int(doc.get("size", 9))
+    written = "".join(ch for ch in results[0] if ch != "\n")[:size * doc["rows"]]
     given = doc["context"].replace("\n", "")
     truth = doc["solution"][len(given):]
-    return {"valid": float(sudoku.is_valid_solution(given + written)),
+    return {"valid": float(sudoku.is_valid_solution(given + written, size)),
             "cells": sum(a == b for a, b in zip(written, truth)) / len(truth)}
