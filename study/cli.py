@@ -3,7 +3,7 @@
     python -m study.sweep [submit|status|collect|report] SPEC [key=value ...]   a study: plan, run, watch
     python -m study.run [CONFIG.yaml] [key=value ...] [--out DIR]              one run, in the foreground
     python -m study.sft PARENT_RUN CORPUS --steps N [key=value ...]           fine-tune a pretrained run
-    python -m study.eval TARGET --tasks ... | --scan | --attention | --sudoku evaluate runs
+    python -m study.eval TARGET --tasks ... | --scan | --attention | --sudoku | --automaton   evaluate runs
 
 Bad input exits 2 with one line ``error: FIELD-OR-FILE: what is wrong and what to do``, before anything is
 written or submitted; a run stopped by a signal exits 3 after checkpointing (run the same command again).
@@ -334,6 +334,7 @@ def _list(text: str | None, conv, arg: str) -> list | None:
 
 def eval_request(ns: argparse.Namespace):
     from study.evaluate.loading import DEFAULT_ATTENTION_TS, EvalError, check_loops, check_thresholds
+    from study.evaluate.automaton_eval import check_orders as automaton_orders
     from study.evaluate.tasks import EvalRequest
 
     loops = _list(ns.loops, float, "loops")
@@ -343,15 +344,17 @@ def eval_request(ns: argparse.Namespace):
     model_args = {k: getattr(ns, k) for k in ("mc_num", "gen_length", "steps", "block_length", "remasking",
                                               "temperature", "seed") if getattr(ns, k) is not None}
     tasks = [t for t in (ns.tasks or "").split(",") if t.strip()]
-    if not (tasks or ns.scan or ns.attention or ns.sudoku):
-        raise EvalError("tasks", "nothing to do: give --tasks, --scan, --attention and/or --sudoku")
+    if not (tasks or ns.scan or ns.attention or ns.sudoku or ns.automaton):
+        raise EvalError("tasks", "nothing to do: give --tasks, --scan, --attention, --sudoku and/or --automaton")
     return EvalRequest(tasks=tasks, loops=loops, exit_thresholds=thresholds, limit=ns.limit, ckpt=ns.ckpt,
                        num_fewshot=ns.num_fewshot, model_args=model_args, batch_size=ns.batch_size, device=ns.device,
                        gsm8k_dir=ns.gsm8k_dir, cache_dir=ns.cache_dir, metric=ns.metric, force=ns.force,
                        scan=ns.scan, scan_draws=ns.scan_draws, attention=ns.attention,
                        ts=_list(ns.ts, float, "ts") or list(DEFAULT_ATTENTION_TS), attention_loops=ns.attention_loops,
                        sudoku=ns.sudoku, sudoku_blanks=ns.sudoku_blanks, sudoku_order=ns.sudoku_order,
-                       sudoku_puzzles=ns.sudoku_puzzles, quiet=ns.quiet)
+                       sudoku_puzzles=ns.sudoku_puzzles, automaton=ns.automaton,
+                       automaton_records=ns.automaton_records,
+                       automaton_orders=automaton_orders(ns.automaton_orders.split(",")), quiet=ns.quiet)
 
 
 def eval_parser(parser_cls: type[Parser] = Parser) -> Parser:
@@ -390,6 +393,12 @@ def eval_parser(parser_cls: type[Parser] = Parser) -> Parser:
     ap.add_argument("--sudoku-blanks", type=int, default=30, help="blank cells per puzzle (difficulty)")
     ap.add_argument("--sudoku-order", default="random", help="cell order: random | raster (restricted) | confidence")
     ap.add_argument("--sudoku-puzzles", type=int, default=100, help="held-out puzzles")
+    ap.add_argument("--automaton", action="store_true", help="positive control: accuracy per row (eca) or hop "
+                    "(pointer) of held-out records at each --loops (default 1,2,4,8,16), for runs trained on "
+                    "data.corpus: eca:... or pointer:...")
+    ap.add_argument("--automaton-records", type=int, default=200, help="held-out records")
+    ap.add_argument("--automaton-orders", default="parallel", help="comma-separated: parallel (every masked cell "
+                    "in one step: sees depth) and/or confidence | raster | random (one row/hop per step)")
     ap.add_argument("--executor", default="local", choices=EXECUTORS,
                     help="local: here, one run after another; slurm: one job per run (study.launch)")
     ap.add_argument("--partition", default=None, help="SLURM partition for --executor slurm (default: the cluster's)")

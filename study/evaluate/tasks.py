@@ -68,6 +68,9 @@ class EvalRequest:
     sudoku_blanks: int = 30
     sudoku_order: str = "random"
     sudoku_puzzles: int = 100
+    automaton: bool = False  # the iterated-computation control (study.evaluate.automaton_eval): accuracy per depth
+    automaton_records: int = 200
+    automaton_orders: list[str] = field(default_factory=lambda: ["parallel"])
     quiet: bool = False
 
     def settings(self, s_max: int) -> list[tuple[int, float | None]]:
@@ -234,6 +237,12 @@ def evaluate_run(run_dir: str | Path, req: EvalRequest) -> dict[str, Any]:
         out["tasks"] = out.get("tasks", []) + sudoku_eval(
             run_dir, loops=req.loops or DEFAULT_LOOPS, n_puzzles=req.sudoku_puzzles, blanks=req.sudoku_blanks,
             order=req.sudoku_order, device=req.device, quiet=req.quiet)
+    if req.automaton:
+        from .automaton_eval import DEFAULT_LOOPS as AUTOMATON_LOOPS, automaton_eval
+
+        out["tasks"] = out.get("tasks", []) + automaton_eval(
+            run_dir, loops=req.loops or AUTOMATON_LOOPS, n_records=req.automaton_records, orders=req.automaton_orders,
+            device=req.device, ckpt=req.ckpt, force=req.force, quiet=req.quiet)
     if req.attention:
         out["attention"] = attention_stats(run_dir, ts=req.ts, loops=req.attention_loops, ckpt=req.ckpt,
                                            device=req.device, force=req.force)

@@ -26,6 +26,8 @@ Spec keys:
   evaluate:                   # a third stage: `python -m study.eval` arguments run on selected finished runs
     - {runs: finetuned, args: "--tasks gsm8k-synth:easy:200 --loops 1,4"}   # finetuned|pretrained|all|GLOB
                               # (after training when local; SLURM jobs with afterok on the run's job)
+  control: {gate: {...}, criteria: {...}, inert: {...}}   # a positive control's pre-registered tests
+                              # (analysis/control.py; the report states each with its measured value)
 The run-dict key ``layout: {n_layers: 12, looped: [1, 2]}`` is a readable way to place the looped block.
 """
 
@@ -48,7 +50,7 @@ from study.plan.finetune import sft_raw, study_relative_parent
 from study.plan.scaling import RULES
 
 SPEC_KEYS = ["study", "description", "base", "axes", "zip", "seeds", "baselines", "scaling", "resources",
-             "resource_classes", "estimate", "finetune", "evaluate"]
+             "resource_classes", "estimate", "finetune", "evaluate", "control"]
 EVAL_RUNS = ("finetuned", "pretrained", "all")  # or a slug glob
 #: study.eval options that belong to the sweep (its executor and resources), not to an evaluate stage
 SWEEP_OWNED_EVAL_OPTIONS = ("executor", "partition", "gpus_per_node", "cpus_per_task", "time_min", "wait",
@@ -104,6 +106,7 @@ class Spec:
     finetune: dict | None = None
     path: Path | None = None
     evaluate: list["EvalStage"] = field(default_factory=list)
+    control: Any = None  # analysis.control.Preregistration: what a positive control counts, fixed before it runs
 
 
 @dataclass
@@ -197,7 +200,19 @@ def parse_spec(raw: dict, path: Path | None = None) -> Spec:
     return Spec(study=str(study), description=str(raw.get("description", "")), base=raw.get("base") or {},
                 axes=axes, zip=zips, baselines=baselines, scaling=scaling, resources=raw.get("resources") or {},
                 resource_classes=classes, estimate=estimate, finetune=finetune, path=path,
-                evaluate=_eval_stages(raw.get("evaluate")))
+                evaluate=_eval_stages(raw.get("evaluate")), control=_preregistration(raw.get("control")))
+
+
+def _preregistration(raw: Any):
+    """``control:`` (a positive control's gate and criteria, `analysis.control`), checked when the spec loads."""
+    if raw is None:
+        return None
+    from analysis.control import Preregistration, PreregistrationError
+
+    try:
+        return Preregistration.from_spec(raw)
+    except PreregistrationError as exc:
+        raise ConfigError(exc.field, str(exc).split(": ", 1)[-1]) from None
 
 
 def _eval_stages(raw: Any) -> list[EvalStage]:

@@ -1,0 +1,134 @@
+"""The positive control's analysis: paired per-depth differences, the pre-registered gate and criteria."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import control as CT
+
+N, K = 200, 6  # records, depths (rows 1..6)
+
+
+def mats(rng, depth1, deep, n=N):
+    """A per-record accuracy matrix: depth 1 and 2 at ``depth1``, depths >= 3 at ``deep`` on average, with a
+    large spread between records (so only pairing gives tight CIs)."""
+    spread = rng.uniform(-0.3, 0.3, size=(n, 1))
+    m = np.empty((n, K))
+    m[:, :2] = depth1
+    m[:, 2:] = np.clip(deep + spread, 0, 1)
+    return m
+
+
+def frame(entries, budget=1e12):
+    """entries: (group, family, loops, per_depth) -> the rows load_depth_evals gives."""
+    rows = []
+    for i, (g, fam, S, m, *ids) in enumerate(entries):
+        rows.append(dict(run=f"{g}-{fam}", group=g, family=fam, s_max=8 if fam == "loopmdm" else 1, loops=S,
+                         budget_flops=budget, exit_threshold=None, per_depth=m, order="parallel", depth_unit="row",
+                         sample_ids=ids[0] if ids else [f"r{j}" for j in range(len(m))], nll_floor=0.08,
+                         majority=[0.5] * K, file=f"f{i}.json", chance=0.5))
+    return pd.DataFrame(rows)
+
+
+def sens_table(groups, value=0.05, se=0.005):
+    sens = pd.DataFrame([dict(run=f"{g}-loopmdm", sensitivity=value, sens_low=value - 1.96 * se,
+                              sens_high=value + 1.96 * se) for g in groups])
+    nll = pd.DataFrame([dict(run=f"{g}-loopmdm", budget_flops=1e12) for g in groups])
+    return sens, nll
+
+
+def test_a_looping_effect_is_detected_with_paired_cis():
+    rng = np.random.default_rng(0)
+    same = mats(rng, 0.99, 0.5)
+    top = same.copy()
+    top[:, 2:] += 0.3  # exactly +30 points on depths >= 3, record by record
+    one = same.copy()
+    deep = same.copy()
+    deep[:, 2:] += 0.2
+    df = frame([("g1", "loopmdm", 8, top), ("g1", "loopmdm", 1, one), ("g1", "mdm", 1, same),
+                ("g1", "mdm_deeper", 1, deep)])
+    res = CT.evaluate_control(df, *sens_table(["g1"]), CT.Preregistration(), n_boot=400)
+    assert res.verdict == CT.DETECTED and res.gate.met and res.gate.measured == pytest.approx(0.99)
+    by = {c.key: c for c in res.criteria + res.extra}
+    for key, want in (("loop_vs_s1", 30), ("loop_vs_same", 30), ("deeper_vs_same", 20), ("loop_vs_deeper", 10)):
+        assert by[key].measured == pytest.approx(want)
+        assert by[key].low == pytest.approx(want) and by[key].high == pytest.approx(want)  # paired: no spread
+    assert by["nll_sensitivity"].met and by["nll_sensitivity"].measured == pytest.approx(0.05)
+    assert not res.inert.met
+    md = "\n".join(CT.section_md(res))
+    assert "looping effect detected" in md and "| LoopMDM | 8 |" in md and "+30.0 [+30.0, +30.0] points" in md
+
+
+def test_records_are_paired_by_id_not_by_position():
+    rng = np.random.default_rng(1)
+    same = mats(rng, 0.99, 0.4)
+    top = same + np.r_[[0, 0], [0.25] * (K - 2)]
+    perm = rng.permutation(N)
+    ids = [f"r{j}" for j in range(N)]
+    df = frame([("g", "loopmdm", 8, top[perm], [ids[j] for j in perm]), ("g", "loopmdm", 1, same),
+                ("g", "mdm", 1, same[::-1], ids[::-1])])
+    res = CT.evaluate_control(df, *sens_table(["g"]), CT.Preregistration(), n_boot=200)
+    c = res.criteria[0]
+    assert c.measured == pytest.approx(25) and c.high - c.low < 1e-9
+
+
+def test_unpaired_noise_widens_the_ci_and_groups_are_resampled():
+    rng = np.random.default_rng(2)
+    entries = []
+    for g, gain in (("a", 0.02), ("b", 0.18)):
+        base = mats(rng, 0.97, 0.5)
+        entries += [("%s" % g, "loopmdm", 8, mats(rng, 0.97, 0.5 + gain)), (g, "loopmdm", 1, base), (g, "mdm", 1, base)]
+    res = CT.evaluate_control(frame(entries), *sens_table(["a", "b"]), CT.Preregistration(), n_boot=1000)
+    c = res.criteria[0]
+    assert res.n_groups == 2 and 5 < c.measured < 15
+    assert c.low < c.measured - 1.5 and c.high > c.measured + 1.5  # two different groups: wide
+
+
+def test_the_gate_and_the_inert_verdict():
+    rng = np.random.default_rng(3)
+    same = mats(rng, 0.80, 0.5)  # the one-step rule is not learned
+    df = frame([("g", "loopmdm", 8, same + 0.15), ("g", "loopmdm", 1, same), ("g", "mdm", 1, same)])
+    res = CT.evaluate_control(df, *sens_table(["g"]), CT.Preregistration(), n_boot=200)
+    assert res.verdict == CT.NO_GATE and not res.gate.met
+    same = mats(rng, 0.99, 0.5)
+    deep = same + np.r_[[0, 0], [0.2] * (K - 2)]
+    df = frame([("g", "loopmdm", 8, same + 0.005), ("g", "loopmdm", 1, same), ("g", "mdm", 1, same),
+                ("g", "mdm_deeper", 1, deep)])
+    res = CT.evaluate_control(df, *sens_table(["g"], value=0.001), CT.Preregistration(), n_boot=200)
+    assert res.verdict == CT.INERT and res.inert.met and res.inert.measured == pytest.approx(20)
+    assert not any(c.met for c in res.criteria)
+
+
+def test_no_data_and_missing_depths_are_said_not_raised():
+    assert CT.evaluate_control(pd.DataFrame(), None, None, CT.Preregistration()).verdict == CT.NO_DATA
+    rng = np.random.default_rng(4)
+    m = mats(rng, 0.99, 0.5)
+    res = CT.evaluate_control(frame([("g", "loopmdm", 8, m), ("g", "loopmdm", 1, m), ("g", "mdm", 1, m)]), None, None,
+                              CT.Preregistration(from_depth=9))
+    assert res.verdict == CT.NO_DATA and "depth 9" in res.notes[0]
+
+
+def test_preregistration_is_parsed_and_checked():
+    p = CT.Preregistration.from_spec({"gate": {"depth": 1, "min_accuracy": 0.9}, "criteria": {"from_depth": 2},
+                                      "inert": {"within_points": 5}})
+    assert (p.gate_min_accuracy, p.from_depth, p.inert_within_points, p.min_gain_points) == (0.9, 2, 5.0, 10.0)
+    assert not CT.Preregistration.from_spec(None).registered
+    for raw, field in (({"gate": {"min_acc": 0.9}}, "control.gate.min_acc"),
+                       ({"gate": {"min_accuracy": 1.5}}, "control.gate.min_accuracy"),
+                       ({"criteria": {"from_depth": 2.5}}, "control.criteria.from_depth"),
+                       ({"order": "diagonal"}, "control.order"), ({"verdict": 1}, "control.verdict"),
+                       ([1], "control")):
+        with pytest.raises(CT.PreregistrationError) as exc:
+            CT.Preregistration.from_spec(raw)
+        assert exc.value.field == field and "\n" not in str(exc.value)
+
+
+def test_a_spec_with_a_bad_control_section_is_refused_before_anything_runs(tmp_path):
+    from model.config import ConfigError
+    from study.plan.spec import load_spec
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("study: s\nbase: {budget: {steps: 5}}\ncontrol: {criteria: {min_gain_points: -1}}\n")
+    with pytest.raises(ConfigError, match=r"control.criteria.min_gain_points: got -1.0"):
+        load_spec(spec)
+    spec.write_text("study: s\nbase: {budget: {steps: 5}}\ncontrol: {gate: {min_accuracy: 0.9}}\n")
+    assert load_spec(spec).control.gate_min_accuracy == 0.9
