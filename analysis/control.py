@@ -23,6 +23,7 @@ generator's floor are reported whichever way the criteria fall. Pure functions b
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -161,6 +162,7 @@ class ControlResult:
     floor: float | None = None
     depth_unit: str = "row"
     notes: list[str] = field(default_factory=list)
+    figure: str | None = None  # the accuracy-per-depth PNG, relative to the study directory
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -425,7 +427,7 @@ def _nll_gap(df: pd.DataFrame | None, budget: float, floor: float | None) -> lis
 
 
 # -------------------------------------------------------------------------------------------- output
-def section_md(res: ControlResult | None, figure: str | None = None) -> list[str]:
+def section_md(res: ControlResult | None) -> list[str]:
     """The report's section: the pre-registered gate and criteria with their numbers, then the tables."""
     if res is None:
         return []
@@ -471,8 +473,8 @@ def section_md(res: ControlResult | None, figure: str | None = None) -> list[str
         if maj:
             L.append("| always the majority value | — | " + " | ".join(f"{100 * a:.1f}" for a in maj) + " |")
         L.append("")
-    if figure:
-        L += [f"![Accuracy per {res.depth_unit}]({figure})", "",
+    if res.figure:
+        L += [f"![Accuracy per {res.depth_unit}]({res.figure})", "",
               f"_Accuracy per {res.depth_unit} ({p.order} fill) at {fmt(res.budget)} FLOPs: LoopMDM at each S "
               f"(solid), the same-size MDM (dashed), the deeper MDM (dotted); grey: the majority value_", ""]
     return L
@@ -512,17 +514,26 @@ def depth_figure(res: ControlResult, figdir: Path, formats: Sequence[str] = ("pn
 
 
 def control_for_study(study_dir: str | Path, df: pd.DataFrame, tasks: pd.DataFrame, sens: pd.DataFrame | None,
-                      *, n_boot: int = 1000, seed: int = 0) -> ControlResult | None:
-    """The control's result for a study directory, or None when it is no control study (no `control:` in its
-    spec and no automaton-scorer evaluations)."""
+                      *, figures: bool = True, formats: Sequence[str] = ("png", "pdf"), n_boot: int = 1000,
+                      seed: int = 0) -> ControlResult | None:
+    """The control's result for a study directory (with its figure in ``figures/``), or None when it is no
+    control study (no `control:` in its spec and no automaton-scorer evaluations). Never raises on bad data:
+    what failed becomes a note, as everywhere in the report."""
+    study_dir = Path(study_dir)
     try:
         prereg = read_preregistration(study_dir)
     except (PreregistrationError, yaml.YAMLError) as e:
         return ControlResult(Preregistration(registered=False), NO_DATA, notes=[f"spec.yaml: {e}"])
-    depth = load_depth_evals(study_dir, tasks)
-    if depth.empty and not prereg.registered:
-        return None
-    return evaluate_control(depth, sens, df, prereg, n_boot=n_boot, seed=seed)
+    try:
+        depth = load_depth_evals(study_dir, tasks)
+        if depth.empty and not prereg.registered:
+            return None
+        res = evaluate_control(depth, sens, df, prereg, n_boot=n_boot, seed=seed)
+        png = [p for p in depth_figure(res, study_dir / "figures", formats) if p.endswith(".png")] if figures else []
+        res.figure = os.path.relpath(png[0], study_dir) if png else None
+        return res
+    except Exception as e:  # the control never takes the report down
+        return ControlResult(prereg, NO_DATA, notes=[f"the control analysis failed: {e.__class__.__name__}: {e}"])
 
 
 def detected_effects(study_dir: str | Path) -> dict[str, Any]:

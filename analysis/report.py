@@ -439,7 +439,7 @@ def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd
                     notes: Sequence[str], n_boot: int, seed: int, env: dict[str, str],
                     loop_sens: pd.DataFrame | None = None, loop_states: pd.DataFrame | None = None,
                     tasks: pd.DataFrame | None = None, attention: pd.DataFrame | None = None,
-                    control: CT.ControlResult | None = None, control_figure: str | None = None) -> str:
+                    control: CT.ControlResult | None = None) -> str:
     n_runs = int(df["run"].nunique()) if "run" in df and not df.empty else 0
     s = summary or {}
     L = [f"# LoopMDM claims report — {study}", "",
@@ -466,7 +466,7 @@ def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd
     inert = [c for c in claims if c.details.get("inert_runs")]
     if inert:
         L += [f"> **Inert looping:** {inert[0].details['inert_runs']} — see *Loop diagnostics*.", ""]
-    L += CT.section_md(control, control_figure)
+    L += CT.section_md(control)
     dis = multiplier_disagreements(claims)
     if dis:
         L += ["**The fitted multiplier and the paper-protocol multiplier disagree** (CIs do not overlap): "
@@ -559,9 +559,8 @@ def run_report(
     except Exception as e:  # diagnostics never take the report down
         notes.append(f"loop diagnostics failed: {e.__class__.__name__}: {e}")
         loop_sens = loop_states = pd.DataFrame()
-    control = CT.control_for_study(study_dir, df, tasks, loop_sens, n_boot=n_boot, seed=seed)
-    control_png = [p for p in CT.depth_figure(control, study_dir / "figures", formats) if p.endswith(".png")] \
-        if control is not None and figures else []
+    control = CT.control_for_study(study_dir, df, tasks, loop_sens, figures=figures, formats=formats, n_boot=n_boot,
+                                   seed=seed)
     figs: list[FigureResult] = []
     if figures and len(df) and not miss_core:
         figs = make_figures(df, tasks, fits, claims, study_dir / "figures", formats, loop_diag=loop_diag,
@@ -570,8 +569,7 @@ def run_report(
     missing = _missing_list(summary, df if not miss_core else pd.DataFrame(), fits, claims, [])
     env = environment()
     md = render_markdown(study, study_dir, summary, df, fits, claims, figs, missing, notes, n_boot, seed, env,
-                         loop_sens, loop_states, tasks, attention, control,
-                         os.path.relpath(control_png[0], study_dir) if control_png else None)
+                         loop_sens, loop_states, tasks, attention, control)
     payload = dict(study=study, generated=env, n_boot=n_boot, seed=seed, conventions=list(conventions),
                    input_problems=notes, collect=summary, fits=fits.to_dict() if fits else None,
                    claims=[c.to_dict() for c in claims], multiplier_disagreements=multiplier_disagreements(claims),

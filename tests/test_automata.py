@@ -109,8 +109,8 @@ def test_scoring_records_are_held_out_and_mask_only_computed_cells():
 
 @pytest.mark.parametrize("spec, words", [
     ("eca:300:16:8", "rule 300"), ("eca:30:2:8", "width 2"), ("eca:30:16:1", "rows 1"),
-    ("eca:30:16:8:0", "N 0"), ("eca:30:16:8:100:mirror", "boundary 'mirror'"), ("eca:30:16", "want eca:RULE"),
-    ("eca:x:16:8", "integers"), ("eca:30:16:8:fixed:100", "integers"), ("pointer:27:4", "nodes 27"),
+    ("eca:30:16:8:0", "N 0"), ("eca:30:16:8:100:mirror", "'mirror' is not a boundary"), ("eca:30:16", "want eca:RULE"),
+    ("eca:x:16:8", "integers"), ("eca:30:16:8:fixed:100", "'100' is not"), ("eca:30:16:8:fixed:fixed", "given once"), ("pointer:27:4", "nodes 27"),
     ("pointer:8:0", "hops 0"), ("pointer:8", "want pointer:NODES"), ("pointer:8:4:0", "N 0"),
 ])
 def test_bad_parameters_are_one_line_errors_naming_the_field(spec, words):
@@ -118,3 +118,20 @@ def test_bad_parameters_are_one_line_errors_naming_the_field(spec, words):
         corpora.resolve_corpus(spec)
     msg = str(exc.value)
     assert msg.startswith("data.corpus: ") and words in msg and "\n" not in msg
+
+
+def test_the_columns_layout_writes_each_cell_history_on_its_own_line():
+    rows_ = automata.parse("eca:54:6:4:5:fixed")
+    cols = automata.parse("eca:54:6:4:5:fixed:columns")
+    assert cols.spec == "eca:54:6:4:5:fixed:columns" and rows_.spec == "eca:54:6:4:5:fixed"  # rows: spec unchanged
+    assert automata.parse("eca:54:6:4:5:columns:fixed") == cols
+    assert cols.record_len == 6 * 5 + 1 and rows_.record_len == 4 * 7 + 1
+    assert cols.nll_floor == pytest.approx(6 * math.log(2) / 31)
+    for first in itertools.islice(cols.training_first_rows(), 5):
+        hist = cols.history(first)
+        text = cols.text(first)
+        assert text.split("\n")[:-1] == ["".join(str(hist[k][i]) for k in range(4)) for i in range(6)]
+        assert all(text[cols.position(k, i)] == str(hist[k][i]) for k in range(4) for i in range(6))
+    _, text, depths = cols.scoring_records(1)[0]
+    assert [len(d) for d in depths] == [6, 6, 6] and all(text[p] in "01" for d in depths for p in d)
+    assert {p % 5 for p in depths[1]} == {2}  # row 2 is the third character of every line

@@ -2,12 +2,18 @@
 
 A history is ``rows`` rows of ``width`` cells ('0'/'1'): row 0 is uniformly random, row k is the rule applied
 to row k-1 (Wolfram's numbering: new cell = bit ``4·left + 2·centre + right`` of ``rule``), with a periodic
-(wrap-around) or fixed (zeros outside) boundary. As model text it is laid out like a Sudoku grid, one line per
-row (``layout``: rows·(width+1) characters + eos = one aligned record of ``record_len`` tokens, trained with
-``data.align: true``): with relative positions only (RoPE) a cell's three parents then sit at the same offsets
-(−width−2, −width−1, −width) for every cell, so one rule step is one local look-back, and row k is k of them.
-That is what makes depth matter: with row 0 given and the rest masked, a network that computes one rule step
-per layer application fills row k only with >= k of them (`study.evaluate.automaton_eval` scores per row).
+(wrap-around) or fixed (zeros outside) boundary. As model text it is one aligned record of ``record_len``
+tokens (trained with ``data.align: true``), laid out either
+
+- ``rows``: one line per row (like a Sudoku grid): a cell's three parents sit width+2, width+1 and width tokens
+  back, the same offsets for every cell (with RoPE a look-back by a fixed relative offset); or
+- ``columns``: one line per cell, its history left to right (time runs along the line): a cell's centre parent
+  is the token just before it and its other parents rows+2 back and rows ahead. With short histories these
+  offsets are small, and sizing trials learned the rule far faster this way (issue 27's report).
+
+Either way row k needs k rule steps from row 0: with row 0 given and every later cell masked, a network that
+computes one rule step per layer application fills row k only with >= k of them
+(`study.evaluate.automaton_eval` scores per row).
 
 The random part of a record is its first row alone (the rest is a function of it, and the record contains it),
 so the entropy of a record is exactly width·ln 2 nats and the best any model can do is ``nll_floor`` =
@@ -27,8 +33,9 @@ from .tokenizers import DataError
 
 GENERATOR_VERSION = 1
 BOUNDARIES = ("periodic", "fixed")
+LAYOUTS = ("rows", "columns")
 DEFAULT_N = 20_000
-FORM = "eca:RULE:WIDTH:ROWS[:N][:periodic|fixed]"
+FORM = "eca:RULE:WIDTH:ROWS[:N][:periodic|fixed][:rows|columns]"
 MAX_WIDTH, MAX_ROWS = 512, 256
 
 
@@ -41,17 +48,24 @@ class Automaton:
     rows: int
     n: int = DEFAULT_N
     boundary: str = "periodic"
+    layout: str = "rows"
     depth_unit = "row"  # what depth k counts: row k needs k rule steps from row 0
     chance = 0.5  # accuracy of a guess per cell
 
     @property
     def spec(self) -> str:
-        return f"eca:{self.rule}:{self.width}:{self.rows}:{self.n}:{self.boundary}"
+        tail = "" if self.layout == "rows" else f":{self.layout}"  # rows: the spec (and cache key) it always had
+        return f"eca:{self.rule}:{self.width}:{self.rows}:{self.n}:{self.boundary}{tail}"
 
     @property
     def record_len(self) -> int:
-        """Tokens per record: rows lines of width cells + newline, then eos (a byte-level model's data.seq_len)."""
-        return self.rows * (self.width + 1) + 1
+        """Tokens per record: every cell, a newline per line, then eos (a byte-level model's data.seq_len)."""
+        lines, per_line = (self.rows, self.width) if self.layout == "rows" else (self.width, self.rows)
+        return lines * (per_line + 1) + 1
+
+    def position(self, k: int, i: int) -> int:
+        """Character position of cell i of row k in the record's text."""
+        return k * (self.width + 1) + i if self.layout == "rows" else i * (self.rows + 1) + k
 
     @property
     def nll_floor(self) -> float:
@@ -75,7 +89,8 @@ class Automaton:
         return rows
 
     def text(self, first: tuple[int, ...]) -> str:
-        return layout(self.history(first))
+        rows = self.history(first)
+        return layout(rows) if self.layout == "rows" else layout(list(zip(*rows)))
 
     def _first_rows(self, stream: str, seed: int) -> Iterator[tuple[int, ...]]:
         i = 0
@@ -103,8 +118,7 @@ class Automaton:
     def scoring_records(self, n: int, seed: int = 0) -> list[tuple[str, str, list[list[int]]]]:
         """Held-out (id, text, depths): ``depths[k-1]`` are the character positions of row k's cells, the cells
         a scorer masks (row 0, the line breaks and eos stay given)."""
-        line = self.width + 1
-        depths = [[k * line + i for i in range(self.width)] for k in range(1, self.rows)]
+        depths = [[self.position(k, i) for i in range(self.width)] for k in range(1, self.rows)]
         return [("".join(map(str, first)), self.text(first), depths) for first in self.test_first_rows(n, seed)]
 
 
@@ -114,26 +128,30 @@ def layout(rows: list[tuple[int, ...]]) -> str:
 
 
 def parse(spec: str) -> Automaton:
-    """``eca:RULE:WIDTH:ROWS[:N][:BOUNDARY]`` -> Automaton; a bad part is one DataError naming data.corpus."""
-    parts = str(spec).split(":")
-    if parts[0] != "eca" or not 4 <= len(parts) <= 6:
+    """``eca:RULE:WIDTH:ROWS[:N][:BOUNDARY][:LAYOUT]`` -> Automaton; a bad part is one DataError naming data.corpus."""
+    head, *parts = str(spec).split(":")
+    if head != "eca" or not 3 <= len(parts) <= 6:
         raise DataError("data.corpus", f"bad {spec!r}: want {FORM}, e.g. eca:30:16:8")
-    rest = parts[4:]
-    boundary = "periodic"
-    if rest and not rest[-1].isdigit():
-        boundary = rest.pop()
-    values = parts[1:4] + rest
-    if not all(v.isdigit() for v in values):
+    numbers, words = parts[:3], parts[3:]
+    if words and words[0].isdigit():
+        numbers.append(words.pop(0))
+    if not all(v.isdigit() for v in numbers):
         raise DataError("data.corpus", f"bad {spec!r}: RULE, WIDTH, ROWS and N are non-negative integers ({FORM})")
-    rule, width, rows, *n = map(int, values)
+    rule, width, rows, *n = map(int, numbers)
     n = n[0] if n else DEFAULT_N
+    choice = {"boundary": "periodic", "layout": "rows"}
+    for w in words:
+        kind = "boundary" if w in BOUNDARIES else "layout" if w in LAYOUTS else None
+        if kind is None or choice.get(f"{kind}_given"):
+            raise DataError("data.corpus", f"bad {spec!r}: {w!r} is not a boundary ({', '.join(BOUNDARIES)}) or a "
+                                           f"layout ({', '.join(LAYOUTS)}) given once after N ({FORM})")
+        choice[kind], choice[f"{kind}_given"] = w, "yes"
     problems = [msg for bad, msg in (
         (not 0 <= rule <= 255, f"rule {rule} is not an elementary rule (0..255)"),
         (not 3 <= width <= MAX_WIDTH, f"width {width} must be 3..{MAX_WIDTH}"),
         (not 2 <= rows <= MAX_ROWS, f"rows {rows} must be 2..{MAX_ROWS} (row 0 is given, later rows are computed)"),
         (n < 1, f"N {n} must be >= 1 (the number of histories)"),
-        (boundary not in BOUNDARIES, f"boundary {boundary!r} unknown; use {' or '.join(BOUNDARIES)}"),
     ) if bad]
     if problems:
         raise DataError("data.corpus", f"bad {spec!r}: {problems[0]} ({FORM})")
-    return Automaton(rule, width, rows, n, boundary)
+    return Automaton(rule, width, rows, n, choice["boundary"], choice["layout"])
