@@ -9,8 +9,10 @@ Partial sweeps are normal: a run without DONE.json is kept with ``done=False``; 
 evaluation is skipped and counted; a truncated last JSONL line (a run killed mid-write) is skipped and
 counted. What was skipped is returned in ``df.attrs['collect']`` and so reaches the report.
 
-Parameter counts come from ``meta.params`` in config.yaml (written by the run writer); the analysis
-deliberately does not import ``model/`` so it runs where torch is not installed.
+Parameter counts come from ``meta.params`` in config.yaml (the plan's record of the run). What a run's model
+costs per token — training, and one denoising step at inference, under every FLOPs convention, as
+``base + per_loop * S`` — is computed here from the config's model section through ``model.flops`` (torch-free),
+so no analysis ever rebuilds a model from a table row (`flops_per_token` reads it back).
 
 ``python -m analysis.collect STUDY_DIR`` writes STUDY_DIR/runs.parquet atomically.
 """
@@ -30,8 +32,10 @@ import pandas as pd
 import yaml
 
 import records
+from model import flops
+from model.config import ConfigError, ModelConfig
 
-from ._util import atomic_write_bytes
+from .paired import as_seq_array
 
 ROLE_TO_FAMILY = {"looped": "loopmdm", "baseline_same": "mdm", "baseline_deeper": "mdm_deeper"}
 
@@ -49,12 +53,15 @@ BASE_COLUMNS = [
     "world_size", "grad_accum",
     # the looped block's variant ("plain" = the weight-tied recurrence; model.loop_input/loop_embed/loop_norm)
     "variant",
+    # per-token FLOPs of the run's model, affine in the loop count S (see flops_per_token)
+    *(f"{kind}_flops_per_token_{part}_{conv}" for kind in ("train", "infer") for part in ("base", "per_loop")
+      for conv in flops.CONVENTIONS),
 ]
 EVAL_FIELDS = ["step", "tokens", "flops_6N_nonembed", "flops_6N_total", "flops_exact", "eval_loops",
                "exit_threshold", "nll", "nll_se", "mean_loops", "is_final", "nll_data_se", "n_seqs", "nll_per_seq"]
 FLOAT_COLUMNS = ["params_embedding", "params_nonembedding", "params_total", "params_effective", "budget_flops",
                  "tokens", "flops_6N_nonembed", "flops_6N_total", "flops_exact", "exit_threshold", "nll",
-                 "nll_se", "mean_loops", "nll_data_se"]
+                 "nll_se", "mean_loops", "nll_data_se", *(c for c in BASE_COLUMNS if "_flops_per_token_" in c)]
 INT_COLUMNS = ["d_model", "n_heads", "n_head_layers", "n_mid_layers", "n_tail_layers", "s_max", "n_layers",
                "seq_len", "global_batch", "step", "eval_loops", "seed", "n_seqs", "world_size", "grad_accum"]
 #: config sections that decide which eval sequences and which masking noise a run's evals see
@@ -88,14 +95,33 @@ def eval_set_key(cfg: dict[str, Any]) -> str | None:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _seq_list(v: Any) -> np.ndarray | None:
-    if v is None or isinstance(v, (float, int, str)):
-        return None
+def per_token_flops(cfg: dict[str, Any]) -> dict[str, float]:
+    """The run's model cost per token as ``base + per_loop * S`` (every convention is affine in S): training
+    (forward + backward) and one denoising step at inference, from the config through ``model.flops``. NaN
+    when the config's model section is not a valid model."""
+    cols = [c for c in BASE_COLUMNS if "_flops_per_token_" in c]
     try:
-        a = np.asarray(v, dtype=float)
-    except (TypeError, ValueError):
-        return None
-    return a if a.ndim == 1 and a.size else None
+        model = ModelConfig.from_dict(dict(cfg.get("model") or {}))
+        seq_len = int((cfg.get("data") or {})["seq_len"])
+    except (ConfigError, KeyError, TypeError, ValueError):
+        return dict.fromkeys(cols, math.nan)
+    out = {}
+    for kind, fn in (("train", flops.train_flops_per_token), ("infer", flops.inference_flops_per_token)):
+        for conv in flops.CONVENTIONS:
+            base = fn(model, seq_len, 0, conv)
+            out[f"{kind}_flops_per_token_base_{conv}"] = base
+            out[f"{kind}_flops_per_token_per_loop_{conv}"] = fn(model, seq_len, 1, conv) - base
+    return out
+
+
+def flops_per_token(table: pd.DataFrame | pd.Series, loops: Any, kind: str = "infer",
+                    convention: str = "exact") -> Any:
+    """FLOPs per token of the rows' models at ``loops`` (a number, or a column of them): ``kind`` 'train' for a
+    training step, 'infer' for one denoising step."""
+    conv = convention.removeprefix("flops_")
+    if isinstance(loops, pd.Series):  # nullable integer columns: a missing S is NaN FLOPs, not pd.NA
+        loops = pd.to_numeric(loops, errors="coerce").astype("float64")
+    return table[f"{kind}_flops_per_token_base_{conv}"] + loops * table[f"{kind}_flops_per_token_per_loop_{conv}"]
 
 
 FINE_TUNED = "fine-tuned: task scores only"  # a sft run has no held-out token set (load_task_evals reads it)
@@ -181,10 +207,10 @@ def read_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     try:
         cfg = records.read_config(run_dir)
     except yaml.YAMLError as e:
-        status["problem"] = f"unreadable config.yaml: {e.__class__.__name__}"
+        status["problem"] = f"unreadable {records.CONFIG}: {e.__class__.__name__}"
         return [], status
     if cfg is None:
-        status["problem"] = "no config.yaml"
+        status["problem"] = f"no {records.CONFIG}"
         return [], status
     meta = cfg.get("meta") or {}
     model = cfg.get("model") or {}
@@ -194,7 +220,7 @@ def read_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     params = meta.get("params") or {}
     status["run"] = str(meta.get("hash") or run_dir.name)
     if not params:
-        status["problem_params"] = "no meta.params in config.yaml (parameter counts are NaN)"
+        status["problem_params"] = f"no meta.params in {records.CONFIG} (parameter counts are NaN)"
     system = records.read_json(run_dir / records.SYSTEM) or {}
     log = records.read_evals(run_dir)
     evals, status["bad_lines"] = log.rows, log.bad_lines
@@ -218,7 +244,7 @@ def read_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         "lr_schedule": (cfg.get("optim") or {}).get("schedule"),
         "done": status["done"], "seed": cfg.get("seed"), "eval_set": eval_set_key(cfg),
         "world_size": system.get("world_size"), "grad_accum": system.get("grad_accum"),
-        "variant": variant_label(model),
+        "variant": variant_label(model), **per_token_flops(cfg),
     }
     for k, v in (meta.get("axes") or {}).items():
         base[f"axis_{k}"] = _axis_value(v)
@@ -250,7 +276,7 @@ def _coerce(df: pd.DataFrame) -> pd.DataFrame:
                           else False).astype(bool)
     for c in ("study", "run", "slug", "group", "role", "family", "budget_convention", "lr_schedule", "eval_set", "variant"):
         df[c] = df[c].astype("object").where(df[c].notna(), None)
-    df["nll_per_seq"] = pd.Series([_seq_list(v) for v in df["nll_per_seq"]], index=df.index, dtype="object")
+    df["nll_per_seq"] = pd.Series([as_seq_array(v) for v in df["nll_per_seq"]], index=df.index, dtype="object")
     return df
 
 
@@ -292,7 +318,7 @@ def collect(study_dir: str | Path, write: bool = True) -> pd.DataFrame:
     if write:
         buf = io.BytesIO()
         df.to_parquet(buf, index=False)
-        atomic_write_bytes(study_dir / "runs.parquet", buf.getvalue())
+        records.atomic_write_bytes(study_dir / records.RUNS_TABLE, buf.getvalue())
     return df
 
 
@@ -317,7 +343,7 @@ def newest_input_mtime(study_dir: str | Path) -> float:
 def load_or_collect(study_dir: str | Path, force: bool = False) -> pd.DataFrame:
     """Read runs.parquet unless it is missing, older than any input, or has an old schema."""
     study_dir = Path(study_dir)
-    pq = study_dir / "runs.parquet"
+    pq = study_dir / records.RUNS_TABLE
     if not force and pq.exists() and pq.stat().st_mtime >= newest_input_mtime(study_dir):
         try:
             df = pd.read_parquet(pq)
@@ -349,7 +375,7 @@ def load_task_evals(study_dir: str | Path) -> tuple[pd.DataFrame, list[str]]:
         try:
             cfg = records.read_config(run_dir) or {}
         except (OSError, yaml.YAMLError):
-            problems.append(f"{run_dir.name}: task evals present but config.yaml unreadable")
+            problems.append(f"{run_dir.name}: task evals present but {records.CONFIG} unreadable")
             continue
         meta = cfg.get("meta") or {}
         model = cfg.get("model") or {}
@@ -390,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("study_dir")
     ap.add_argument("--no-write", action="store_true", help="print the summary only")
     a = ap.parse_args(argv)
-    if not (Path(a.study_dir) / "runs").is_dir():
+    if not (Path(a.study_dir) / records.RUNS_DIR).is_dir():
         print(f"error: {a.study_dir}/runs does not exist (is this a study directory?)", file=sys.stderr)
         return 2
     df = collect(a.study_dir, write=not a.no_write)
@@ -400,11 +426,11 @@ def main(argv: list[str] | None = None) -> int:
     if s["skipped_no_evals"]:
         print(f"warning: {len(s['skipped_no_evals'])} run(s) without evaluations skipped")
     if s["bad_lines"]:
-        print(f"warning: {sum(s['bad_lines'].values())} unreadable evals.jsonl line(s) skipped")
+        print(f"warning: {sum(s['bad_lines'].values())} unreadable {records.EVALS} line(s) skipped")
     if s["no_params"]:
         print(f"warning: {len(s['no_params'])} run(s) without meta.params: parameter counts are NaN")
     if not a.no_write:
-        print(f"wrote {Path(a.study_dir) / 'runs.parquet'}")
+        print(f"wrote {Path(a.study_dir) / records.RUNS_TABLE}")
     return 0
 
 

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--summary", action="store_true", help="print only the one-line verdict (and the points that differ)")
     ns = ap.parse_args(argv)
     for d in (ns.a, ns.b):
-        if not (d / "runs").is_dir():
+        if not (d / records.RUNS_DIR).is_dir():
             print(f"error: {d} is not a study directory (no runs/)", file=sys.stderr)
             return 2
     rows, only = compare(ns.a, ns.b, ns.z)

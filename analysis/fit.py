@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from records import atomic_write_text
+
 from . import curves as F
-from ._util import atomic_write_text, dumps, fmt
+from .util import dumps, fmt
 
 LAWS = ("frontier", "parametric", "isoflop")
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import paired as PA
-from .claims.common import Z95
+from .bootstrap import Z95
 from .select import fixed_loops, unique_points
 
 INERT_NATS = 0.005

@@ -23,17 +23,22 @@ import numpy as np
 PAIRED, UNPAIRED = "paired", "unpaired MC"
 
 
-def seq_array(x: Any) -> np.ndarray | None:
-    """A usable per-sequence NLL array (>= 2 finite values), or None."""
+def as_seq_array(x: Any) -> np.ndarray | None:
+    """A per-sequence NLL list as a 1-d float array, or None when it is not one (missing, a scalar, text):
+    how the tidy table stores ``nll_per_seq``."""
     if x is None or isinstance(x, (float, int, str)):
         return None
     try:
         a = np.asarray(x, dtype=float)
     except (TypeError, ValueError):
         return None
-    if a.ndim != 1 or a.size < 2 or not np.isfinite(a).all():
-        return None
-    return a
+    return a if a.ndim == 1 and a.size else None
+
+
+def seq_array(x: Any) -> np.ndarray | None:
+    """A per-sequence NLL array a paired comparison can use (>= 2 values, all finite), or None."""
+    a = as_seq_array(x)
+    return a if a is not None and a.size >= 2 and np.isfinite(a).all() else None
 
 
 def _key(x: Any) -> str | None:
@@ -87,10 +92,3 @@ def method_note(methods: Sequence[str], n_seqs: Sequence[int], what: str, kind: 
                 f"eval sets or lengths) — wider than a paired comparison would give")
     return (f"{kind}: paired over {nstr} eval sequences for {k} of {n} {what}; unpaired MC errors for the other "
             f"{n - k} (no usable nll_per_seq)")
-
-
-def bootstrap_weights(n_seqs: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, N) multinomial resampling weights over sequences, each row summing to 1: ``W @ X`` gives
-    the bootstrap means of every row of X (N,) or columns of X (N, K) with the same resampled sequences,
-    which is what keeps comparisons paired inside each draw."""
-    return rng.multinomial(n_seqs, np.full(n_seqs, 1.0 / n_seqs), size=n_boot) / float(n_seqs)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from . import curves as F
-from ._util import CONVENTIONS, derive_rng, jsonable, normalise_convention
+from .util import CONVENTIONS, derive_rng, jsonable, normalise_convention
 from .select import choose_eval_loops, collapse_seeds, family_points, final_points, run_schedules
 
 FAMILIES = ("mdm", "loopmdm", "mdm_deeper")

@@ -18,11 +18,17 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ._util import atomic_write_text
+import records
 
 # A small-scale law in the Chinchilla form, in nats/token.
 LAW = dict(E=1.9, A=60.0, B=150.0, alpha=0.34, beta=0.30)
 
+
+
+def _heads(d: int) -> int:
+    """A head count a real model of width ``d`` could have (head dimension even, about 64 wide): the config
+    must describe a valid model, since collect reads its FLOPs from it."""
+    return next(h for h in range(max(1, d // 64), 0, -1) if d % h == 0 and (d // h) % 2 == 0)
 
 def law_loss(N: Any, D: Any, law: dict[str, float] = LAW) -> np.ndarray:
     return law["E"] + law["A"] / np.asarray(N, float) ** law["alpha"] + law["B"] / np.asarray(D, float) ** law["beta"]
@@ -164,7 +170,7 @@ def make_runs(spec: SyntheticSpec) -> list[dict[str, Any]]:
                                  "axes": {"size": float(N), "budget": float(C), "family": fam},
                                  "params": {"embedding": emb, "nonembedding": float(f["n_ne"]),
                                             "total": float(n_total), "effective": float(eff)}},
-                        "model": {"d_model": d, "n_heads": max(1, d // 64), "n_head_layers": hl,
+                        "model": {"d_model": d, "n_heads": _heads(d), "n_head_layers": hl,
                                   "n_mid_layers": ml_, "n_tail_layers": tl, "s_max": f["s_max"],
                                   "loop_dist": "uniform" if fam == "loopmdm" else "fixed", "vocab_size": spec.vocab},
                         "data": {"seq_len": 256}, "batch": {"global_batch": 64},
@@ -211,19 +217,19 @@ def write_study(study_dir: str | Path, spec: SyntheticSpec | None = None) -> Pat
     spec = spec or SyntheticSpec()
     study_dir = Path(study_dir)
     for r in make_runs(spec):
-        d = study_dir / "runs" / r["dir"]
+        d = study_dir / records.RUNS_DIR / r["dir"]
         d.mkdir(parents=True, exist_ok=True)
-        (d / "config.yaml").write_text(yaml.safe_dump(r["config"], sort_keys=False))
+        (d / records.CONFIG).write_text(yaml.safe_dump(r["config"], sort_keys=False))
         if r["evals"]:
-            (d / "evals.jsonl").write_text("".join(json.dumps(e) + "\n" for e in r["evals"]))
+            (d / records.EVALS).write_text("".join(json.dumps(e) + "\n" for e in r["evals"]))
         if r["done"]:
-            atomic_write_text(d / "DONE.json", json.dumps({"ok": True}))
+            records.atomic_write_text(d / records.DONE, json.dumps({"ok": True}))
         if r["failed"]:
-            (d / "FAILED.json").write_text(json.dumps({"error": "synthetic failure"}))
+            (d / records.FAILED).write_text(json.dumps({"error": "synthetic failure"}))
         if r["tasks"]:
-            (d / "evals").mkdir(exist_ok=True)
+            (d / records.EVALS_DIR).mkdir(exist_ok=True)
             for tk in r["tasks"]:
-                (d / "evals" / f"{tk['task']}-{tk['eval_config_hash']}-l{tk['loops']}.json").write_text(json.dumps(tk))
+                (d / records.EVALS_DIR / f"{tk['task']}-{tk['eval_config_hash']}-l{tk['loops']}.json").write_text(json.dumps(tk))
     return study_dir
 
 

@@ -13,6 +13,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from .flops import forward_flops
+
 LOOP_DISTS = ("uniform", "fixed")
 LOOP_INPUTS = ("none", "add", "concat")
 
@@ -155,8 +157,6 @@ class ModelConfig:
         ``tolerance`` away (E[S] x n_mid not integral: 1 + 2.5 + 1 = 4.5 layers), both bracketing depths are
         returned, lower first, so the comparison can be interpolated to equal compute instead of resting on
         a model 10% cheaper or dearer than the looped one."""
-        from .flops import forward_flops  # flops imports this module
-
         target = forward_flops(self, seq_len, self.expected_loops)
         ratio = lambda n: forward_flops(self.plain_stack(n), seq_len, 1) / target  # noqa: E731
         per_layer = forward_flops(self.plain_stack(2), seq_len, 1) - forward_flops(self.plain_stack(1), seq_len, 1)

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-from .config import ModelConfig
+if TYPE_CHECKING:  # annotations only: model.config imports this module (deeper_depths), never the reverse
+    from .config import ModelConfig
 
 CONVENTIONS = ("6N_nonembed", "6N_total", "exact")
 TIME_FREQS = 256  # sinusoidal features of t (model.transformer.TimeEmbedding)

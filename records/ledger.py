@@ -57,7 +57,7 @@ def slurm_queue(timeout_s: float = 20.0) -> dict[str, QueueEntry] | None:
     return queue
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -116,16 +116,16 @@ def ledger_failed(study_dir: PathLike, submission_id: str, error: str) -> None:
                                             "time": time.time(), "error": error})
 
 
-_AUTO: Any = object()  # 'take a queue snapshot yourself'
+TAKE_SNAPSHOT: Any = object()  # 'take a queue snapshot yourself'
 
 
-def known_jobs(study_dir: PathLike, queue: Queue | None = _AUTO) -> dict[str, KnownJob]:
+def known_jobs(study_dir: PathLike, queue: Queue | None = TAKE_SNAPSHOT) -> dict[str, KnownJob]:
     """Run hash -> its latest submission, with its queue state when it is in the SLURM queue.
 
     An intent without a "submitted" record is a submission interrupted around sbatch; its jobs, if any
     exist, are recovered from the queue by their comment (array task i -> i-th key). ``queue`` is a
     `slurm_queue()` snapshot; by default one is taken; None means unknown (no queue_state is filled)."""
-    if queue is _AUTO:
+    if queue is TAKE_SNAPSHOT:
         queue = slurm_queue()
     intents: dict[str, dict[str, Any]] = {}
     submitted: dict[str, dict[str, str]] = {}
@@ -160,7 +160,7 @@ def known_jobs(study_dir: PathLike, queue: Queue | None = _AUTO) -> dict[str, Kn
             if job_id is not None and queue is not None and job_id in queue:
                 state = queue[job_id].state
             elif job_id is not None and rec.get("executor") == "local" and job_id.isdigit() \
-                    and rec.get("host") == socket.gethostname() and _pid_alive(int(job_id)):
+                    and rec.get("host") == socket.gethostname() and pid_alive(int(job_id)):
                 state = "RUNNING"
             out[key] = KnownJob(key, sid, rec.get("executor", "?"), job_id, rec.get("time", 0.0), state)
     return out

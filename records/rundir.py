@@ -6,9 +6,11 @@ train, evaluate and analysis (docs/INTERFACES.md, "Run directory").
                                                           loops.jsonl (looped runs)     loop diagnostics
       ckpt/step_NNNNNNNN/  ... MANIFEST.json (last)        evals/<task>-<hash>.json      task results
       RUNNING.json (heartbeat)  DONE.json | FAILED.json | PREEMPTED.json                  markers
+      system.json      how it ran                         tb/                           TensorBoard mirror
       .lock            held (flock) by the live process that trains the run
 
-Nothing else in the project spells these names: everything reads and writes runs through this module.
+Nothing else in the project spells these names: everything reads and writes runs through this module (the
+study directory around ``runs/``: `records.studydir`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ SYSTEM = "system.json"  # how the run was executed (world size, precision, machi
 METRICS = "metrics.jsonl"
 EVALS = "evals.jsonl"
 LOOP_DIAG = "loops.jsonl"  # per-loop state diagnostics of looped runs at each eval point (model.diagnostics)
+TENSORBOARD_DIR = "tb"  # system.tensorboard: a mirror of the logs (the jsonl files are the record)
 EVALS_DIR = "evals"
 CKPT_DIR = "ckpt"
 CKPT_PREFIX = "step_"
@@ -89,6 +92,10 @@ def list_run_dirs(study_dir: PathLike) -> list[Path]:
 
 def task_eval_path(run_dir: PathLike, task: str, eval_hash: str) -> Path:
     return Path(run_dir) / EVALS_DIR / f"{safe_slug(task)}-{eval_hash}.json"
+
+
+def tensorboard_dir(run_dir: PathLike) -> Path:
+    return Path(run_dir) / TENSORBOARD_DIR
 
 
 def attention_path(run_dir: PathLike, settings_hash: str) -> Path:
@@ -258,9 +265,11 @@ def write_manifest(ckpt: PathLike) -> Path:
     return atomic_write_json(ckpt / MANIFEST, {"files": files, "time": time.time()})
 
 
-def verify_checkpoint(ckpt: PathLike, hashes: bool = True) -> str | None:
-    """None when the checkpoint is intact, else why not (a missing, truncated or altered file). A checkpoint
-    written before manifests existed is checked for its meta.json being readable only."""
+def verify_checkpoint(ckpt: PathLike) -> str | None:
+    """None when the checkpoint is intact, else why not (a missing, truncated or altered file). Sizes are
+    compared first (cheap: a truncated copy fails without reading it), then every file's SHA-256 (a same-size
+    corruption only the hash sees). A checkpoint written before manifests existed is checked for its meta.json
+    being readable only."""
     ckpt = Path(ckpt)
     manifest = read_json(ckpt / MANIFEST)
     if manifest is None:
@@ -275,7 +284,7 @@ def verify_checkpoint(ckpt: PathLike, hashes: bool = True) -> str | None:
             return f"{rel} is missing"
         if size != want.get("size"):
             return f"{rel} has {size} bytes, the manifest says {want.get('size')}"
-        if hashes and _sha256(p) != want.get("sha256"):
+        if _sha256(p) != want.get("sha256"):
             return f"{rel} does not match its SHA-256 in the manifest"
     return None
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from .io import PathLike, read_json, tail_jsonl
-from .ledger import _AUTO, KnownJob, Queue, _pid_alive, known_jobs, slurm_queue
+from .ledger import TAKE_SNAPSHOT, KnownJob, Queue, pid_alive, known_jobs, slurm_queue
 from .rundir import DONE, FAILED, METRICS, PREEMPTED, RUNNING, has_checkpoint, list_run_dirs, run_key
 
 # A heartbeat older than this, for a job we cannot ask the scheduler about, means the process is gone.
@@ -38,7 +38,7 @@ class RunStatus:
         return run_key(self.run_dir) if self.run_dir else None
 
 
-def run_status(run_dir: PathLike, *, queue: Queue | None = _AUTO, known: Mapping[str, KnownJob] | None = None,
+def run_status(run_dir: PathLike, *, queue: Queue | None = TAKE_SNAPSHOT, known: Mapping[str, KnownJob] | None = None,
                stale_after_s: float = STALE_AFTER_S, now: float | None = None) -> RunStatus:
     """The state of one run, from its files (and the scheduler where it can be asked).
 
@@ -50,7 +50,7 @@ def run_status(run_dir: PathLike, *, queue: Queue | None = _AUTO, known: Mapping
     nothing to resume from is pending. A FAILED.json newer than the heartbeat beats a lingering job."""
     rd = Path(run_dir)
     now = time.time() if now is None else now
-    if queue is _AUTO:
+    if queue is TAKE_SNAPSHOT:
         queue = slurm_queue()
     mtimes: dict[str, float] = {}
     try:
@@ -115,15 +115,15 @@ def _heartbeat_alive(hb: Mapping[str, Any], mtime: float, queue: Queue | None, s
     if age > stale_after_s:
         return False, f"heartbeat {age:.0f} s old", False
     pid = hb.get("pid")
-    if hb.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
+    if hb.get("host") == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
         return False, f"pid {pid} gone", False
     return True, f"heartbeat {age:.0f} s ago", False
 
 
-def scan_study(study_dir: PathLike, *, queue: Queue | None = _AUTO, stale_after_s: float = STALE_AFTER_S
+def scan_study(study_dir: PathLike, *, queue: Queue | None = TAKE_SNAPSHOT, stale_after_s: float = STALE_AFTER_S
                ) -> list[RunStatus]:
     """Status of every run directory of a study: one squeue call and one ledger read for all of them."""
-    if queue is _AUTO:
+    if queue is TAKE_SNAPSHOT:
         queue = slurm_queue()
     known = {k[:12]: v for k, v in known_jobs(study_dir, queue=queue).items()}
     now = time.time()

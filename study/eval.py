@@ -1,8 +1,8 @@
-"""``python -m study.eval``: see `study.cli` (every command line lives there)."""
+"""``python -m study.eval``: the program is `study.cli.eval`."""
 
 import sys
 
-from study.cli import eval_main
+from study.cli.eval import main
 
 if __name__ == "__main__":
-    sys.exit(eval_main())
+    sys.exit(main())

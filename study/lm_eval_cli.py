@@ -10,7 +10,7 @@ default of 1 is slow, and ``--device cpu`` on a machine without CUDA). For the l
 """
 
 import study.evaluate.lm_eval_model  # noqa: F401  (registers "loopmdm" on import)
-from study.cli import lm_eval_main
+from study.cli.lm_eval import main
 
 if __name__ == "__main__":
-    lm_eval_main()
+    main()

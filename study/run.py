@@ -1,8 +1,8 @@
-"""``python -m study.run``: see `study.cli` (every command line lives there)."""
+"""``python -m study.run``: the program is `study.cli.run`."""
 
 import sys
 
-from study.cli import run_main
+from study.cli.run import main
 
 if __name__ == "__main__":
-    sys.exit(run_main())
+    sys.exit(main())

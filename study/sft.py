@@ -1,8 +1,8 @@
-"""``python -m study.sft``: see `study.cli` (every command line lives there)."""
+"""``python -m study.sft``: the program is `study.cli.sft`."""
 
 import sys
 
-from study.cli import sft_main
+from study.cli.sft import main
 
 if __name__ == "__main__":
-    sys.exit(sft_main())
+    sys.exit(main())

@@ -1,8 +1,8 @@
-"""``python -m study.sweep``: see `study.cli` (every command line lives there)."""
+"""``python -m study.sweep``: the program is `study.cli.sweep`."""
 
 import sys
 
-from study.cli import sweep_main
+from study.cli.sweep import main
 
 if __name__ == "__main__":
-    sys.exit(sweep_main())
+    sys.exit(main())

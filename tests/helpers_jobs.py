@@ -30,7 +30,7 @@ def count(run_dir: str, n_steps: int = 30, step_s: float = 0.2) -> dict[str, Any
     records.atomic_write_json(ckpt, state)
     records.heartbeat(rd, step=state["step"])
     while state["step"] < n_steps:
-        if launch.PREEMPT.should_stop():
+        if launch.PREEMPT.stop_requested():
             records.atomic_write_json(ckpt, state)  # (already saved at the last boundary; a real trainer saves here)
             records.mark_preempted(rd, step=state["step"], signals=list(launch.PREEMPT.signals))
             launch.PREEMPT.exit_for_requeue()

@@ -52,13 +52,13 @@ def test_a_rise_over_loops_has_a_ci_above_zero_and_a_flat_share_does_not(tmp_pat
 
 def test_report_has_the_attention_section_and_figure(tmp_path):
     from analysis.figures import fig_attention
-    from analysis.report import _attention_md
+    from analysis.report.sections import attention_md
 
     study = _study(tmp_path, rising=True)
     att = load_attention(study)
     fig = fig_attention(att, study / "figures", formats=("png",))
     assert fig.made and (study / "figures" / "attention.png").stat().st_size > 5000
-    md = "\n".join(_attention_md(att, {"attention": fig}, study))
+    md = "\n".join(attention_md(att, {"attention": fig}, study))
     assert "## Mask-to-mask attention" in md and "| d64-l1.1.1-s4 | plain | 0 | 1 → 4 | +0.05" in md
     assert "](figures/attention.png)" in md
     assert not fig_attention(pd.DataFrame(), tmp_path).made  # nothing measured: skipped with a note

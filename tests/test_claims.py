@@ -108,12 +108,12 @@ def test_a_study_whose_loss_does_not_fall_with_compute_gets_no_multiplier_headli
     rng = np.random.default_rng(0)
     df["nll"] = 3.06 + rng.normal(0, 0.002, len(df))
     fits = fit_study(df, n_boot=NB, conventions=["flops_6N_nonembed"], extras=False)
-    cs = CL.evaluate_claims(df, fits, None, conventions=["flops_6N_nonembed"], n_boot=NB)
+    cs = CL.all_claims(df, fits, None, conventions=["flops_6N_nonembed"], n_boot=NB)
     mult = [c for c in cs if c.key.startswith(("multiplier", "protocol"))]
     assert mult and all(c.measured is None and c.verdict == CL.INCONCLUSIVE for c in mult)
     assert all("no headline" in c.measured_str() and "does not fall with compute" in c.caveats[0] for c in mult)
     # a study whose loss does fall keeps its headline
-    ok = CL.evaluate_claims(frontier_pair_table(3.3), fit_study(frontier_pair_table(3.3), n_boot=NB, extras=False,
+    ok = CL.all_claims(frontier_pair_table(3.3), fit_study(frontier_pair_table(3.3), n_boot=NB, extras=False,
                                                                  conventions=["flops_6N_nonembed"]),
                             None, conventions=["flops_6N_nonembed"], n_boot=NB)
     assert next(c for c in ok if c.key.startswith("multiplier")).measured is not None
@@ -234,7 +234,7 @@ def test_task_arrays_that_cannot_be_paired():
 def test_missing_inputs_give_inconclusive_with_caveats():
     empty = pd.DataFrame(columns=BASE_COLUMNS)
     fits = fit_study(empty, n_boot=10)
-    cs = CL.evaluate_claims(empty, fits, None, n_boot=10)
+    cs = CL.all_claims(empty, fits, None, n_boot=10)
     assert {c.key.split("[")[0] for c in cs} == {"multiplier", "protocol", "deeper", "loop_scaling", "adaptive", "task"}
     for c in cs:
         assert c.verdict == CL.INCONCLUSIVE and c.measured is None

@@ -3,7 +3,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pathlib import Path
+
 from analysis import control as CT
+from analysis.report.control import control_md
 
 N, K = 200, 6  # records, depths (rows 1..6)
 
@@ -54,7 +57,7 @@ def test_a_looping_effect_is_detected_with_paired_cis():
         assert by[key].low == pytest.approx(want) and by[key].high == pytest.approx(want)  # paired: no spread
     assert by["nll_sensitivity"].met and by["nll_sensitivity"].measured == pytest.approx(0.05)
     assert not res.inert.met
-    md = "\n".join(CT.section_md(res))
+    md = "\n".join(control_md(res, None, Path(".")))
     assert "looping effect detected" in md and "| LoopMDM | 8 |" in md and "+30.0 [+30.0, +30.0] points" in md
 
 
@@ -115,7 +118,7 @@ def test_preregistration_is_parsed_and_checked():
     for raw, field in (({"gate": {"min_acc": 0.9}}, "control.gate.min_acc"),
                        ({"gate": {"min_accuracy": 1.5}}, "control.gate.min_accuracy"),
                        ({"criteria": {"from_depth": 2.5}}, "control.criteria.from_depth"),
-                       ({"order": "diagonal"}, "control.order"), ({"verdict": 1}, "control.verdict"),
+                       ({"verdict": 1}, "control.verdict"),
                        ([1], "control")):
         with pytest.raises(CT.PreregistrationError) as exc:
             CT.Preregistration.from_spec(raw)
@@ -129,6 +132,9 @@ def test_a_spec_with_a_bad_control_section_is_refused_before_anything_runs(tmp_p
     spec = tmp_path / "s.yaml"
     spec.write_text("study: s\nbase: {budget: {steps: 5}}\ncontrol: {criteria: {min_gain_points: -1}}\n")
     with pytest.raises(ConfigError, match=r"control.criteria.min_gain_points: got -1.0"):
+        load_spec(spec)
+    spec.write_text("study: s\nbase: {budget: {steps: 5}}\ncontrol: {order: diagonal}\n")
+    with pytest.raises(ConfigError, match=r"control.order: got 'diagonal'; want one of parallel"):
         load_spec(spec)
     spec.write_text("study: s\nbase: {budget: {steps: 5}}\ncontrol: {gate: {min_accuracy: 0.9}}\n")
     assert load_spec(spec).control.gate_min_accuracy == 0.9

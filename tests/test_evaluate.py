@@ -16,8 +16,8 @@ from model.transformer import LoopOutput, LoopStats
 import records
 from model.config import ConfigError
 from study.cli import eval_main
-from study.evaluate import (DEFAULT_SCAN_LOOPS, EvalError, attention_shares, attention_stats, load_run,
-                            loop_scan)
+from study.evaluate import DEFAULT_SCAN_LOOPS, EvalError, attention_shares, attention_stats, load_run
+from study.evaluate.loop_scan import loop_scan
 from study.cli import sft_main
 from study.plan.finetune import sft_config
 
@@ -134,15 +134,15 @@ def test_bad_input_fails_with_a_message_naming_the_argument(runs, tmp_path, caps
     empty = tmp_path / "no_ckpt"
     empty.mkdir()
     shutil.copy(pre / "config.yaml", empty / "config.yaml")
-    with pytest.raises(EvalError, match=r"^run: .*no complete checkpoint"):
+    with pytest.raises(ConfigError, match=r"^run: .*no complete checkpoint"):  # the plan stage's lookup
         loop_scan(empty, loops=[1])
-    with pytest.raises(EvalError, match=r"^run: .*does not exist"):
+    with pytest.raises(ConfigError, match=r"^run: .*does not exist"):
         loop_scan(tmp_path / "nowhere", loops=[1])
     with pytest.raises(EvalError, match=r"^loops: got 0"):
         loop_scan(pre, loops=[1, 0])
     with pytest.raises(EvalError, match=r"^exit_thresholds: "):
         loop_scan(pre, loops=[1], exit_thresholds=[-0.1])
-    with pytest.raises(EvalError, match=r"^ckpt: no complete checkpoint at step 7.*available steps"):
+    with pytest.raises(ConfigError, match=r"^ckpt: no complete checkpoint at step 7.*available steps"):
         loop_scan(pre, loops=[1], ckpt=7)
     with pytest.raises(EvalError, match=r"^run: a sft run has no held-out"):
         loop_scan(sft, loops=[1])

@@ -113,20 +113,23 @@ def test_bootstrap_matches_individual_refits():
     """The batched warm-started solver must land where an independent tight L-BFGS-B refit lands."""
     from scipy.optimize import minimize
 
+    from analysis.bootstrap import bootstrap_weights
+    from analysis.curves import core, parametric
+
     N, D, L = _chinchilla_grid(seed=2)
     p = F.fit_parametric(N, D, L, n_boot=0)
-    model = F._ParametricModel()
+    model = core.ParametricModel()
     u, v, y = np.log(N) - p.u0, np.log(D) - p.v0, np.log(L)
-    W = F.bootstrap_weights(np.random.default_rng(0), np.arange(N.size), 4)
-    th, _, conv = F._batched_gn(model, np.repeat(p.theta[None], 4, 0), (u, v), y, W)
+    W = bootstrap_weights(np.random.default_rng(0), np.arange(N.size), 4)
+    th, _, conv = core.batched_gn(model, np.repeat(p.theta[None], 4, 0), (u, v), y, W)
     assert conv.all()
     for k in range(4):
-        fun = F._scipy_fun(model, (u, v), y, W[k], F.DELTA)
+        fun = core._scipy_fun(model, (u, v), y, W[k], F.DELTA)
         ref = minimize(fun, p.theta, jac=True, method="L-BFGS-B", bounds=list(zip(model.lb, model.ub)),
                        options=dict(ftol=1e-15, gtol=1e-12, maxiter=20000))
         assert fun(th[k])[0] <= ref.fun * (1 + 1e-6)
-        assert np.allclose(F._parametric_params(th[k], p.u0, p.v0)[0, 3:5],
-                           F._parametric_params(ref.x, p.u0, p.v0)[0, 3:5], atol=2e-3)
+        assert np.allclose(parametric._parametric_params(th[k], p.u0, p.v0)[0, 3:5],
+                           parametric._parametric_params(ref.x, p.u0, p.v0)[0, 3:5], atol=2e-3)
 
 
 def test_huber_resists_outlier_runs():

@@ -100,14 +100,30 @@ def test_preemption_flag_sets_and_restores_handlers() -> None:
     before = signal.getsignal(signal.SIGUSR2), signal.getsignal(signal.SIGTERM)
     flag = launch.install_preemption_flag(grace_s=0)
     try:
-        assert not flag.should_stop()
+        assert not flag.stop_requested()
         os.kill(os.getpid(), signal.SIGUSR2)
         time.sleep(0.05)
-        assert flag.should_stop() and flag.signals == ["SIGUSR2"]
+        assert flag.stop_requested() and flag.signals == ["SIGUSR2"]
     finally:
         flag.uninstall()
     assert (signal.getsignal(signal.SIGUSR2), signal.getsignal(signal.SIGTERM)) == before
     assert not flag.is_set()
+
+
+def test_saying_stop_disarms_the_watchdog() -> None:
+    """The watchdog is for a loop that never reaches a step boundary; once the loop polled the flag and was
+    told to stop it is checkpointing, and a long checkpoint must not be cut short by the alarm."""
+    flag = launch.PreemptionFlag().install(grace_s=30)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        pending = signal.alarm(0)
+        signal.alarm(pending)  # peek at the watchdog and leave it armed
+        assert flag.is_set() and pending > 0
+        assert flag.stop_requested()
+        assert signal.alarm(0) == 0
+    finally:
+        flag.uninstall()
 
 
 def test_interactive_ctrl_c_twice_interrupts() -> None:
@@ -116,7 +132,7 @@ def test_interactive_ctrl_c_twice_interrupts() -> None:
     try:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)
-        assert flag.should_stop() and flag.signals == ["SIGINT"]
+        assert flag.stop_requested() and flag.signals == ["SIGINT"]
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)
@@ -132,7 +148,7 @@ def test_exit_after_bare_sigterm_does_not_requeue() -> None:
     try:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.05)
-        assert flag.should_stop()
+        assert flag.stop_requested()
         with pytest.raises(SystemExit) as e:
             flag.exit_for_requeue()
         assert e.value.code == 128 + signal.SIGTERM

@@ -17,9 +17,11 @@ import yaml
 
 from helpers_eval import tiny_runs
 from study import cli
-from study.evaluate import tasks as eval_tasks
+from study.evaluate import task_scores as eval_tasks
 from study.evaluate import lm_tasks as tasks_mod
-from study.evaluate.tasks import EvalRequest, evaluate_tasks
+from study.evaluate.request import EvalRequest
+from study.evaluate.task_scores import evaluate_tasks
+from model.config import ConfigError
 from study.evaluate import EvalError, load_run
 from study.evaluate.lm_eval_model import LoopMDMLM
 
@@ -227,9 +229,9 @@ def test_bad_task_loops_and_run_fail_before_any_work(runs, tmp_path, monkeypatch
         raise AssertionError("weights loaded before the arguments were checked")
 
     monkeypatch.setattr(eval_tasks, "load_run", no_loading)
-    with pytest.raises(tasks_mod.TaskError, match="task 'no-such-task' does not exist"):
+    with pytest.raises(EvalError, match="^tasks: task 'no-such-task' does not exist"):
         evaluate_tasks(sft, request(tmp_path, tasks=["no-such-task"], limit=2))
-    with pytest.raises(tasks_mod.TaskError, match="gsm8k-synth"):
+    with pytest.raises(EvalError, match="^tasks: .*gsm8k-synth"):
         evaluate_tasks(sft, request(tmp_path, tasks=["gsm8k-synth:impossible"], limit=2))
     with pytest.raises(EvalError, match="^loops: got 0"):
         evaluate_tasks(sft, request(tmp_path, tasks=["gsm8k-synth-mc"], loops=[0]))
@@ -238,9 +240,9 @@ def test_bad_task_loops_and_run_fail_before_any_work(runs, tmp_path, monkeypatch
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "config.yaml").write_text((sft / "config.yaml").read_text())
-    with pytest.raises(EvalError, match="^run: .*no complete checkpoint"):
+    with pytest.raises(ConfigError, match="^run: .*no complete checkpoint"):
         LoopMDMLM(run=str(bare))
-    with pytest.raises(EvalError, match="^run: "):
+    with pytest.raises(ConfigError, match="^run: "):
         LoopMDMLM.create_from_arg_string("loops=2")
     assert cli.eval_main([str(sft), "--tasks", "no-such-task", "--quiet", "--cache-dir", str(tmp_path)]) == 2
 

@@ -40,7 +40,7 @@ def test_an_inert_looped_run_is_flagged_and_a_sensitive_one_is_not():
     note = LD.inert_note(LD.loop_sensitivity(df))
     assert note and note.startswith("1 of 2 looped run(s) are inert")
     # the claims about what looping buys name it; the adaptive-exit claim does not
-    cs = CL.evaluate_claims(df, StudyFits(loops=4, loops_note="S=4", conventions=("flops_exact",)), None,
+    cs = CL.all_claims(df, StudyFits(loops=4, loops_note="S=4", conventions=("flops_exact",)), None,
                             conventions=["flops_exact"], n_boot=50)
     by = {c.key: c for c in cs}
     assert note in by["loop_scaling"].caveats

@@ -92,7 +92,7 @@ def test_aligned_windows_are_whole_records():
 
 def test_a_run_trained_on_grids_is_scored_per_loop_count_and_not_recomputed(tmp_path):
     """End to end: the sudoku corpus, aligned records, training, and the infilling evaluation at S = 1, 2."""
-    from study.evaluate.loading import EvalError
+    from study.evaluate.request import EvalError
     from study.evaluate.sudoku_eval import sudoku_eval
     from study.plan import config as C
     from study.train import train

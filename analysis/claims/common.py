@@ -38,18 +38,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .._util import fmt, jsonable
+from ..bootstrap import Z80, Z95
+from ..util import fmt, fmt_near, jsonable
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 PAPER_MULTIPLIER = 3.3
 PAPER_GSM8K_POINTS = 8.5
-Z95 = 1.959963984540054
-Z80 = 0.8416212335729143  # one-sided: 80% power
 CONSISTENT, SMALLER, LARGER, UNDETERMINED = ("consistent with the paper", "smaller than the paper",
                                              "larger than the paper", "undetermined")
 
@@ -94,19 +93,19 @@ class Claim:
         return jsonable(dataclasses.asdict(self))
 
 
-def _ensure_columns(df: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
+def ensure_columns(df: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
     """Optional columns (per-sequence NLLs, eval-set keys, ...) as None when a table lacks them."""
     miss = [c for c in cols if c not in df.columns]
     return df.assign(**{c: None for c in miss}) if miss else df
 
 
-def _inconclusive(key: str, name: str, statement: str, paper_value: float | None, paper_text: str, unit: str,
+def inconclusive(key: str, name: str, statement: str, paper_value: float | None, paper_text: str, unit: str,
                   rule: str, *caveats: str, details: dict[str, Any] | None = None) -> Claim:
     return Claim(key, name, statement, paper_value, paper_text, None, None, None, unit, INCONCLUSIVE, rule,
                  [c for c in caveats if c], {"missing_input": True, **(details or {})})
 
 
-def _verdict_gt(low: float | None, high: float | None, null: float) -> str:
+def verdict_gt(low: float | None, high: float | None, null: float) -> str:
     """supported if the whole CI is above ``null``, not supported if the whole CI is below, else inconclusive."""
     if low is None or high is None or not (np.isfinite(low) or np.isinf(low)):
         return INCONCLUSIVE
@@ -117,7 +116,7 @@ def _verdict_gt(low: float | None, high: float | None, null: float) -> str:
     return INCONCLUSIVE
 
 
-def _magnitude_note(low: float | None, high: float | None, paper: float, unit: str = "") -> str:
+def magnitude_note(low: float | None, high: float | None, paper: float, unit: str = "") -> str:
     if low is None or high is None:
         return ""
     if low <= 0 < paper <= high:  # censored: only an upper end is known
@@ -127,7 +126,6 @@ def _magnitude_note(low: float | None, high: float | None, paper: float, unit: s
     if high < paper:
         return f"the CI lies below the paper's {paper:g}{unit}: the effect here is smaller than claimed"
     return f"the CI lies above the paper's {paper:g}{unit}: the effect here is larger than claimed"
-
 
 
 
@@ -198,3 +196,60 @@ def state_power(c: Claim) -> Claim:
         c.mde_text += ("; enough to detect the paper's value" if factor <= 1 else
                        f"; the paper's value needs ~{factor:.2g}x the data (eval sequences / groups)")
     return c
+
+
+def bounded_text(lo: float | None, hi: float | None, unit: str = "x") -> str:
+    """A censored multiplier (claims 1 and 2) in words: exact, 'not reached (< hi)', '>= lo', or a range."""
+    if lo is None or hi is None:
+        return "—"
+    if lo == hi or (lo > 0 and math.isfinite(hi) and fmt(lo) == fmt(hi)):
+        return f"{fmt(lo)}{unit}"
+    if lo <= 0 and math.isinf(hi):
+        return "not identified (censored both ways)"
+    if lo <= 0:
+        return f"not reached (< {fmt_near(hi)}{unit})"
+    if math.isinf(hi):
+        return f"≥ {fmt(lo)}{unit} (reached at the first eval point)"
+    return f"{fmt(lo)}–{fmt(hi)}{unit} (censored groups)"
+
+
+def bounded_ci_text(lo: float | None, hi: float | None, unit: str = "x") -> str:
+    """A multiplier CI whose ends may be censored (claims 1 and 2): '< hi', '≥ lo' or '[lo, hi]'."""
+    if lo is None or hi is None:
+        return "—"
+    if lo <= 0 and math.isinf(hi):
+        return "unbounded"
+    if lo <= 0:
+        return f"< {fmt_near(hi)}{unit}"
+    if math.isinf(hi):
+        return f"≥ {fmt_near(lo)}{unit}"
+    return f"[{fmt_near(lo)}, {fmt_near(hi)}]"
+
+
+def per_run_arrays(d: pd.DataFrame, cols: Sequence[str], order: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+    """Split a table into numpy arrays per run in one pass (pandas per-group filtering is ~100x slower)."""
+    if d.empty:
+        return {}
+    d = d.sort_values(["run", *order], kind="stable")
+    runs = d["run"].to_numpy()
+    cuts = np.flatnonzero(runs[1:] != runs[:-1]) + 1
+    arrs = {c: np.split(d[c].to_numpy(), cuts) for c in cols}
+    starts = np.concatenate([[0], cuts])
+    return {str(runs[i]): {c: arrs[c][k] for c in cols} for k, i in enumerate(starts)}
+
+
+def cell(s: Any) -> str:
+    """Text for a markdown table cell: no pipes, no line breaks."""
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+@dataclass(frozen=True)
+class Section:
+    """A claim's section of the report: its title, the figures it shows, and what it adds below each claim
+    of its kind (a table of groups, levels or thresholds) and after them all."""
+
+    key: str
+    title: str
+    figures: tuple[str, ...] = ()
+    details: Callable[[Claim], list[str]] | None = None
+    closing: Callable[[Sequence[Claim], Sequence[Claim]], list[str]] | None = None  # (its claims, all claims)

@@ -1,24 +1,18 @@
-"""Claims 1-2: the training-FLOPs multiplier, read off fitted frontiers and by the paper's own eval-point
-protocol."""
+"""Claim 1: the training-FLOPs multiplier, read off fitted compute frontiers (its computation, and its table in
+the report: the multiplier at three loss levels)."""
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import numpy as np
-import pandas as pd
 
 from .. import curves as F
-from .. import paired as PA
-from .._util import derive_rng, fmt, fmt_near, normalise_convention
-from ..select import CORE_COLUMNS, choose_eval_loops, missing_columns, protocol_points
 from ..study_fits import StudyFits
-from .common import INCONCLUSIVE, NOT_SUPPORTED, Claim, PAPER_MULTIPLIER, _ensure_columns, _inconclusive, _magnitude_note, _verdict_gt
+from ..util import fmt, normalise_convention
+from .common import (INCONCLUSIVE, NOT_SUPPORTED, PAPER_MULTIPLIER, Claim, Section, bounded_ci_text, inconclusive,
+                     magnitude_note, verdict_gt)
 
-
-
-# ---------------------------------------------------------------------------- 1. fitted multiplier
 MULT_RULE = ("supported if the 95% bootstrap CI of the multiplier (baseline FLOPs / LoopMDM FLOPs to reach the "
              "baseline's best observed loss, from fitted frontiers) lies above 1; not supported if it lies below 1; "
              "else inconclusive. If no LoopMDM run reached that loss, only an upper bound is stated (baseline FLOPs "
@@ -36,17 +30,17 @@ def claim_multiplier(fits: StudyFits, convention: str, *, paper: float = PAPER_M
     base, loop = fits.get_frontier("mdm", conv), fits.get_frontier("loopmdm", conv)
     if base is None or loop is None:
         miss = [f for f, v in (("mdm (baseline)", base), ("loopmdm", loop)) if v is None]
-        return _inconclusive(*args, f"no frontier for {', '.join(miss)} under {conv}: missing final evaluations "
+        return inconclusive(*args, f"no frontier for {', '.join(miss)} under {conv}: missing final evaluations "
                                     f"or FLOPs column")
     bad = [f"{f.family}: {f.message}" for f in (base, loop) if not f.ok]
     if bad:
-        return _inconclusive(*args, *(f"frontier fit not possible — {b}" for b in bad))
+        return inconclusive(*args, *(f"frontier fit not possible — {b}" for b in bad))
     L_star = base.loss_range[0]
     hi = min(base.loss_range[1], loop.loss_range[1])
     levels = np.linspace(L_star, hi, n_levels) if hi > L_star else np.array([L_star])
     m = F.efficiency_multiplier(base, loop, L_star, levels)
     v = m.value
-    verdict = _verdict_gt(v.low, v.high, 1.0)
+    verdict = verdict_gt(v.low, v.high, 1.0)
     measured, low, high = v.estimate, v.low, v.high
     measured_text = ci_text = None
     caveats: list[str] = []
@@ -80,7 +74,7 @@ def claim_multiplier(fits: StudyFits, convention: str, *, paper: float = PAPER_M
             f"LoopMDM run reached it with up to {fmt(c_max)} FLOPs, so the multiplier is below baseline FLOPs at that "
             f"loss ({fmt(cb)}) / {fmt(c_max)}; upper end of the CI from the baseline frontier's bootstrap")
         caveats.append(f"extrapolating LoopMDM's fitted frontier to that loss instead: "
-                       f"{_mult_text(v.estimate)} [{_mult_text(v.low)}, {_mult_text(v.high)}] (model-dependent)")
+                       f"{mult_text(v.estimate)} [{mult_text(v.low)}, {mult_text(v.high)}] (model-dependent)")
     else:
         if v.estimate is not None and not np.isfinite(v.estimate):
             measured, measured_text = None, "not reached by the fitted baseline frontier"
@@ -89,7 +83,7 @@ def claim_multiplier(fits: StudyFits, convention: str, *, paper: float = PAPER_M
         if (v.high is not None and not np.isfinite(v.high)) or (v.low is not None and not np.isfinite(v.low)):
             ci_text = bounded_ci_text(v.low if v.low is not None else 0.0, v.high, " x")
         caveats += list(m.extrapolated)
-    mag = _magnitude_note(low, high, paper, "x")
+    mag = magnitude_note(low, high, paper, "x")
     if mag:
         caveats.append(mag)
     for f in (base, loop):
@@ -109,7 +103,7 @@ def claim_multiplier(fits: StudyFits, convention: str, *, paper: float = PAPER_M
         ra = F.efficiency_multiplier(ab, al, L_star).value
         robust = dict(method=f"{ab.method} / {al.method}", value=ra.to_dict())
         caveats.append(f"robustness ({ab.method} frontiers for MDM, {al.method} for LoopMDM): "
-                       f"{_mult_text(ra.estimate)} [{_mult_text(ra.low)}, {_mult_text(ra.high)}]"
+                       f"{mult_text(ra.estimate)} [{mult_text(ra.low)}, {mult_text(ra.high)}]"
                        + (" (LoopMDM extrapolated)" if al.loss_range and al.loss_range[0] > L_star else ""))
     details = dict(convention=conv, eval_loops=fits.loops, curve=m.to_dict(), robustness=robust,
                    baseline_frontier={k: getattr(base, k).to_dict() for k in ("E", "A", "alpha")},
@@ -126,7 +120,7 @@ def claim_multiplier(fits: StudyFits, convention: str, *, paper: float = PAPER_M
 LEVEL_HI = 0.975
 
 
-def _mult_text(x: float | None) -> str:
+def mult_text(x: float | None) -> str:
     """A multiplier for prose: infinite = the frontier never reaches the loss, not a number."""
     if x is None:
         return "—"
@@ -135,255 +129,24 @@ def _mult_text(x: float | None) -> str:
     return f"{fmt(x)}x"
 
 
-# -------------------------------------------------------------------------- 2. paper's own protocol
-PROTO_RULE = ("per comparison group: baseline total FLOPs / FLOPs at which LoopMDM (fixed S) first reaches the "
-              "baseline's final NLL along its eval points (log-FLOPs interpolation; eval points at 0 FLOPs are not "
-              "used). A group where LoopMDM never reaches that NLL only bounds the multiplier from above "
-              "(< baseline FLOPs / LoopMDM's last-eval FLOPs); one where it is already below at its first eval "
-              "point only bounds it from below: such groups count as intervals, and every CI end takes the "
-              "conservative side. CI from a bootstrap of the eval noise — paired, resampling the shared eval "
-              "sequences (nll_per_seq) for every point of both runs at once, or, without per-sequence NLLs, drawing "
-              "each point from its MC standard error — and resampling of seeds and groups. Headline = median over "
-              "groups (the median, unlike a mean, stays defined when some groups are censored): supported if its "
-              "95% CI lies above 1, not supported if it lies at or below 1 (a never-reached bound is strict), else "
-              "inconclusive")
-
-NEVER, FIRST, EXACT = -1, 1, 0  # censoring codes of a crossing
-
-
-def _crossing(Ct: np.ndarray, Cb: float, L: np.ndarray, lb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Multiplier Cb / C* and its censoring code for each row of ``L`` (draws x eval points) against the
-    baseline loss ``lb`` (one per draw). C* = first crossing of the trajectory below lb, linear in log C
-    between eval points. Never reached (NEVER): the value is the upper bound Cb / C_last; reached at the
-    first eval point (FIRST): the value is the lower bound Cb / C_first. ``Ct`` must be > 0."""
-    L = np.atleast_2d(L)
-    lb = np.atleast_1d(lb)[:, None]
-    cond = L <= lb
-    reached = cond.any(axis=1)
-    k = np.argmax(cond, axis=1)
-    lc = np.log(Ct)
-    out = np.full(L.shape[0], Cb / Ct[-1])
-    code = np.full(L.shape[0], NEVER, dtype=np.int8)
-    first = reached & (k == 0)
-    out[first] = Cb / Ct[0]
-    code[first] = FIRST
-    mid = reached & (k > 0)
-    if mid.any():
-        kk = k[mid]
-        l0, l1 = L[mid, kk - 1], L[mid, kk]
-        step = l1 - l0
-        safe = np.where(step != 0, step, -1.0)
-        t = np.clip((lb[mid, 0] - l0) / safe, 0, 1)
-        out[mid] = Cb / np.exp(lc[kk - 1] + t * (lc[kk] - lc[kk - 1]))
-        code[mid] = EXACT
-    return out, code
+def details_md(c: Claim) -> list[str]:
+    """The fitted multiplier at the lowest, middle and highest loss level, and whether LoopMDM was seen there."""
+    cv = c.details.get("curve")
+    n = len(cv["loss_levels"]) if cv else 0
+    if not n:
+        return []
+    lr = c.details.get("loopmdm_loss_range")
+    L = ["| loss level | multiplier (fitted frontiers) | 95% CI | LoopMDM observed at this loss? |", "|---|---|---|---|"]
+    for i in sorted({0, n // 2, n - 1}):
+        lvl, est, lo, hi = cv["loss_levels"][i], cv["estimate"][i], cv["low"][i], cv["high"][i]
+        seen = "—" if not lr else ("yes" if lvl >= lr[0] else "no: extrapolated")
+        # None here = infinite or undefined (JSON has no inf): a frontier that never reaches the loss
+        ci = "—" if lo is None and hi is None else (
+            f"≥ {fmt(lo)} (upper end unbounded)" if hi is None else f"[{fmt(lo)}, {fmt(hi)}]")
+        L.append(f"| {fmt(lvl, 4)} | {'not defined' if est is None else fmt(est)} | {ci} | {seen} |")
+    return L + [""]
 
 
-def _bounds(value: np.ndarray, code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(lowest, highest) multiplier consistent with a censored crossing: never reached -> (0, bound),
-    reached at the first point -> (bound, inf), else (value, value)."""
-    return np.where(code == NEVER, 0.0, value), np.where(code == FIRST, np.inf, value)
-
-
-def _crossing_draws(Ct: np.ndarray, Lt: np.ndarray, St: np.ndarray, Cb: float, Lb: float, Sb: float,
-                    rng: np.random.Generator, n_boot: int, *, paired: tuple[np.ndarray, np.ndarray] | None = None,
-                    weights: np.ndarray | None = None) -> tuple[tuple[float, float], tuple[np.ndarray, np.ndarray], str]:
-    """Multiplier bounds (point, and ``n_boot`` draws) and the censoring status of the point.
-
-    Paired (``paired`` = (per-sequence NLLs of the trajectory (K, N), of the baseline (N,)) and
-    ``weights`` (n_boot, N) from ``paired.bootstrap_weights``): every draw resamples the same eval
-    sequences for all trajectory points and the baseline, so the shared sequence difficulty and masking
-    noise cancel in the comparison. Otherwise each point is drawn independently with its MC s.e."""
-    v, c = _crossing(Ct, Cb, Lt[None, :], np.array([Lb]))
-    plo, phi = _bounds(v, c)
-    status = {EXACT: "reached", NEVER: "not reached", FIRST: "reached at the first eval point"}[int(c[0])]
-    if paired is not None and weights is not None:
-        Pt, pb = paired
-        Lt_d = weights @ Pt.T
-        Lb_d = weights @ pb
-    else:
-        Lt_d = Lt[None, :] + rng.standard_normal((n_boot, Lt.size)) * np.nan_to_num(St, nan=0.0)[None, :]
-        Lb_d = Lb + rng.standard_normal(n_boot) * (0.0 if not np.isfinite(Sb) else Sb)
-    return (float(plo[0]), float(phi[0])), _bounds(*_crossing(Ct, Cb, Lt_d, Lb_d)), status
-
-
-def bounded_text(lo: float | None, hi: float | None, unit: str = "x") -> str:
-    """A censored estimate in words: exact, 'not reached (< hi)', '>= lo', or a range."""
-    if lo is None or hi is None:
-        return "—"
-    if lo == hi or (lo > 0 and math.isfinite(hi) and fmt(lo) == fmt(hi)):
-        return f"{fmt(lo)}{unit}"
-    if lo <= 0 and math.isinf(hi):
-        return "not identified (censored both ways)"
-    if lo <= 0:
-        return f"not reached (< {fmt_near(hi)}{unit})"
-    if math.isinf(hi):
-        return f"≥ {fmt(lo)}{unit} (reached at the first eval point)"
-    return f"{fmt(lo)}–{fmt(hi)}{unit} (censored groups)"
-
-
-def _bounded_value(lo: float, hi: float) -> float | None:
-    """A number for a partially identified estimate: the midpoint when both bounds are finite and > 0
-    (a narrow interval from censored groups near the median), else None (only a bound is known)."""
-    return (lo + hi) / 2 if lo > 0 and math.isfinite(hi) else None
-
-
-def bounded_ci_text(lo: float | None, hi: float | None, unit: str = "x") -> str:
-    """A CI whose ends may be censored: '< hi', '≥ lo' or '[lo, hi]'."""
-    if lo is None or hi is None:
-        return "—"
-    if lo <= 0 and math.isinf(hi):
-        return "unbounded"
-    if lo <= 0:
-        return f"< {fmt_near(hi)}{unit}"
-    if math.isinf(hi):
-        return f"≥ {fmt_near(lo)}{unit}"
-    return f"[{fmt_near(lo)}, {fmt_near(hi)}]"
-
-
-def _per_run_arrays(d: pd.DataFrame, cols: Sequence[str], order: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
-    """Split a table into numpy arrays per run in one pass (pandas per-group filtering is ~100x slower)."""
-    if d.empty:
-        return {}
-    d = d.sort_values(["run", *order], kind="stable")
-    runs = d["run"].to_numpy()
-    cuts = np.flatnonzero(runs[1:] != runs[:-1]) + 1
-    arrs = {c: np.split(d[c].to_numpy(), cuts) for c in cols}
-    starts = np.concatenate([[0], cuts])
-    return {str(runs[i]): {c: arrs[c][k] for c in cols} for k, i in enumerate(starts)}
-
-
-def _median_bounds(lo: np.ndarray, hi: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Bootstrap draws (n_boot, k) of k units' bounds -> draws of the bounds of their median, resampling
-    the units within each draw (the same resample for both bounds). The median is monotone, so the
-    medians of the bounds bound the median."""
-    if lo.shape[1] > 1:
-        idx = rng.integers(0, lo.shape[1], size=lo.shape)
-        lo, hi = np.take_along_axis(lo, idx, axis=1), np.take_along_axis(hi, idx, axis=1)
-    return np.median(lo, axis=1), np.median(hi, axis=1)
-
-
-def _ci_of_bounds(lo_draws: np.ndarray, hi_draws: np.ndarray, level: float) -> tuple[float | None, float | None]:
-    """Conservative CI: the lower end from the lower-bound draws, the upper end from the upper-bound draws."""
-    return F.percentile_ci(lo_draws, level)[0], F.percentile_ci(hi_draws, level)[1]
-
-
-def claim_protocol(df: pd.DataFrame, convention: str, *, loops: int | None = None, n_boot: int = 1000,
-                   seed: int = 0, paper: float = PAPER_MULTIPLIER, level: float = 0.95) -> Claim:
-    conv = normalise_convention(convention)
-    key = f"protocol[{conv}]"
-    name = f"2. multiplier by the paper's protocol (eval-point crossing, {conv})"
-    statement = "LoopMDM reaches the same-size MDM's final NLL with up to 3.3x fewer training FLOPs"
-    args = (key, name, statement, paper, "up to 3.3x", "x", PROTO_RULE)
-    need = CORE_COLUMNS + [conv, "nll_se", "seed"]
-    if missing_columns(df, need):
-        return _inconclusive(*args, f"missing columns: {', '.join(missing_columns(df, need))}")
-    if loops is None:
-        loops, _ = choose_eval_loops(df)
-    if loops is None:
-        return _inconclusive(*args, "no final fixed-loop evaluations of LoopMDM")
-    rng = derive_rng(seed, "protocol", conv)
-    df = _ensure_columns(df, ["nll_per_seq", "eval_set"])
-    sel = protocol_points(df, conv, loops)
-    mem, lt_tab, bt_tab = sel.membership, sel.looped, sel.baseline
-    unknown, cosine, n_mid_dropped = sel.unknown_schedule, sel.cosine, sel.n_mid_schedule_dropped
-    cols = [conv, "nll", "nll_se", "step", "nll_per_seq", "eval_set"]
-    traj = _per_run_arrays(lt_tab, cols, [conv, "step"])
-    fin = _per_run_arrays(bt_tab, cols, ["step"])
-    weights: dict[int, np.ndarray] = {}
-    methods: list[str] = []
-    n_paired: list[int] = []
-    budget_of = df.drop_duplicates("run").set_index("run")["budget_flops"]
-    groups = []
-    caveats: list[str] = []
-    for g, mg in mem.groupby("group", sort=False):
-        loop_runs = [r for r in mg.loc[mg["role"] == "looped", "run"] if r in traj]
-        base_runs = [r for r in mg.loc[mg["role"] == "baseline_same", "run"] if r in fin]
-        if not loop_runs or not base_runs:
-            continue
-        seeds = dict(zip(mg["run"], mg["seed"]))
-        pairs = [(lr, br) for lr in loop_runs for br in base_runs if seeds.get(lr) == seeds.get(br)] or \
-                [(lr, br) for lr in loop_runs for br in base_runs]
-        pts, dlo, dhi, stats = [], [], [], []
-        for lr, br in pairs:
-            t, b = traj[lr], fin[br]
-            S = PA.stack(list(t["nll_per_seq"]) + [b["nll_per_seq"][-1]],
-                         list(t["eval_set"]) + [b["eval_set"][-1]])
-            paired = w = None
-            if S is not None:
-                paired, n = (S[:-1], S[-1]), S.shape[1]
-                if n not in weights:
-                    weights[n] = PA.bootstrap_weights(n, n_boot, rng)
-                w = weights[n]
-            methods.append(PA.PAIRED if S is not None else PA.UNPAIRED)
-            n_paired.append(S.shape[1] if S is not None else 0)
-            p, (lo_d, hi_d), st = _crossing_draws(
-                t[conv].astype(float), t["nll"].astype(float), t["nll_se"].astype(float), float(b[conv][-1]),
-                float(b["nll"][-1]), float(b["nll_se"][-1]), rng, n_boot, paired=paired, weights=w)
-            pts.append(p)
-            dlo.append(lo_d)
-            dhi.append(hi_d)
-            stats.append(st)
-        v_lo, v_hi = float(np.median([p[0] for p in pts])), float(np.median([p[1] for p in pts]))
-        g_lo, g_hi = _median_bounds(np.stack(dlo, axis=1), np.stack(dhi, axis=1), rng)  # seed pairs resampled
-        lo, hi = _ci_of_bounds(g_lo, g_hi, level)
-        groups.append(dict(group=str(g), value=_bounded_value(v_lo, v_hi), value_low=v_lo, value_high=v_hi,
-                           low=lo, high=hi, text=bounded_text(v_lo, v_hi), ci_text=bounded_ci_text(lo, hi),
-                           n_pairs=len(pts), status=sorted(set(stats)), draws=(g_lo, g_hi),
-                           budget=float(pd.to_numeric(budget_of.get(pairs[0][1]), errors="coerce"))))
-    if not groups:
-        return _inconclusive(*args, "no comparison group has both a looped run (with evals at S="
-                             f"{loops}) and a same-size baseline with a final eval")
-    m_lo = float(np.median([gr["value_low"] for gr in groups]))
-    m_hi = float(np.median([gr["value_high"] for gr in groups]))
-    G_lo, G_hi = _median_bounds(np.stack([gr["draws"][0] for gr in groups], axis=1),
-                                np.stack([gr["draws"][1] for gr in groups], axis=1), rng)
-    lo, hi = _ci_of_bounds(G_lo, G_hi, level)
-    verdict = _verdict_gt(lo, hi, 1.0)
-    if hi is not None and hi <= 1.0:  # never reached at equal budget: the bound 1 is strict (m < 1)
-        verdict = NOT_SUPPORTED
-    mag = _magnitude_note(lo, hi, paper, "x")
-    if mag:
-        caveats.append(mag)
-    never = [gr for gr in groups if "not reached" in gr["status"]]
-    first = [gr for gr in groups if "reached at the first eval point" in gr["status"]]
-    if never:
-        caveats.append(f"in {len(never)} of {len(groups)} group(s) LoopMDM never reached the baseline's final NLL "
-                       f"within its run: there the multiplier is only known to be below baseline FLOPs / LoopMDM's "
-                       f"last-eval FLOPs")
-    if first:
-        caveats.append(f"in {len(first)} of {len(groups)} group(s) LoopMDM was already below the baseline's final NLL "
-                       f"at its first eval point: a lower bound only (earlier eval points would pin it down)")
-    if len(groups) > 1 and len(never) < len(groups):
-        best = max(groups, key=lambda gr: (gr["value_low"], gr["value_high"]))
-        caveats.append(f"largest single-group value {best['text']}, 95% CI {best['ci_text']} (group {best['group']}; "
-                       f"a maximum over groups is biased upward)")
-    if cosine:
-        caveats.append(f"{len(cosine)} run(s) use a cosine LR schedule: their {n_mid_dropped} mid-schedule eval "
-                       f"point(s) are left out (read mid-schedule, a cosine run looks worse than a run with that "
-                       f"budget would be); only their final points are used, so LoopMDM crossings on them are "
-                       f"bounds — prefer claim 1")
-    if unknown:
-        caveats.append(f"LR schedule unknown for {len(unknown)} run(s) (no optim.schedule in config.yaml): valid only "
-                       f"if they are constant-LR/WSD runs (mid-schedule points of a cosine run understate the loss "
-                       f"it would reach)")
-    caveats.append(PA.method_note(methods, n_paired, "LoopMDM/baseline pairs", kind="eval noise in the bootstrap"))
-    caveats.append(f"LoopMDM read at S={loops} loops")
-    if len(groups) == 1:
-        caveats.append("a single comparison group: the CI reflects eval noise (and seeds) only")
-    if all(gr["n_pairs"] == 1 for gr in groups):
-        caveats.append("one seed per config: training-seed variance is not in the CI")
-    details = dict(convention=conv, eval_loops=loops, groups=[{k: v for k, v in gr.items() if k != "draws"}
-                                                              for gr in groups], n_groups=len(groups),
-                   measured_low=m_lo, measured_high=m_hi, groups_never_reached=len(never),
-                   lr_schedules=dict(cosine_runs=len(cosine), unknown_runs=len(unknown),
-                                     mid_schedule_points_dropped=n_mid_dropped),
-                   groups_reached_at_first_point=len(first),
-                   eval_noise=dict(paired_pairs=methods.count(PA.PAIRED), unpaired_pairs=methods.count(PA.UNPAIRED),
-                                   n_seqs=sorted(set(n for n in n_paired if n))))
-    c = Claim(key, name, statement, paper, "up to 3.3x", _bounded_value(m_lo, m_hi), lo, hi, "x", verdict,
-              PROTO_RULE, caveats, details)
-    c.measured_text, c.ci_text = bounded_text(m_lo, m_hi), bounded_ci_text(lo, hi)
-    return c
-
-
+SECTION = Section("multiplier", "1. Training-FLOPs multiplier from fitted frontiers",
+                  ("loss_vs_flops_6N_nonembed", "loss_vs_flops_6N_total", "loss_vs_flops_exact", "multiplier_vs_loss",
+                   "isoflop_mdm", "isoflop_loopmdm", "training_curves"), details=details_md)

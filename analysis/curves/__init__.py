@@ -26,9 +26,12 @@ replication attempt", Porian et al. 2024 "Resolving discrepancies in compute-opt
   warm-started at the point fit. No per-replicate grid search: the point fit already located the basin.
 """
 
-from .core import budget_keys, fit_status, DELTA, FitDiagnostics, Interval, LEVEL, _FrontierModel, _Model, _ParametricModel, _batched_gn, _diagnostics, _gof, _interval, _multistart, _objective, _scipy_fun, bootstrap_weights, huber, mad_outliers, OUTLIER_K, mc_weights, percentile_ci  # noqa: F401
-from .frontier import FRONTIER_SELECT, FrontierFit, _PowerModel, _budget_minima_batched, _budget_minima_batched_y, _envelope_batched, _frontier_params, _frontier_starts, _gather_nonzero, _pad_power, _power_start, budget_minima, fit_frontier, lower_envelope  # noqa: F401
-from .parametric import ParametricFit, _parametric_params, _parametric_starts, fit_parametric  # noqa: F401
-from .isoflop import IsoFlopBudget, IsoFlopFit, PowerLaw, _wild_quad, _wquad, fit_frontier_isoflop, fit_isoflop, fit_power_law  # noqa: F401
-from .multiplier import MultiplierCurve, efficiency_multiplier  # noqa: F401
-from .backtests import Backtest, _split_largest, backtest_frontier, backtest_parametric  # noqa: F401
+from .backtests import Backtest, backtest_frontier, backtest_parametric
+from .core import DELTA, OUTLIER_K, FitDiagnostics, Interval, budget_keys, fit_status, huber, mad_outliers, mc_weights
+from .frontier import FRONTIER_SELECT, FrontierFit, budget_minima, fit_frontier, lower_envelope
+from .isoflop import IsoFlopBudget, IsoFlopFit, PowerLaw, fit_frontier_isoflop, fit_isoflop, fit_power_law
+from .multiplier import MultiplierCurve, efficiency_multiplier
+from .parametric import ParametricFit, fit_parametric
+
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("backtests", "core", "frontier", "isoflop",
+                                                                   "multiplier", "parametric")]

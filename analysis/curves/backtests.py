@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._util import jsonable
+from ..util import jsonable
 from .core import budget_keys
 from .frontier import fit_frontier
 from .parametric import fit_parametric

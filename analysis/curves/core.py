@@ -11,10 +11,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy.optimize import minimize
 
-from .._util import jsonable
+from ..bootstrap import LEVEL, percentile_ci
+from ..util import jsonable
 
 DELTA = 1e-3
-LEVEL = 0.95
 
 
 # --------------------------------------------------------------------------------------------- basics
@@ -57,22 +57,7 @@ def mad_outliers(resid: np.ndarray, k: float = OUTLIER_K, min_points: int = 5) -
     return dev > k * mad if mad > 0 else np.zeros(r.size, bool)
 
 
-def percentile_ci(samples: np.ndarray, level: float = LEVEL) -> tuple[float | None, float | None]:
-    """Percentile interval over the finite-or-infinite samples; NaN replicates (failed fits) dropped.
-
-    Infinite samples are legitimate (a family that never reaches a loss needs infinite FLOPs), so
-    we use an interpolation-free quantile that can return inf instead of inf-inf=NaN."""
-    s = np.asarray(samples, dtype=float)
-    s = s[~np.isnan(s)]
-    if s.size < 2:
-        return None, None
-    q = [(1 - level) / 2, 1 - (1 - level) / 2]
-    method = "inverted_cdf" if np.isinf(s).any() else "linear"
-    lo, hi = np.quantile(s, q, method=method)
-    return float(lo), float(hi)
-
-
-def _interval(estimate: float, samples: np.ndarray | None, level: float) -> Interval:
+def interval(estimate: float, samples: np.ndarray | None, level: float) -> Interval:
     if samples is None:
         return Interval(float(estimate), None, None, level)
     lo, hi = percentile_ci(samples, level)
@@ -97,31 +82,7 @@ def mc_weights(loss: np.ndarray, se: np.ndarray | None) -> np.ndarray | None:
     return w / w.mean()
 
 
-def bootstrap_weights(
-    rng: np.random.Generator, clusters: np.ndarray, n_boot: int, strata: np.ndarray | None = None
-) -> np.ndarray:
-    """(n_boot, n_points) integer weights equivalent to resampling clusters (runs) with replacement.
-
-    With ``strata`` (e.g. the budget of each run) clusters are resampled within each stratum so every
-    replicate keeps every budget, as an IsoFLOP design requires."""
-    clusters = np.asarray(clusters)
-    _, codes = np.unique(clusters, return_inverse=True)
-    n_c = codes.max() + 1 if codes.size else 0
-    counts = np.zeros((n_boot, n_c))
-    if strata is None:
-        counts[:] = rng.multinomial(n_c, np.full(n_c, 1.0 / n_c), size=n_boot)
-    else:
-        strata = np.asarray(strata)
-        c_stratum = np.empty(n_c, dtype=object)
-        c_stratum[codes] = strata
-        for s in np.unique(strata):
-            members = np.nonzero(c_stratum == s)[0]
-            k = members.size
-            counts[:, members] = rng.multinomial(k, np.full(k, 1.0 / k), size=n_boot)
-    return counts[:, codes]
-
-
-def _gof(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+def goodness_of_fit(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     """RMSE of log-loss residuals and R^2 of log loss (what the fit minimises, so what it is judged on)."""
     r = y - pred
     rmse = float(np.sqrt(np.mean(r**2))) if r.size else math.nan
@@ -131,7 +92,7 @@ def _gof(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------------------------- law models
-class _Model:
+class LawModel:
     """A law in log space with its Jacobian, batched over parameter vectors (B, p)."""
 
     names: tuple[str, ...] = ()
@@ -142,7 +103,7 @@ class _Model:
         raise NotImplementedError
 
 
-class _FrontierModel(_Model):
+class FrontierModel(LawModel):
     """log L = logaddexp(a' - alpha x, e) with x = log C - x0; theta = (a', e, alpha)."""
 
     names = ("a", "e", "alpha")
@@ -160,7 +121,7 @@ class _FrontierModel(_Model):
         return pred, jac
 
 
-class _ParametricModel(_Model):
+class ParametricModel(LawModel):
     """log L = LSE(a' - alpha u, b' - beta v, e), u = log N - u0, v = log D - v0;
     theta = (a', b', e, alpha, beta)."""
 
@@ -192,7 +153,7 @@ def _objective(pred: np.ndarray, y: np.ndarray, W: np.ndarray, delta: float) -> 
     return np.sum(W * huber(r, delta), axis=1) / (delta * np.maximum(W.sum(axis=1), 1e-300))
 
 
-def _scipy_fun(model: _Model, X, y, w, delta) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
+def _scipy_fun(model: LawModel, X, y, w, delta) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
     wsum = max(float(w.sum()), 1e-300)
 
     def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -206,8 +167,8 @@ def _scipy_fun(model: _Model, X, y, w, delta) -> Callable[[np.ndarray], tuple[fl
     return fun
 
 
-def _batched_gn(
-    model: _Model,
+def batched_gn(
+    model: LawModel,
     theta0: np.ndarray,
     X: tuple[np.ndarray, ...],
     y: np.ndarray,
@@ -281,8 +242,8 @@ def _batched_gn(
     return theta, F, conv
 
 
-def _multistart(
-    model: _Model,
+def multistart(
+    model: LawModel,
     X: tuple[np.ndarray, ...],
     y: np.ndarray,
     w: np.ndarray,
@@ -306,7 +267,7 @@ def _multistart(
         results.append(res)
     best = min(results, key=lambda r: r.fun if np.isfinite(r.fun) else np.inf)
     # Gauss-Newton polish from the winner: quadratic convergence where L-BFGS-B crawls on flat valleys.
-    th, Fp, cp = _batched_gn(model, best.x[None, :], X, y, W, delta, max_iter=500, ftol=1e-14, xtol=1e-10)
+    th, Fp, cp = batched_gn(model, best.x[None, :], X, y, W, delta, max_iter=500, ftol=1e-14, xtol=1e-10)
     theta = th[0] if Fp[0] <= best.fun else best.x
     f_best = float(min(Fp[0], best.fun))
     _, g = fun(theta)
@@ -353,8 +314,8 @@ class FitDiagnostics:
         return jsonable(dataclasses.asdict(self))
 
 
-def _diagnostics(info: dict[str, Any], y: np.ndarray, pred: np.ndarray) -> FitDiagnostics:
-    rmse, r2 = _gof(y, pred)
+def diagnose(info: dict[str, Any], y: np.ndarray, pred: np.ndarray) -> FitDiagnostics:
+    rmse, r2 = goodness_of_fit(y, pred)
     return FitDiagnostics(rmse_log=rmse, r2_log=r2,
                           max_abs_resid_log=float(np.max(np.abs(y - pred))) if y.size else math.nan, **info)
 

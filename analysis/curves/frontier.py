@@ -8,8 +8,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._util import jsonable
-from .core import fit_status, budget_keys, DELTA, FitDiagnostics, Interval, LEVEL, _FrontierModel, _Model, _batched_gn, _diagnostics, _interval, _multistart, bootstrap_weights
+from ..bootstrap import LEVEL, bootstrap_weights
+from ..util import jsonable
+from .core import DELTA, FitDiagnostics, FrontierModel, Interval, LawModel, batched_gn, budget_keys, diagnose, fit_status, interval, multistart
 
 
 # -------------------------------------------------------------------------------------- frontier
@@ -60,7 +61,7 @@ class FrontierFit:
     def _log_pred(self, theta: np.ndarray, C: np.ndarray) -> np.ndarray:
         x = np.log(np.asarray(C, float)) - self.x0
         with np.errstate(invalid="ignore"):  # failed bootstrap replicates are NaN rows
-            return _FrontierModel().pred_jac(np.atleast_2d(theta), (np.atleast_1d(x),))[0]
+            return FrontierModel().pred_jac(np.atleast_2d(theta), (np.atleast_1d(x),))[0]
 
     def predict(self, C: Any) -> np.ndarray:
         return np.exp(self._log_pred(self.theta, C)[0])
@@ -114,7 +115,7 @@ def _gather_nonzero(W: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.nda
     return x[order], y[order], Wg
 
 
-def _frontier_starts(y: np.ndarray) -> np.ndarray:
+def frontier_starts(y: np.ndarray) -> np.ndarray:
     lmin = float(np.exp(y.min()))
     lmed = float(np.exp(np.median(y)))
     es = np.log(lmin * np.array([0.05, 0.3, 0.6, 0.8, 0.9, 0.97]))
@@ -123,13 +124,13 @@ def _frontier_starts(y: np.ndarray) -> np.ndarray:
     return np.array(list(itertools.product(as_, es, als)))
 
 
-def _frontier_params(theta: np.ndarray, x0: float) -> np.ndarray:
+def frontier_params(theta: np.ndarray, x0: float) -> np.ndarray:
     """Internal (a', e, alpha) -> raw (E, A, alpha)."""
     theta = np.atleast_2d(theta)
     return np.stack([np.exp(theta[:, 1]), np.exp(theta[:, 0] + theta[:, 2] * x0), theta[:, 2]], axis=1)
 
 
-class _PowerModel(_Model):
+class _PowerModel(LawModel):
     """E fixed at 0 (pure power law): log L = a' - alpha x; theta = (a', alpha)."""
 
     names = ("a", "alpha")
@@ -267,10 +268,10 @@ def fit_frontier(
     x0 = float(np.mean(np.log(C[mask])))
     x = np.log(C) - x0
     y = np.log(loss)
-    model, pmodel = _FrontierModel(), _PowerModel()
+    model, pmodel = FrontierModel(), _PowerModel()
     theta, info, E_fixed, notes = _point_fit(model, pmodel, x[mask], y[mask], w[mask], delta, n_polish, fixed_E_fallback)
     pred_all = model.pred_jac(theta[None, :], (x,))[0][0]
-    diag = _diagnostics(info, y[mask], pred_all[mask])
+    diag = diagnose(info, y[mask], pred_all[mask])
     boot = None
     if n_boot and n_boot > 0:
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
@@ -281,9 +282,9 @@ def fit_frontier(
         if not E_fixed and n_fixed:
             notes.append(f"{n_fixed}/{int(n_boot)} bootstrap replicates fell back to E = 0 (their 3-parameter fit "
                          f"did not converge or put E at its bound)")
-    raw = _frontier_params(theta, x0)[0]
-    braw = _frontier_params(boot, x0) if boot is not None else None
-    ints = [_interval(raw[k], None if braw is None else braw[:, k], level) for k in range(3)]
+    raw = frontier_params(theta, x0)[0]
+    braw = frontier_params(boot, x0) if boot is not None else None
+    ints = [interval(raw[k], None if braw is None else braw[:, k], level) for k in range(3)]
     if E_fixed:
         ints[0] = Interval(0.0, None, None, level)
     elif ints[0].low is not None and ints[0].high - ints[0].low > 0.25 * float(loss[mask].min()):
@@ -313,7 +314,7 @@ def _frontier_mask(sel: str, C: np.ndarray, loss: np.ndarray, bud: np.ndarray | 
 def _point_fit(model, pmodel, x, y, w, delta: float, n_polish: int, fixed_E_fallback: bool):
     """The 3-parameter fit on the frontier points, falling back to E = 0 (a pure power law) when it does not
     converge or E runs to its bound. -> (theta, info, E_fixed, notes)."""
-    theta, info = _multistart(model, (x,), y, w, _frontier_starts(y), delta, n_polish)
+    theta, info = multistart(model, (x,), y, w, frontier_starts(y), delta, n_polish)
     notes: list[str] = []
     reason = None
     if not info["converged"]:
@@ -323,7 +324,7 @@ def _point_fit(model, pmodel, x, y, w, delta: float, n_polish: int, fixed_E_fall
     if reason and fixed_E_fallback:
         p_starts = np.array(list(itertools.product(
             float(np.median(y)) + np.log([0.5, 1.0, 2.0]), [0.03, 0.1, 0.3, 0.8])))
-        th2, info2 = _multistart(pmodel, (x,), y, w, p_starts, delta, min(n_polish, 4))
+        th2, info2 = multistart(pmodel, (x,), y, w, p_starts, delta, min(n_polish, 4))
         theta, info = _pad_power(th2)[0], info2
         info["at_bound"] = [n for n in info["at_bound"] if n != "a"]
         notes.append(f"E fixed at 0 (pure power law L = A·C^-α): {reason}")
@@ -345,28 +346,26 @@ def _bootstrap(model, pmodel, sel, rng, nb, x, y, C, loss, w, mask, pred_all, th
         Wb = _budget_minima_batched_y(Yfull, bud) * w[None, :]
     else:
         Wb = bootstrap_weights(rng, clusters, nb, strata) * w[None, :]
-    if Yfull is not None:
-        pass
-    elif sel == "envelope":
-        order = np.lexsort((loss, C))
-        inc = np.zeros_like(Wb, dtype=bool)
-        inc[:, order] = _envelope_batched(order, loss[order], Wb[:, order])
-        Wb = Wb * inc
-    elif sel == "budget_min":
-        Wb = _budget_minima_batched(loss, bud, Wb) * w[None, :]
+        if sel == "envelope":
+            order = np.lexsort((loss, C))
+            inc = np.zeros_like(Wb, dtype=bool)
+            inc[:, order] = _envelope_batched(order, loss[order], Wb[:, order])
+            Wb = Wb * inc
+        elif sel == "budget_min":
+            Wb = _budget_minima_batched(loss, bud, Wb) * w[None, :]
     npts = (Wb > 0).sum(axis=1)
     if Yfull is None:
         Xb, Yb, Wg = _gather_nonzero(Wb, x, y)  # each replicate only carries its own frontier points
     else:
         order = np.argsort(~(Wb > 0), axis=1, kind="stable")[:, : max(1, int(npts.max()))]
         Xb, Yb, Wg = x[order], np.take_along_axis(Yfull, order, 1), np.take_along_axis(Wb, order, 1)
-    th2b, F2, cv2 = _batched_gn(pmodel, np.repeat(_power_start(theta, x[mask], y[mask])[None, :], nb, 0),
+    th2b, F2, cv2 = batched_gn(pmodel, np.repeat(_power_start(theta, x[mask], y[mask])[None, :], nb, 0),
                                 (Xb,), Yb, Wg, delta)
     ok2 = (npts >= 2) & cv2 & np.isfinite(F2)
     if E_fixed:
         th, ok, n_fixed = _pad_power(th2b), ok2, int(ok2.sum())
     else:
-        th3, F3, cv3 = _batched_gn(model, np.repeat(theta[None, :], nb, 0), (Xb,), Yb, Wg, delta)
+        th3, F3, cv3 = batched_gn(model, np.repeat(theta[None, :], nb, 0), (Xb,), Yb, Wg, delta)
         ok3 = (npts >= 3) & cv3 & np.isfinite(F3) & (th3[:, 1] > model.lb[1] + 1e-6)
         use2 = ~ok3 & ok2 if fixed_E_fallback else np.zeros(nb, bool)
         th = np.where(use2[:, None], _pad_power(th2b), th3)

@@ -9,9 +9,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._util import jsonable
-from .core import budget_keys, DELTA, Interval, LEVEL, _FrontierModel, _batched_gn, _diagnostics, _gof, _interval, _multistart, bootstrap_weights
-from .frontier import FrontierFit, _frontier_params, _frontier_starts
+from ..bootstrap import LEVEL, bootstrap_weights
+from ..util import jsonable
+from .core import DELTA, FrontierModel, Interval, batched_gn, budget_keys, diagnose, goodness_of_fit, interval, multistart
+from .frontier import FrontierFit, frontier_params, frontier_starts
 
 
 # --------------------------------------------------------------------------------------- isoflop
@@ -32,7 +33,7 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> tuple[float, float,
     """(coef, exponent, r2) of y = coef x^exponent, OLS in log-log."""
     lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
     k, c = np.polyfit(lx, ly, 1)
-    rmse, r2 = _gof(ly, k * lx + c)
+    rmse, r2 = goodness_of_fit(ly, k * lx + c)
     return float(np.exp(c)), float(k), r2
 
 
@@ -227,8 +228,8 @@ def _one_budget(c: float, N, D, loss, clusters, se, Cs: dict, n_boot: int, boots
             kc, cc = np.polyfit(x[ok], np.log(cv[ok]), 1)
             c_star[name] = float(math.exp(kc * xs + cc))
     return IsoFlopBudget(
-        c, int(N.size), n_sizes, _interval(math.exp(xs + xc), bN, level),
-        float(math.exp(kd * xs + cd)), _interval(ls, bL, level), c2, edge, not edge, note,
+        c, int(N.size), n_sizes, interval(math.exp(xs + xc), bN, level),
+        float(math.exp(kd * xs + cd)), interval(ls, bL, level), c2, edge, not edge, note,
         N=N.tolist(), D=D.tolist(), loss=loss.tolist(), coeffs=coef.tolist(), xc=xc, C_star=c_star), draws
 
 
@@ -236,7 +237,7 @@ def _optimum_law(lc: np.ndarray, ly: np.ndarray, Y: np.ndarray | None, level: fl
     """log y* = k log C + c through the trusted budgets' optima, with the slope's and prefactor's replicates
     from each replicate's optima (``Y``: replicates x trusted budgets, NaN where a replicate has none)."""
     k, c0 = np.polyfit(lc, ly, 1)
-    _, r2 = _gof(ly, k * lc + c0)
+    _, r2 = goodness_of_fit(ly, k * lc + c0)
     ks = cs = None
     if Y is not None:
         M = np.isfinite(Y)
@@ -250,7 +251,7 @@ def _optimum_law(lc: np.ndarray, ly: np.ndarray, Y: np.ndarray | None, level: fl
         bad = cnt < 2
         ks[bad] = np.nan
         cs[bad] = np.nan
-    return PowerLaw(_interval(math.exp(c0), cs, level), _interval(k, ks, level), int(lc.size), r2)
+    return PowerLaw(interval(math.exp(c0), cs, level), interval(k, ks, level), int(lc.size), r2)
 
 
 def fit_frontier_isoflop(
@@ -280,11 +281,11 @@ def fit_frontier_isoflop(
         return FrontierFit(False, "non-positive IsoFLOP minimum", n_points=len(iso.budgets), **base)
     x0 = float(np.mean(np.log(Cst)))
     x, y = np.log(Cst) - x0, np.log(Ls)
-    model = _FrontierModel()
+    model = FrontierModel()
     w = np.ones(x.size)
-    theta, info = _multistart(model, (x,), y, w, _frontier_starts(y), delta, n_polish)
+    theta, info = multistart(model, (x,), y, w, frontier_starts(y), delta, n_polish)
     pred = model.pred_jac(theta[None, :], (x,))[0][0]
-    diag = _diagnostics(info, y, pred)
+    diag = diagnose(info, y, pred)
     boot = None
     if iso.boot_L_star is not None and iso.boot_L_star.shape[0] > 0:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -292,14 +293,14 @@ def fit_frontier_isoflop(
         Wb = np.isfinite(Yb).astype(float)
         Yb = np.where(np.isfinite(Yb), Yb, 0.0)
         nb = Yb.shape[0]
-        th, Fb, cv = _batched_gn(model, np.repeat(theta[None, :], nb, 0), (x,), Yb, Wb, delta)
+        th, Fb, cv = batched_gn(model, np.repeat(theta[None, :], nb, 0), (x,), Yb, Wb, delta)
         ok = cv & np.isfinite(Fb) & (Wb.sum(axis=1) >= 3)
         th[~ok] = np.nan
         boot = th
         diag.n_boot, diag.n_boot_ok = int(nb), int(ok.sum())
-    raw = _frontier_params(theta, x0)[0]
-    braw = _frontier_params(boot, x0) if boot is not None else None
-    ints = [_interval(raw[k], None if braw is None else braw[:, k], level) for k in range(3)]
+    raw = frontier_params(theta, x0)[0]
+    braw = frontier_params(boot, x0) if boot is not None else None
+    ints = [interval(raw[k], None if braw is None else braw[:, k], level) for k in range(3)]
     resid = [dict(C=float(c), loss=float(l), pred=float(np.exp(p)), resid_log=float(yy - p), on_frontier=True)
              for c, l, p, yy in zip(Cst, Ls, pred, y)]
     return FrontierFit(

@@ -8,8 +8,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._util import jsonable
-from .core import Interval, LEVEL, percentile_ci
+from ..bootstrap import LEVEL, percentile_ci
+from ..util import jsonable
+from .core import Interval
 from .frontier import FrontierFit
 
 

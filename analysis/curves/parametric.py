@@ -8,8 +8,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._util import jsonable
-from .core import fit_status, DELTA, FitDiagnostics, Interval, LEVEL, _ParametricModel, _batched_gn, _diagnostics, _interval, _multistart, bootstrap_weights
+from ..bootstrap import LEVEL, bootstrap_weights
+from ..util import jsonable
+from .core import DELTA, FitDiagnostics, Interval, ParametricModel, batched_gn, diagnose, fit_status, interval, multistart
 
 
 # ------------------------------------------------------------------------------------ parametric
@@ -41,7 +42,7 @@ class ParametricFit:
         u = np.log(np.asarray(N, float)) - self.u0
         v = np.log(np.asarray(D, float)) - self.v0
         u, v = np.broadcast_arrays(np.atleast_1d(u), np.atleast_1d(v))
-        return np.exp(_ParametricModel().pred_jac(self.theta[None, :], (u.ravel(), v.ravel()))[0][0]).reshape(u.shape)
+        return np.exp(ParametricModel().pred_jac(self.theta[None, :], (u.ravel(), v.ravel()))[0][0]).reshape(u.shape)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in (
@@ -100,22 +101,22 @@ def fit_parametric(
                                     f"(got {N.size} points)", family=family, n_points=int(N.size), n_runs=n_runs)
     u0, v0 = float(np.mean(np.log(N))), float(np.mean(np.log(D)))
     u, v, y = np.log(N) - u0, np.log(D) - v0, np.log(loss)
-    model = _ParametricModel()
-    theta, info = _multistart(model, (u, v), y, w, _parametric_starts(y), delta, n_polish)
+    model = ParametricModel()
+    theta, info = multistart(model, (u, v), y, w, _parametric_starts(y), delta, n_polish)
     pred = model.pred_jac(theta[None, :], (u, v))[0][0]
-    diag = _diagnostics(info, y, pred)
+    diag = diagnose(info, y, pred)
     boot = None
     if n_boot and n_boot > 0:
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         Wb = bootstrap_weights(rng, clusters, n_boot) * w[None, :]
-        th, Fb, cv = _batched_gn(model, np.repeat(theta[None, :], n_boot, 0), (u, v), y, Wb, delta)
+        th, Fb, cv = batched_gn(model, np.repeat(theta[None, :], n_boot, 0), (u, v), y, Wb, delta)
         ok = cv & np.isfinite(Fb)
         th[~ok] = np.nan
         boot = th
         diag.n_boot, diag.n_boot_ok = int(n_boot), int(ok.sum())
     raw = _parametric_params(theta, u0, v0)[0]
     braw = _parametric_params(boot, u0, v0) if boot is not None else None
-    ints = [_interval(raw[k], None if braw is None else braw[:, k], level) for k in range(7)]
+    ints = [interval(raw[k], None if braw is None else braw[:, k], level) for k in range(7)]
     resid = [dict(N=float(n), D=float(d), loss=float(l), pred=float(np.exp(p)), resid_log=float(yy - p))
              for n, d, l, p, yy in zip(N, D, loss, pred, y)]
     msg = fit_status(diag, int(N.size), 5)

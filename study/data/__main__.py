@@ -1,8 +1,8 @@
-"""``python -m study.data prepare TARGET``: see `study.cli.data_main` (every command line lives there)."""
+"""``python -m study.data prepare TARGET``: the program is `study.cli.data`."""
 
 import sys
 
-from study.cli import data_main
+from study.cli.data import main
 
 if __name__ == "__main__":
-    sys.exit(data_main())
+    sys.exit(main())

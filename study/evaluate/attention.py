@@ -14,8 +14,9 @@ from model.diffusion import Schedule, forward_mask
 import records
 
 
-from .loading import DEFAULT_ATTENTION_TS, EvalError, check_loops, checkpoint_identity, eval_tokens, load_run, short_hash
+from .loading import checkpoint_identity, eval_tokens, load_run, short_hash
 from .provenance import device_name, versions
+from .request import DEFAULT_ATTENTION_TS, EvalError, check_loops
 
 
 # ------------------------------------------------------------------------------------------ attention

@@ -29,25 +29,18 @@ import records
 from model.diffusion import INFILL_ORDERS, infill
 from study.data.corpora import ITERATED, iterated
 
-from .loading import EvalError, check_loops, checkpoint_identity, load_run, short_hash
+from .loading import checkpoint_identity, load_run, short_hash
 from .provenance import device_name, versions
+from .request import AUTOMATON_ORDERS, EvalError, check_loops, check_orders
 
 PARALLEL = "parallel"
-ORDERS = (PARALLEL,) + tuple(INFILL_ORDERS)
+assert set(AUTOMATON_ORDERS) == {PARALLEL, *INFILL_ORDERS}, "request.AUTOMATON_ORDERS is parallel + the infill orders"
 DEFAULT_LOOPS = (1, 2, 4, 8, 16)
 DEFAULT_RECORDS = 200
 
 
 def task_name(kind: str, order: str) -> str:
     return f"{kind}-{order}"
-
-
-def check_orders(orders: Sequence[str]) -> list[str]:
-    orders = [o.strip() for o in orders if o.strip()]
-    bad = [o for o in orders if o not in ORDERS]
-    if bad or not orders:
-        raise EvalError("automaton_orders", f"got {','.join(bad) or 'nothing'}; allowed: {', '.join(ORDERS)}")
-    return orders
 
 
 def depth_accuracy(pred: torch.Tensor, truth: torch.Tensor, depths: list[list[int]]) -> torch.Tensor:

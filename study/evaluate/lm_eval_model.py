@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from model import sample
 from model.diffusion import REMASKING
-from study.evaluate.loading import EvalError, LoadedRun, check_loops, load_run
+from study.evaluate.loading import LoadedRun, load_run
+from study.evaluate.request import EvalError, check_loops
 
 #: lm-eval generation_kwargs the sampler honours; any other is refused (see LoopMDMLM._gen_settings)
 GEN_KWARGS = frozenset({"until", "max_gen_toks", "do_sample", "temperature"})

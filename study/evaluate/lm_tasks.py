@@ -30,8 +30,8 @@ from pathlib import Path
 
 import yaml
 
-from model.config import ConfigError
 import records
+from study.evaluate.request import EvalError
 
 HERE = Path(__file__).resolve().parent
 #: the packaged task YAMLs: lm-eval's own CLI reads them with ``--include_path`` (see docs/INTERFACES.md)
@@ -41,14 +41,6 @@ FEWSHOT_POOL = 64  # generated train-split problems offered to lm-eval as few-sh
 GSM8K_METRIC = "exact_match,strict-match"
 MC_METRIC = "acc,none"
 ENV_GSM8K_DIR = "LOOPMDM_GSM8K_DIR"
-
-
-class TaskError(ConfigError):
-    """A task spec cannot be resolved; the message starts with the argument to change."""
-
-    @property
-    def arg(self) -> str:
-        return self.field
 
 
 @dataclass
@@ -73,11 +65,11 @@ def parse(spec: str) -> TaskSpec:
     """Canonical name and kind of a task spec (no I/O): equal settings get equal names however spelled."""
     spec = str(spec).strip()
     if not spec:
-        raise TaskError("tasks", "empty task name")
+        raise EvalError("tasks", "empty task name")
     head, _, rest = spec.partition(":")
     if head == "gsm8k-local":
         if rest:
-            raise TaskError("tasks", f"{spec!r}: gsm8k-local takes no options (point --gsm8k-dir at the data)")
+            raise EvalError("tasks", f"{spec!r}: gsm8k-local takes no options (point --gsm8k-dir at the data)")
         return TaskSpec(spec, "gsm8k-local", "gsm8k-local", GSM8K_METRIC)
     if head in ("gsm8k-synth", "gsm8k-synth-mc"):
         from study.data import gsm8k_synth
@@ -90,13 +82,13 @@ def parse(spec: str) -> TaskSpec:
             if n < 1 or len(parts) > 2:
                 raise ValueError("N must be >= 1")
         except ValueError as exc:
-            raise TaskError("tasks", f"bad {spec!r}: want {head}[:DIFFICULTY[:N]], DIFFICULTY 1..5 or "
+            raise EvalError("tasks", f"bad {spec!r}: want {head}[:DIFFICULTY[:N]], DIFFICULTY 1..5 or "
                                      f"tiny/easy/medium/hard/mixed, N an integer >= 1 ({exc})") from None
         name = head if (difficulty, n) == SYNTH_DEFAULTS else f"{head}-{difficulty}-{n}"
         metric = MC_METRIC if head.endswith("-mc") else GSM8K_METRIC
         return TaskSpec(spec, name, head, metric, difficulty=str(difficulty), n=n)
     if not re.fullmatch(r"[\w.\-]+", spec):
-        raise TaskError("tasks", f"{spec!r} is not a task name (letters, digits, _ . - only)")
+        raise EvalError("tasks", f"{spec!r} is not a task name (letters, digits, _ . - only)")
     return TaskSpec(spec, spec, "lm-eval", None)
 
 
@@ -170,12 +162,12 @@ def _materialize(ts: TaskSpec, gsm8k_dir: Path | None, num_fewshot: int) -> None
         folder = Path(gsm8k_dir).expanduser().resolve() if gsm8k_dir else None
         if folder is None or not (folder / "test.jsonl").is_file():
             where = f"{folder}/test.jsonl does not exist" if folder else "no GSM8K directory given"
-            raise TaskError("gsm8k_dir", f"{where}; pass --gsm8k-dir DIR (test.jsonl, train.jsonl from "
+            raise EvalError("gsm8k_dir", f"{where}; pass --gsm8k-dir DIR (test.jsonl, train.jsonl from "
                                          f"openai/gsm8k) or set ${ENV_GSM8K_DIR}; on a machine with the hub "
                                          f"use the task 'gsm8k' instead")
         train = folder / "train.jsonl" if (folder / "train.jsonl").is_file() else None
         if num_fewshot and train is None:
-            raise TaskError("num_fewshot", f"{num_fewshot}-shot needs {folder}/train.jsonl (few-shot examples "
+            raise EvalError("num_fewshot", f"{num_fewshot}-shot needs {folder}/train.jsonl (few-shot examples "
                                            f"must not come from the test set); use --num-fewshot 0")
         ts.fingerprint = {"test_sha": _sha_file(folder / "test.jsonl"),
                           "train_sha": _sha_file(train) if train else None}
@@ -184,7 +176,7 @@ def _materialize(ts: TaskSpec, gsm8k_dir: Path | None, num_fewshot: int) -> None
     ts.fingerprint = {"generator_version": gsm8k_synth.GENERATOR_VERSION, "difficulty": ts.difficulty, "n": ts.n,
                       "seed": 0}
     if ts.kind == "gsm8k-synth-mc" and num_fewshot:
-        raise TaskError("num_fewshot", f"{ts.name} is zero-shot only (its context already holds a worked "
+        raise EvalError("num_fewshot", f"{ts.name} is zero-shot only (its context already holds a worked "
                                        f"solution); use --num-fewshot 0")
     base = "gsm8k_synth.yaml" if ts.kind == "gsm8k-synth" else "gsm8k_synth_mc.yaml"
     ts.yaml_text = _variant_yaml(base, ts.name, {"difficulty": ts.difficulty, "n": ts.n}, num_fewshot)
@@ -199,7 +191,7 @@ def prepare(specs: list[str], cache_dir: str | Path, gsm8k_dir: str | Path | Non
     tasks = [parse(s) for s in specs]
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
-        raise TaskError("tasks", f"a task is listed twice: {names}")
+        raise EvalError("tasks", f"a task is listed twice: {names}")
     root = Path(cache_dir).expanduser().resolve() / "lm_eval_tasks"
     gsm8k_dir = gsm8k_dir if gsm8k_dir is not None else default_gsm8k_dir()
     local = [t for t in tasks if t.local]
@@ -226,6 +218,6 @@ def check_exist(tasks: list[TaskSpec], task_manager) -> None:
             close = difflib.get_close_matches(t.name, sorted(known) + ["gsm8k-local", "gsm8k-synth",
                                                                        "gsm8k-synth-mc"], n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise TaskError("tasks", f"task {t.spec!r} does not exist.{hint} Local tasks: gsm8k-local, "
+            raise EvalError("tasks", f"task {t.spec!r} does not exist.{hint} Local tasks: gsm8k-local, "
                                      f"gsm8k-synth[:DIFFICULTY[:N]], gsm8k-synth-mc[:DIFFICULTY[:N]]; "
                                      f"lm-eval's own: `lm-eval ls tasks`")

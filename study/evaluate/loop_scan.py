@@ -9,12 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-
-from model import flops, validation_nll
 import records
+from model import flops, validation_nll
 
-
-from .loading import DEFAULT_SCAN_LOOPS, EvalError, check_loops, check_thresholds, checkpoint_identity, eval_tokens, inference_flops, load_run
+from .loading import checkpoint_identity, eval_tokens, load_run
+from .request import DEFAULT_SCAN_LOOPS, EvalError, check_loops, check_thresholds
 
 
 # ------------------------------------------------------------------------------------------ loop scan
@@ -47,7 +46,7 @@ def loop_scan(run_dir: str | Path, loops: Sequence[int] = DEFAULT_SCAN_LOOPS,
     n_seqs = n_seqs or cfg.eval.n_seqs
     seed = cfg.eval.seed if seed is None else seed
     cap = exit_cap or max(loops or [cfg.model.s_max])
-    evals_path = run_dir / "evals.jsonl"
+    evals_path = run_dir / records.EVALS
     have = {_scan_key(r): r for r in records.read_jsonl(evals_path) if r.get("scan")}
     base = {"step": step, "tokens": meta.get("tokens"), **{f"flops_{c}": meta.get(f"flops_{c}") for c in flops.CONVENTIONS}}
     run = tokens = None
@@ -64,7 +63,7 @@ def loop_scan(run_dir: str | Path, loops: Sequence[int] = DEFAULT_SCAN_LOOPS,
             run = load_run(run_dir, records.ckpt_step(path), device, prefer_ema=(weights == "ema"))
         est = validation_nll(run.model, tokens, loops=s, n_draws=n_draws, seed=seed,
                              batch_size=batch_size or cfg.eval.batch_size, exit_threshold=eps)
-        row = {**base, **ident, **est.to_dict(), **inference_flops(cfg, est.mean_loops), "is_final": False,
+        row = {**base, **ident, **est.to_dict(), **_inference_flops(cfg, est.mean_loops), "is_final": False,
                "scan": True, "run_hash": run_hash}
         records.append_jsonl(evals_path, row)
         have[key] = row
@@ -75,3 +74,8 @@ def loop_scan(run_dir: str | Path, loops: Sequence[int] = DEFAULT_SCAN_LOOPS,
                   f"mean loops {est.mean_loops:.2f}", flush=True)
     return out
 
+
+def _inference_flops(cfg, loops: float) -> dict[str, float]:
+    """One denoising step's FLOPs per token at the loops actually used, under every convention."""
+    per = flops.all_conventions(flops.inference_flops_per_token, cfg.model, cfg.data.seq_len, loops)
+    return {f"infer_flops_per_token_{c}": v for c, v in per.items()}

@@ -19,8 +19,9 @@ import records
 from model.diffusion import INFILL_ORDERS, infill
 from study.data import sudoku
 
-from .loading import EvalError, check_loops, checkpoint_identity, load_run, short_hash
+from .loading import checkpoint_identity, load_run, short_hash
 from .provenance import device_name, versions
+from .request import EvalError, check_loops
 
 TASK = "sudoku"
 DEFAULT_LOOPS = (1, 2, 4, 8, 16)

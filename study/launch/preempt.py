@@ -26,8 +26,9 @@ other ranks) and lose everything since the last periodic checkpoint. Our coopera
 1. `ResumableRun.__call__` (so: after submitit installed its handlers) calls `install_preemption_flag()`,
    which puts a handler on the preemption signal and on SIGTERM that only records the signal and sets
    the module-level `PREEMPT` flag; submitit's handlers are kept to be called later.
-2. The training loop polls ``PREEMPT.should_stop()`` at each step boundary (an OR across ranks, so every
-   rank stops at the same step), saves a checkpoint, writes PREEMPTED.json, then calls
+2. The training loop polls the stop callable it was given, ``PREEMPT.stop_requested``, at each step boundary
+   (and ORs the answer across ranks itself, so every rank stops at the same step; saying yes disarms the
+   watchdog below), saves a checkpoint, writes the run's preemption marker, then calls
    ``PREEMPT.exit_for_requeue()``. If the preemption signal came, that calls submitit's saved handler:
    ``ResumableRun.checkpoint()`` returns a ``DelayedSubmission`` of itself (the trainer resumes from its
    own newest checkpoint at every start, so requeue = rerun), submitit requeues and exits. If only SIGTERM
@@ -73,6 +74,7 @@ import submitit
 log = logging.getLogger(__name__)
 
 ENV_GRACE = "LOOPMDM_PREEMPT_GRACE_S"
+EXIT_STOPPED = 3  # a foreground run or a local sweep stopped on a signal after checkpointing: run it again to resume
 
 
 
@@ -115,7 +117,7 @@ def _preempt_signal() -> signal.Signals:
     return signal.Signals[f"SIG{submitit.JobEnvironment.USR_SIG}"]
 
 
-def _global_rank() -> int:
+def global_rank() -> int:
     for var in ("RANK", "SLURM_PROCID", "SUBMITIT_LOCAL_GLOBALID"):
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var])
@@ -184,30 +186,21 @@ class PreemptionFlag(threading.Event):
         self._hand_over(frame)
 
     # -- training-loop side ------------------------------------------------------------------------
-    def should_stop(self) -> bool:
-        """The flag OR-ed over all ranks (one tiny all-reduce when torch.distributed is up), so every rank
-        stops at the same step. Call it at each step boundary on every rank. Once it says True the
-        watchdog is off: the caller is checkpointing."""
-        stop = self.is_set()
-        dist = sys.modules.get("torch.distributed")
-        if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            import torch
-
-            dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-            t = torch.tensor([1.0 if stop else 0.0], device=dev)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            stop = bool(t.item() > 0)
-        if stop:
-            if self._installed:
-                signal.alarm(0)
-            self.set()
-        return stop
+    def stop_requested(self) -> bool:
+        """The stop callable a training loop polls at each step boundary (`study.train.train`'s ``stop``; the
+        loop ORs the answer over ranks itself): whether a stop was asked in this process. Once it says True the
+        watchdog is off: the caller is at a step boundary and checkpointing, however long that takes."""
+        if not self.is_set():
+            return False
+        if self._installed:
+            signal.alarm(0)
+        return True
 
     def exit_for_requeue(self) -> None:
         """Call after the preemption checkpoint is saved (on every rank). Never returns."""
         if self._installed:
             signal.alarm(0)
-        if _global_rank() != 0:
+        if global_rank() != 0:
             # rank 0's requeue stops this process; exiting first could get rank 0 killed before it requeues
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             time.sleep(max(30.0, self.grace_s))

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ ENV_SNAPSHOT = "LOOPMDM_SNAPSHOT"
 ENV_LAUNCH_CWD = "LOOPMDM_LAUNCH_CWD"
 
 
-from .preempt import DIST_ENV_KEYS, ENV_GRACE, PREEMPT, _global_rank, init_dist_env_from_slurm, install_preemption_flag
+from .preempt import DIST_ENV_KEYS, ENV_GRACE, PREEMPT, global_rank, init_dist_env_from_slurm, install_preemption_flag
 from .resources import ResourceSpec
 
 # --------------------------------------------------------------------------------------------- jobs
@@ -84,7 +85,7 @@ class ResumableRun(Checkpointable):
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission | None:
         marker = Path(self.run_dir) / records.PREEMPTED if self.run_dir else None
-        if marker is not None and _global_rank() == 0:
+        if marker is not None and global_rank() == 0:
             with contextlib.suppress(OSError):  # keep the trainer's own marker from this attempt if it wrote one
                 if not marker.exists() or marker.stat().st_mtime < self._started:
                     records.mark_preempted(self.run_dir, signals=list(PREEMPT.signals), by="submitit")
@@ -108,7 +109,7 @@ class Submitted:
 
 # ------------------------------------------------------------------------------------------ snapshot
 def project_root() -> Path:
-    """The directory holding the importable packages (this file is study/launch.py)."""
+    """The directory holding the importable packages (this file is study/launch/submit.py)."""
     return Path(__file__).resolve().parents[2]
 
 
@@ -126,7 +127,7 @@ def _snapshot_files(root: Path, packages: Sequence[str]) -> Iterator[Path]:
 
 def make_snapshot(study_dir: str | os.PathLike, packages: Sequence[str] = SNAPSHOT_PACKAGES,
                   root: Path | None = None) -> Path:
-    """Copy the packages into ``study_dir/.snapshots/<hash of their content>/`` (reused when identical).
+    """Copy the packages into ``study_dir/<records.SNAPSHOTS_DIR>/<hash of their content>/`` (reused when identical).
     Built under a temp name and renamed, so a snapshot directory is always complete."""
     root = (root or project_root()).resolve()
     files = list(_snapshot_files(root, packages))
@@ -136,7 +137,7 @@ def make_snapshot(study_dir: str | os.PathLike, packages: Sequence[str] = SNAPSH
     for p in files:
         h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes() + b"\0")
     digest = h.hexdigest()[:16]
-    snaps = Path(study_dir).resolve() / ".snapshots"
+    snaps = Path(study_dir).resolve() / records.SNAPSHOTS_DIR
     dest = snaps / digest
     if dest.is_dir():
         return dest
@@ -259,3 +260,21 @@ def submit(jobs: Sequence[Job], resources: ResourceSpec, folder: str | os.PathLi
         out += [Submitted(j.key, j.name, sj, sid, ex_name) for j, sj in zip(group, sub_jobs)]
         log.info("submitted %d job(s) as %s (%s): %s", len(group), sid, ex_name, sub_jobs[0].job_id)
     return out
+
+
+def after_ok(res: ResourceSpec, job_id: str) -> ResourceSpec:
+    """The same resources, starting only once job ``job_id`` finished successfully (SLURM afterok)."""
+    return ResourceSpec.from_dict(res.to_dict() | {
+        "additional": dict(res.additional) | {"dependency": f"afterok:{job_id}"}})
+
+
+def wait_for(submitted: Sequence[Submitted]) -> int:
+    """Block until the jobs end; 1 if any failed (each failure printed)."""
+    bad = 0
+    for s in submitted:
+        try:
+            s.job.result()
+        except Exception as exc:  # noqa: BLE001 - reported per job
+            bad += 1
+            print(f"{s.name}: {exc}", file=sys.stderr)
+    return 1 if bad else 0

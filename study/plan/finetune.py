@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 import records
 from model.config import ConfigError
 from study.plan import config as config_mod
+from study.plan.trained import find_checkpoint, run_config
 
 
 def sft_raw(parent: Mapping[str, Any], corpus: str, init_from: str, sections: Mapping[str, Any] = {},
@@ -55,8 +56,6 @@ def sft_config(parent: str | Path, corpus: str, steps: int | None = None, seq_le
                overrides: Sequence[str] = (), **sections: Any) -> config_mod.RunConfig:
     """The SFT RunConfig for fine-tuning the run directory ``parent`` on ``corpus`` (a GSM8K-style jsonl,
     ``gsm8k-synth[:DIFFICULTY[:N]]`` or ``hf:openai/gsm8k:main``)."""
-    from study.evaluate.loading import find_checkpoint, run_config
-
     parent = Path(parent).resolve()
     pcfg, _ = run_config(parent)
     find_checkpoint(parent)  # fail now, not after the job was queued, if there are no weights yet

@@ -37,7 +37,6 @@ import fnmatch
 import hashlib
 import itertools
 import json
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from typing import Any
 from model import flops
 from model.config import ConfigError, reject_unknown_keys
 import records
+from study.evaluate.request import AUTOMATON_ORDERS, EvalRequest, parse_stage_args
 from study.plan import config as config_mod
 from study.plan.finetune import sft_raw, study_relative_parent
 from study.plan.scaling import RULES
@@ -52,9 +52,6 @@ from study.plan.scaling import RULES
 SPEC_KEYS = ["study", "description", "base", "axes", "zip", "seeds", "baselines", "scaling", "resources",
              "resource_classes", "estimate", "finetune", "evaluate", "control"]
 EVAL_RUNS = ("finetuned", "pretrained", "all")  # or a slug glob
-#: study.eval options that belong to the sweep (its executor and resources), not to an evaluate stage
-SWEEP_OWNED_EVAL_OPTIONS = ("executor", "partition", "gpus_per_node", "cpus_per_task", "time_min", "wait",
-                            "allow_unfinished", "force", "quiet")
 ROLES = ("looped", "baseline_same", "baseline_deeper", "single")
 BASELINES = ("same_size", "deeper")
 ROLE_OF = {"same_size": "baseline_same", "deeper": "baseline_deeper"}
@@ -116,7 +113,7 @@ class EvalStage:
 
     runs: str
     args: list[str]
-    request: Any  # study.evaluate.tasks.EvalRequest, validated when the spec loads
+    request: EvalRequest  # validated when the spec loads
 
     @property
     def key(self) -> str:
@@ -210,15 +207,13 @@ def _preregistration(raw: Any):
     from analysis.control import Preregistration, PreregistrationError
 
     try:
-        return Preregistration.from_spec(raw)
+        return Preregistration.from_spec(raw, orders=AUTOMATON_ORDERS)
     except PreregistrationError as exc:
         raise ConfigError(exc.field, str(exc).split(": ", 1)[-1]) from None
 
 
 def _eval_stages(raw: Any) -> list[EvalStage]:
     """``evaluate:`` entries, each checked by study.eval's own parser now, before anything is trained."""
-    from study.cli import RaisingParser, eval_parser, eval_request
-
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -235,20 +230,7 @@ def _eval_stages(raw: Any) -> list[EvalStage]:
             raise ConfigError(f"{where}.runs", f"empty; one of {', '.join(EVAL_RUNS)} or a slug glob")
         if not isinstance(args, str) or not args.strip():
             raise ConfigError(f"{where}.args", "give study.eval arguments as one string, e.g. '--tasks gsm8k-synth:easy'")
-        argv = shlex.split(args)
-        parser = eval_parser(RaisingParser)
-        try:
-            ns = parser.parse_args(["<run>", *argv])
-        except ConfigError as exc:
-            raise ConfigError(f"{where}.args", f"{args!r}: {str(exc).split(': ', 1)[-1]}") from None
-        owned = [k for k in SWEEP_OWNED_EVAL_OPTIONS if getattr(ns, k) != parser.get_default(k)]
-        if owned:
-            raise ConfigError(f"{where}.args", f"--{owned[0].replace('_', '-')} belongs to the sweep (its executor "
-                              f"and resources apply to the evaluations too); remove it from args")
-        try:
-            request = eval_request(ns)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}.args", f"{args!r}: {exc}") from None
+        argv, request = parse_stage_args(args, f"{where}.args")
         stages.append(EvalStage(runs=runs, args=argv, request=request))
     return stages
 

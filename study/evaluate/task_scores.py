@@ -1,13 +1,10 @@
-"""Evaluate trained runs: lm-eval tasks, loop scans of validation NLL, attention statistics.
+"""Scores of lm-eval tasks on one run, filed as task-evaluation JSON (the ``loopmdm`` model in `lm_eval_model`,
+the offline task definitions in `lm_tasks`).
 
-    python -m study.eval TARGET [--tasks gsm8k-local,gsm8k-synth,...] [--loops 1,4,12] [--exit-thresholds 0.01]
-                                [--limit N] [--scan] [--attention] [--executor local|slurm]
-
-TARGET is a run directory, or a study directory (every finished run under ``runs/``). Each (task, loop
-setting) result is a JSON file ``run_dir/evals/<task>-<eval_hash>.json``, where ``eval_hash`` is a hash of
-(run hash, checkpoint step, evaluation config): every knob that can change a score is in the config, so an
-evaluation already on disk is never recomputed (``--force`` to redo one), and a changed knob is a new file.
-Batch size and device are recorded but not hashed: they change speed, not scores.
+Each (task, loop setting) result is a JSON file ``run_dir/evals/<task>-<eval_hash>.json``, where ``eval_hash``
+is a hash of (run hash, checkpoint step, evaluation config): every knob that can change a score is in the
+config, so an evaluation already on disk is never recomputed (``--force`` to redo one), and a changed knob is
+a new file. Batch size and device are recorded but not hashed: they change speed, not scores.
 
 The result file (read by analysis/):
 ``{"task", "metric", "score", "loops", "exit_threshold", "per_sample": [0/1 per problem in doc order], "n",
@@ -16,71 +13,22 @@ plus ``step`` (= ckpt_step) and ``sample_ids`` (a hash of each problem, in per_s
 analysis.claims' pairing, every metric lm-eval reported (``metrics``), its per-sample values for each
 (``per_sample_metrics``),
 the loops the mid block actually ran on average (``mean_loops``: < loops under adaptive exit) and timings.
-
-``--scan`` appends loop-scan rows to ``evals.jsonl`` (``study.evaluate.loop_scan``); ``--attention`` writes
-``evals/attention-<hash>.json`` (``study.evaluate.attention_stats``). Both are idempotent too.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import records
-from study.evaluate.attention import attention_stats
-from study.evaluate.loop_scan import loop_scan
-from study.evaluate.provenance import device_name, versions
-from study.evaluate.loading import (DEFAULT_ATTENTION_TS, DEFAULT_SCAN_LOOPS, EvalError, checkpoint_identity,
-                                    load_run, run_config, short_hash)
 
-EXECUTORS = ("local", "slurm", "debug")
+from .loading import checkpoint_identity, load_run, short_hash
+from .provenance import device_name, versions
+from .request import EvalError, EvalRequest
+
 GENERATION_KINDS = ("gsm8k-local", "gsm8k-synth")  # local tasks that generate (checked before loading weights)
-
-
-@dataclass
-class EvalRequest:
-    """What to evaluate on each run (picklable: it travels to SLURM jobs)."""
-
-    tasks: list[str] = field(default_factory=list)
-    loops: list[int] | None = None  # None: the model's s_max for tasks, DEFAULT_SCAN_LOOPS for --scan
-    exit_thresholds: list[float] = field(default_factory=list)  # adaptive exit, S capped at max(loops)
-    limit: int | None = None
-    ckpt: str = "latest"
-    num_fewshot: int | None = None  # None: the task's default (0 for the local GSM8K tasks)
-    model_args: dict[str, Any] = field(default_factory=dict)  # mc_num, gen_length, steps, ... (see resolve_knobs)
-    batch_size: int = 16
-    device: str = "auto"
-    gsm8k_dir: str | None = None
-    cache_dir: str | None = None
-    metric: str | None = None  # 'metric,filter' to report as the score; None: the task's primary
-    force: bool = False
-    scan: bool = False
-    scan_draws: int | None = None
-    attention: bool = False
-    ts: list[float] = field(default_factory=lambda: list(DEFAULT_ATTENTION_TS))
-    attention_loops: int | None = None
-    sudoku: bool = False  # the Sudoku positive control (study.evaluate.sudoku_eval), for runs trained on grids
-    sudoku_blanks: int = 30
-    sudoku_order: str = "random"
-    sudoku_puzzles: int = 100
-    automaton: bool = False  # the iterated-computation control (study.evaluate.automaton_eval): accuracy per depth
-    automaton_records: int = 200
-    automaton_orders: list[str] = field(default_factory=lambda: ["parallel"])
-    quiet: bool = False
-
-    def settings(self, s_max: int) -> list[tuple[int, float | None]]:
-        """(loops, exit_threshold) pairs for the tasks: each fixed S, then each threshold capped at max S.
-        A non-looped model (s_max = 1: the MDM baselines) is evaluated once, as trained, whatever is asked:
-        a study-wide ``--loops 1,4,12`` then costs the baselines one evaluation, not three."""
-        if s_max == 1:
-            return [(1, None)]
-        loops = self.loops or [s_max]
-        return [(s, None) for s in loops] + [(max(loops), eps) for eps in self.exit_thresholds]
 
 
 def cache_dir(req: EvalRequest) -> Path:
@@ -221,66 +169,3 @@ def describe(run_dir: Path, record: dict, note: str) -> str:
     setting = f"S={record['loops']}" + ("" if eps is None else f" eps={eps} (mean loops {record['mean_loops']:.2f})")
     return f"[{Path(run_dir).name}] {record['task']} {setting}: {record['metric']} = {record['score']:.4f} " \
            f"(n={record['n']}, {note})"
-
-
-def evaluate_run(run_dir: str | Path, req: EvalRequest) -> dict[str, Any]:
-    """Everything ``req`` asks of one run (the function a SLURM job runs)."""
-    out: dict[str, Any] = {"run_dir": str(run_dir)}
-    if req.tasks:
-        out["tasks"] = evaluate_tasks(run_dir, req)
-    if req.scan:
-        out["scan"] = loop_scan(run_dir, loops=req.loops or DEFAULT_SCAN_LOOPS, exit_thresholds=req.exit_thresholds,
-                                ckpt=req.ckpt, n_draws=req.scan_draws, device=req.device, quiet=req.quiet)
-    if req.sudoku:
-        from .sudoku_eval import DEFAULT_LOOPS, sudoku_eval
-
-        out["tasks"] = out.get("tasks", []) + sudoku_eval(
-            run_dir, loops=req.loops or DEFAULT_LOOPS, n_puzzles=req.sudoku_puzzles, blanks=req.sudoku_blanks,
-            order=req.sudoku_order, device=req.device, quiet=req.quiet)
-    if req.automaton:
-        from .automaton_eval import DEFAULT_LOOPS as AUTOMATON_LOOPS, automaton_eval
-
-        out["tasks"] = out.get("tasks", []) + automaton_eval(
-            run_dir, loops=req.loops or AUTOMATON_LOOPS, n_records=req.automaton_records, orders=req.automaton_orders,
-            device=req.device, ckpt=req.ckpt, force=req.force, quiet=req.quiet)
-    if req.attention:
-        out["attention"] = attention_stats(run_dir, ts=req.ts, loops=req.attention_loops, ckpt=req.ckpt,
-                                           device=req.device, force=req.force)
-    return out
-
-
-def targets(target: str | Path, allow_unfinished: bool = False) -> list[Path]:
-    """A run directory, or every finished run of a study directory. A run that is not done is refused
-    unless ``allow_unfinished`` (then its newest checkpoint is evaluated, and the result says which step)."""
-    target = Path(target)
-    if (target / records.CONFIG).is_file():
-        if not allow_unfinished and records.done_summary(target) is None:
-            raise EvalError("target", f"{target} has not finished training (no DONE.json); wait for it, or pass "
-                                      f"--allow-unfinished to evaluate its newest checkpoint")
-        return [target]
-    if (target / records.RUNS_DIR).is_dir():
-        runs = [rd for rd in records.list_run_dirs(target)
-                if (rd / records.DONE).is_file() or (allow_unfinished and records.has_checkpoint(rd))]
-        if not runs:
-            raise EvalError("target", f"study {target} has no finished run yet (no runs/*/DONE.json)")
-        return runs
-    raise EvalError("target", f"{target} is neither a run directory (config.yaml) nor a study directory (runs/)")
-
-
-def submit(runs: list[Path], req: EvalRequest, ns: argparse.Namespace) -> list:
-    """One job per run through study.launch (SLURM, or 'debug': submitit in this process)."""
-    try:
-        from study import launch
-    except ImportError as exc:
-        raise EvalError("executor", f"study.launch is not available ({exc}); use --executor local") from exc
-    res = launch.ResourceSpec(executor=ns.executor, partition=ns.partition, gpus_per_node=ns.gpus_per_node,
-                              cpus_per_task=ns.cpus_per_task, time_min=ns.time_min)
-    base = Path(ns.target).resolve()
-    folder = base / "eval_jobs"
-    jobs = []
-    for rd in runs:
-        _, run_hash = run_config(rd)
-        jobs.append(launch.Job(key=f"eval-{run_hash[:16]}", name=f"eval-{rd.name}", fn=evaluate_run,
-                               kwargs={"run_dir": str(rd.resolve()), "req": req}))
-    # the eval jobs keep their own ledger beside their logs: the study's ledger tracks training runs by hash
-    return launch.submit(jobs, res, folder, study_dir=folder)

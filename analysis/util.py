@@ -1,18 +1,15 @@
-"""Small helpers shared by the analysis modules (JSON safety, atomic writes, seeding)."""
+"""Small helpers shared by the analysis modules: JSON safety, seeding, number formatting, FLOPs-convention
+names."""
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from records import atomic_write_bytes, atomic_write_text  # noqa: F401  (the one atomic writer)
 
 
 def jsonable(obj: Any) -> Any:

@@ -1,24 +1,21 @@
-"""Claim 6: task-score deltas (GSM8K) paired over problems."""
+"""Claim 6: task scores (GSM8K and others) — LoopMDM minus the same-size MDM, paired by problem."""
 
 from __future__ import annotations
-
 
 import numpy as np
 import pandas as pd
 
-from .. import curves as F
-from .._util import derive_rng
-from .common import Claim, PAPER_GSM8K_POINTS, _inconclusive, _magnitude_note, _verdict_gt
+from ..bootstrap import percentile_ci
+from ..util import derive_rng
+from .common import PAPER_GSM8K_POINTS, Claim, Section, inconclusive, magnitude_note, verdict_gt
 
 
-
-# ------------------------------------------------------------------------------------ 6. task deltas
 TASK_RULE = ("paired bootstrap over problems of the score difference (LoopMDM at S − same-size MDM), in points; "
              "supported if the 95% CI lies above 0, not supported if below 0, else inconclusive. Headline = the "
              "comparison group with the largest budget (then model)")
 
 
-def _align(a: pd.Series, b: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
+def align(a: pd.Series, b: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
     ia, ib = a.get("sample_ids"), b.get("sample_ids")
     pa, pb = np.asarray(a["per_sample"], float), np.asarray(b["per_sample"], float)
     if isinstance(ia, (list, np.ndarray)) and isinstance(ib, (list, np.ndarray)) and len(ia) == pa.size \
@@ -44,10 +41,10 @@ def claim_task_delta(tasks: pd.DataFrame | None, task: str = "gsm8k", *, loops: 
     ptxt = f"+{paper:g} points" if paper is not None else "improvement"
     args = (key, name, statement, paper, ptxt, "points", TASK_RULE)
     if tasks is None or tasks.empty or "task" not in tasks:
-        return _inconclusive(*args, "no task evaluations (runs/*/evals/*.json) found")
+        return inconclusive(*args, "no task evaluations (runs/*/evals/*.json) found")
     t = tasks[tasks["task"] == task]
     if t.empty:
-        return _inconclusive(*args, f"no evaluations of task '{task}'")
+        return inconclusive(*args, f"no evaluations of task '{task}'")
     t = t[t["exit_threshold"].isna()] if "exit_threshold" in t else t
     rng = derive_rng(seed, "task", task)
     res, caveats = [], []
@@ -66,7 +63,7 @@ def claim_task_delta(tasks: pd.DataFrame | None, task: str = "gsm8k", *, loops: 
         if la.empty:
             continue
         a, b = la.sort_values("step").iloc[-1], bl.sort_values("step").iloc[-1]
-        al = _align(a, b)
+        al = align(a, b)
         if al is None:
             caveats.append(f"group {g}: per_sample arrays cannot be paired (different lengths, no sample_ids)")
             continue
@@ -74,17 +71,17 @@ def claim_task_delta(tasks: pd.DataFrame | None, task: str = "gsm8k", *, loops: 
         diff = x - y
         idx = rng.integers(0, diff.size, size=(n_boot, diff.size))
         bs = 100 * diff[idx].mean(axis=1)
-        lo, hi = F.percentile_ci(bs, level)
+        lo, hi = percentile_ci(bs, level)
         res.append(dict(group=str(g), loops=S, n=int(diff.size), loop_score=100 * float(x.mean()),
                         base_score=100 * float(y.mean()), delta=100 * float(diff.mean()), low=lo, high=hi,
                         budget=float(a.get("budget_flops", np.nan)), params=float(a.get("params_total", np.nan)),
                         metric=str(a.get("metric"))))
     if not res:
-        return _inconclusive(*args, *caveats, f"no comparison group has '{task}' evals of both a LoopMDM and its "
+        return inconclusive(*args, *caveats, f"no comparison group has '{task}' evals of both a LoopMDM and its "
                                               f"same-size MDM")
     head = max(res, key=lambda r: (np.nan_to_num(r["budget"], nan=-1), np.nan_to_num(r["params"], nan=-1)))
     if paper is not None:
-        m = _magnitude_note(head["low"], head["high"], paper, " points")
+        m = magnitude_note(head["low"], head["high"], paper, " points")
         if m:
             caveats.append(m)
     caveats.append(f"group {head['group']}, S={head['loops']}, n={head['n']} problems, {head['metric']}: "
@@ -97,6 +94,7 @@ def claim_task_delta(tasks: pd.DataFrame | None, task: str = "gsm8k", *, loops: 
     if len(res) > 1:
         caveats.append(f"{len(res)} groups evaluated; all are listed in the details")
     return Claim(key, name, statement, paper, ptxt, head["delta"], head["low"], head["high"], "points",
-                 _verdict_gt(head["low"], head["high"], 0.0), TASK_RULE, caveats, dict(groups=res, headline=head["group"]))
+                 verdict_gt(head["low"], head["high"], 0.0), TASK_RULE, caveats, dict(groups=res, headline=head["group"]))
 
 
+SECTION = Section("task", "6. Task scores (GSM8K and others)", ("score_vs_loops",))

@@ -1,7 +1,8 @@
-"""Running a study's planned runs: what is left to do, the run directories' configs and the plan on disk,
-then one run after another here (local), or job arrays on SLURM.
+"""Training a study's planned runs: what is left to do, the run directories' configs and the plan on disk,
+then one run after another here (local), or job arrays on SLURM (a study's evaluation stages:
+`study.launch.evaluations`).
 
-Concurrency: a study's submission holds ``<study>/.submit.lock`` while it decides what to submit and
+Concurrency: a study's submission holds its submit lock (``records.SUBMIT_LOCK``) while it decides what to submit and
 submits it (two ``submit`` commands started together: the second waits for none and says who holds it);
 each run is trained under its own run lock, so two local sweeps of one spec share the work instead of
 training every run twice — a run another process holds is skipped and counted.
@@ -18,17 +19,17 @@ import records
 from study.plan import config as config_mod
 from study.plan.spec import PlannedRun, Spec
 
-SUBMIT_LOCK = ".submit.lock"
-EXIT_STOPPED = 3  # stopped on a signal after checkpointing: run the same command again to resume
+from .preempt import EXIT_STOPPED, PREEMPT, install_preemption_flag
+from .resources import ResourceSpec
+from .submit import Job, after_ok, submit, wait_for
 
 
 def run_point(config: dict, run_dir: str) -> dict:
     """The job function (module level so submitit pickles it by reference): train, or resume, one run."""
-    from study.launch.preempt import PREEMPT
-    from study.train import train
+    from study.train import train  # here, not at the top: planning and status never load torch
 
     cfg = config_mod.from_dict(config)
-    summary = train(cfg, run_dir, stop=PREEMPT.is_set)
+    summary = train(cfg, run_dir, stop=PREEMPT.stop_requested)
     if summary.get("status") == "preempted" and PREEMPT.is_set() and os.environ.get("SUBMITIT_EXECUTOR"):
         PREEMPT.exit_for_requeue()
     return summary
@@ -69,9 +70,9 @@ def write_plan(study_dir: Path, spec: Spec, runs: list[PlannedRun], overrides: l
             "spec": spec.path.name if spec.path else None, "overrides": list(overrides),
             "runs": [{"hash": r.hash, "slug": r.slug, "run_dir": str(r.run_dir(study_dir).relative_to(study_dir)),
                       "groups": r.groups, "axes": r.axes, "resource_class": r.resource_class} for r in runs]}
-    records.atomic_write_json(study_dir / "plan.json", plan)
+    records.atomic_write_json(study_dir / records.PLAN, plan)
     if spec.path is not None:
-        records.atomic_write_text(study_dir / "spec.yaml", spec.path.read_text())
+        records.atomic_write_text(study_dir / records.SPEC, spec.path.read_text())
 
 
 class Eta:
@@ -99,7 +100,6 @@ def run_locally(study_dir: Path, spec: Spec, runs: list[PlannedRun], quiet: bool
     """The local executor: one run after another in this process. SIGINT/SIGTERM (Ctrl-C) reach the running
     run's stop flag: it checkpoints at the next step boundary and the sweep exits with EXIT_STOPPED; a second
     Ctrl-C interrupts at once. A run that another process holds is skipped (it trains there)."""
-    from study.launch.preempt import install_preemption_flag
     from study.train import train
 
     flag = install_preemption_flag(interactive=True)
@@ -113,12 +113,12 @@ def run_locally(study_dir: Path, spec: Spec, runs: list[PlannedRun], quiet: bool
             t0 = time.time()
             start_step = (records.tail_jsonl(r.run_dir(study_dir) / records.METRICS, 1) or [{}])[0].get("step") or 0
             try:
-                summary = train(r.final_config(spec.study), r.run_dir(study_dir), stop=flag.is_set, quiet=quiet)
+                summary = train(r.final_config(spec.study), r.run_dir(study_dir), stop=flag.stop_requested, quiet=quiet)
             except records.Locked as exc:
                 held += 1
                 print(f"    skipped: {exc}", flush=True)
                 continue
-            except Exception as exc:  # recorded in FAILED.json by train(); the sweep goes on
+            except Exception as exc:  # recorded in the run's failure marker by train(); the sweep goes on
                 failed += 1
                 print(f"    failed: {exc}", file=sys.stderr, flush=True)
                 continue
@@ -143,21 +143,19 @@ def run_locally(study_dir: Path, spec: Spec, runs: list[PlannedRun], quiet: bool
     return 1 if failed else 0
 
 
-def submit_slurm(study_dir: Path, spec: Spec, runs: list[PlannedRun], resources, wait: bool) -> int:
-    from study import launch
-
-    def job(r: PlannedRun, depends_on: str | None = None):
+def submit_slurm(study_dir: Path, spec: Spec, runs: list[PlannedRun], resources: ResourceSpec, wait: bool) -> int:
+    def job(r: PlannedRun, depends_on: str | None = None) -> Job:
         res = resources
         if r.resource_class:
-            res = launch.ResourceSpec.from_dict(dict(spec.resources) | spec.resource_classes[r.resource_class])
+            res = ResourceSpec.from_dict(dict(spec.resources) | spec.resource_classes[r.resource_class])
         if depends_on:  # a fine-tuning run starts only once its parent finished
             res = after_ok(res, depends_on)
         cfg = r.final_config(spec.study)
-        return launch.Job(key=r.hash[:12], name=r.slug, fn=run_point, args=(cfg.to_dict(), str(r.run_dir(study_dir))),
-                          run_dir=r.run_dir(study_dir), resources=res)
+        return Job(key=r.hash[:12], name=r.slug, fn=run_point, args=(cfg.to_dict(), str(r.run_dir(study_dir))),
+                   run_dir=r.run_dir(study_dir), resources=res)
 
     first = [r for r in runs if r.parent is None]
-    submitted = launch.submit([job(r) for r in first], resources, study_dir / "submitit", study_dir=study_dir,
+    submitted = submit([job(r) for r in first], resources, study_dir / records.SUBMITIT_DIR, study_dir=study_dir,
                               check_cluster=True) if first else []
     children = [r for r in runs if r.parent is not None]
     if children:
@@ -171,7 +169,7 @@ def submit_slurm(study_dir: Path, spec: Spec, runs: list[PlannedRun], resources,
             else:
                 print(f"skipping {r.slug}: its parent {r.parent.slug} is neither done nor queued "
                       f"(it failed? resubmit with --retry)", file=sys.stderr)
-        submitted += launch.submit(deps, resources, study_dir / "submitit", study_dir=study_dir, check_cluster=True)
+        submitted += submit(deps, resources, study_dir / records.SUBMITIT_DIR, study_dir=study_dir, check_cluster=True)
     for s in submitted:
         print(f"submitted {s.name} as job {s.job_id}")
     return wait_for(submitted) if wait else 0
@@ -182,102 +180,5 @@ def queued_jobs(study_dir: Path) -> dict[str, str]:
     return {k: j.job_id for k, j in records.known_jobs(study_dir).items() if j.queued and j.job_id}
 
 
-def after_ok(res, job_id: str):
-    """The same resources, starting only once job ``job_id`` finished successfully (SLURM afterok)."""
-    from study import launch
-
-    return launch.ResourceSpec.from_dict(res.to_dict() | {
-        "additional": dict(res.additional) | {"dependency": f"afterok:{job_id}"}})
-
-
-def wait_for(submitted: list) -> int:
-    """Block until the jobs end; 1 if any failed (each failure printed)."""
-    bad = 0
-    for s in submitted:
-        try:
-            s.job.result()
-        except Exception as exc:  # noqa: BLE001 - reported per job
-            bad += 1
-            print(f"{s.name}: {exc}", file=sys.stderr)
-    return 1 if bad else 0
-
-
-EVAL_JOBS = "eval_jobs"  # the evaluate stages' SLURM logs, ledger and done markers, beside runs/
-
-
-def eval_key(stage, run: PlannedRun) -> str:
-    return f"eval-{run.hash[:12]}-{stage.key}"
-
-
-def eval_marker(study_dir: Path, key: str) -> Path:
-    return study_dir / EVAL_JOBS / "done" / f"{key}.json"
-
-
-def evaluate_point(run_dir: str, req, marker: str) -> dict:
-    """The evaluation job function: ``study.evaluate.tasks.evaluate_run``, then a done marker (what it
-    returned), so the sweep never evaluates the same (stage, run) twice."""
-    from study.evaluate.tasks import evaluate_run
-
-    res = evaluate_run(run_dir, req)
-    records.atomic_write_json(Path(marker), {
-        "time": time.time(), "run": Path(run_dir).name, "tasks": [r.get("eval_hash") for r in res.get("tasks", [])],
-        "attention": (res.get("attention") or {}).get("attention_hash"), "scan": bool(res.get("scan"))})
-    return res
-
-
-def run_evaluations(study_dir: Path, spec: Spec, runs: list[PlannedRun], quiet: bool = False) -> int:
-    """The spec's ``evaluate:`` stages, here, on every selected run that finished training and was not
-    evaluated by that stage yet."""
-    from study.evaluate import tasks as T
-
-    todo = [(st, r) for st in spec.evaluate for r in runs
-            if st.selects(r) and records.done_summary(r.run_dir(study_dir)) is not None
-            and not eval_marker(study_dir, eval_key(st, r)).is_file()]
-    failed = 0
-    for i, (stage, r) in enumerate(todo, 1):
-        rd = r.run_dir(study_dir)
-        print(f"[eval {i}/{len(todo)}] {r.slug}: {' '.join(stage.args)}", flush=True)
-        t0 = time.time()
-        try:
-            res = evaluate_point(str(rd), stage.request, str(eval_marker(study_dir, eval_key(stage, r))))
-        except Exception as exc:  # noqa: BLE001 - one failed evaluation must not stop the others
-            failed += 1
-            print(f"    failed: {exc}", file=sys.stderr, flush=True)
-            continue
-        for rec in res.get("tasks", []):
-            if not quiet:
-                print("    " + T.describe(rd, rec, "already done" if rec.get("cached") else "done"), flush=True)
-        print(f"    {time.time() - t0:.0f} s", flush=True)
-    return 1 if failed else 0
-
-
-def submit_evaluations(study_dir: Path, spec: Spec, runs: list[PlannedRun], resources) -> list:
-    """The ``evaluate:`` stages as SLURM jobs: a run that finished gets its job now, a queued one a job that
-    waits for it (afterok). One job per (stage, run): a re-submitted sweep skips those that are queued or
-    done (their marker), and resubmits those that failed."""
-    from study import launch
-
-    folder = study_dir / EVAL_JOBS
-    known_eval = records.known_jobs(folder) if (folder / records.LEDGER).is_file() else {}
-    known_train = queued_jobs(study_dir)
-    jobs = []
-    for stage in spec.evaluate:
-        for r in runs:
-            if not stage.selects(r):
-                continue
-            key = eval_key(stage, r)
-            if eval_marker(study_dir, key).is_file() or (key in known_eval and known_eval[key].queued):
-                continue
-            res = resources
-            if records.done_summary(r.run_dir(study_dir)) is None:
-                if r.hash[:12] not in known_train:
-                    continue  # neither done nor queued: it failed; `--retry` resubmits it and its evaluation
-                res = after_ok(res, known_train[r.hash[:12]])
-            jobs.append(launch.Job(key=key, name=f"eval-{r.slug}", fn=evaluate_point, resources=res, kwargs={
-                "run_dir": str(r.run_dir(study_dir).resolve()), "req": stage.request,
-                "marker": str(eval_marker(study_dir, key).resolve())}))
-    return launch.submit(jobs, resources, folder, study_dir=folder, check_cluster=True) if jobs else []
-
-
 def submission_lock(study_dir: Path) -> records.RunLock:
-    return records.RunLock(study_dir, what=f"a submission of study {study_dir.name}", name=SUBMIT_LOCK)
+    return records.RunLock(study_dir, what=f"a submission of study {study_dir.name}", name=records.SUBMIT_LOCK)

@@ -2,7 +2,7 @@
 
 A control study trains LoopMDM, the same-size and the deeper MDM on an iterated-computation corpus (an
 elementary cellular automaton: row k needs k rule steps from row 0) and scores them with
-`study.evaluate.automaton_eval`: row 0 given, every later row masked and filled in one parallel step, accuracy
+the automaton scorer (`study.eval --automaton`): row 0 given, every later row masked and filled in one parallel step, accuracy
 per record and depth (row) at each inference loop count S. What counts was fixed in the spec's ``control:``
 section before the final study ran (``Preregistration``):
 
@@ -17,13 +17,12 @@ section before the final study ran (``Preregistration``):
 All of it is read at the largest FLOPs budget that has all three families (every width and seed there); the
 differences are paired on the same held-out records and their CIs come from resampling records (jointly for
 every model: they saw the same records) and comparison groups. The accuracy tables and the NLL gap to the
-generator's floor are reported whichever way the criteria fall. Pure functions but ``load_depth_evals`` /
-``read_preregistration`` (which read files) and ``depth_figure`` (which draws one).
+generator's floor are reported whichever way the criteria fall. Pure functions but ``load_depth_evals``,
+``control_for_study`` and ``detected_effects`` (which read files).
 """
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,92 +31,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ._util import derive_rng, fmt
-from .curves import percentile_ci
+import records
 
-SPEC_KEY = "control"
+from .preregistration import Preregistration, PreregistrationError, read_preregistration
+from ..bootstrap import Z95, group_draws, percentile_ci, record_group_draws
+
 DETECTED, NOT_DETECTED, INERT, NO_GATE, NO_DATA = (
     "looping effect detected", "not detected", "looping inert here", "not yet a test of depth (gate not met)",
     "no data")
-
-
-class PreregistrationError(ValueError):
-    """A bad ``control:`` entry; ``field`` names it (the spec loader turns this into a ConfigError)."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        super().__init__(f"{field}: {message}")
-
-
-@dataclass(frozen=True)
-class Preregistration:
-    """What counts, fixed before the study runs (the spec's ``control:`` section; these are its defaults)."""
-
-    order: str = "parallel"  # the scorer's fill order the gate and criteria read
-    gate_depth: int = 1
-    gate_min_accuracy: float = 0.95
-    from_depth: int = 3  # the criteria average the depths >= this one
-    min_gain_points: float = 10.0
-    min_nll_sensitivity: float = 0.02  # nats/token
-    inert_within_points: float = 3.0
-    registered: bool = True  # False: defaults used because the spec pre-registered nothing
-
-    #: spec layout: section -> {yaml key: (field, type)}
-    LAYOUT = {"order": ("order", str), "gate": {"depth": ("gate_depth", int), "min_accuracy": ("gate_min_accuracy", float)},
-              "criteria": {"from_depth": ("from_depth", int), "min_gain_points": ("min_gain_points", float),
-                           "min_nll_sensitivity": ("min_nll_sensitivity", float)},
-              "inert": {"within_points": ("inert_within_points", float)}}
-
-    @classmethod
-    def from_spec(cls, raw: Any) -> "Preregistration":
-        """Parse and check a spec's ``control:`` mapping (None: the defaults, marked not registered)."""
-        if raw is None:
-            return cls(registered=False)
-        if not isinstance(raw, dict):
-            raise PreregistrationError(SPEC_KEY, "must be a mapping: {order, gate: {depth, min_accuracy}, criteria: "
-                                                 "{from_depth, min_gain_points, min_nll_sensitivity}, inert: {within_points}}")
-        values: dict[str, Any] = {}
-        for key, val in raw.items():
-            shape = cls.LAYOUT.get(key)
-            if shape is None:
-                raise PreregistrationError(f"{SPEC_KEY}.{key}", f"unknown key; allowed: {', '.join(cls.LAYOUT)}")
-            if isinstance(shape, tuple):
-                values[shape[0]] = _typed(f"{SPEC_KEY}.{key}", val, shape[1])
-                continue
-            if not isinstance(val, dict):
-                raise PreregistrationError(f"{SPEC_KEY}.{key}", f"must be a mapping with keys {', '.join(shape)}")
-            for sub, v in val.items():
-                if sub not in shape:
-                    raise PreregistrationError(f"{SPEC_KEY}.{key}.{sub}", f"unknown key; allowed: {', '.join(shape)}")
-                values[shape[sub][0]] = _typed(f"{SPEC_KEY}.{key}.{sub}", v, shape[sub][1])
-        p = cls(**values)
-        checks = [("order", p.order in ("parallel", "confidence", "raster", "random"),
-                   "one of parallel, confidence, raster, random (the scorer's fill orders)"),
-                  ("gate.depth", p.gate_depth >= 1, "a depth >= 1"),
-                  ("gate.min_accuracy", 0 < p.gate_min_accuracy <= 1, "a fraction in (0, 1]"),
-                  ("criteria.from_depth", p.from_depth >= 1, "a depth >= 1"),
-                  ("criteria.min_gain_points", p.min_gain_points > 0, "points > 0"),
-                  ("criteria.min_nll_sensitivity", p.min_nll_sensitivity > 0, "nats/token > 0"),
-                  ("inert.within_points", p.inert_within_points > 0, "points > 0")]
-        for name, ok, want in checks:
-            if not ok:
-                raise PreregistrationError(f"{SPEC_KEY}.{name}", f"got {getattr(p, _field_of(name))!r}; want {want}")
-        return p
-
-
-def _field_of(dotted: str) -> str:
-    shape = Preregistration.LAYOUT[dotted.split(".")[0]]
-    return shape[0] if isinstance(shape, tuple) else shape[dotted.split(".")[1]][0]
-
-
-def _typed(where: str, v: Any, kind: type) -> Any:
-    if kind is str:
-        if not isinstance(v, str):
-            raise PreregistrationError(where, f"got {v!r}; want a string")
-        return v
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not float(v).is_integer()):
-        raise PreregistrationError(where, f"got {v!r}; want {'an integer' if kind is int else 'a number'}")
-    return kind(v)
 
 
 @dataclass
@@ -142,6 +63,7 @@ class Criterion:
 
 
 def fmt_signed(x: float | None, unit: str) -> str:
+    """A measured value in its unit: points signed to one decimal, accuracy as a percentage, nats signed."""
     if x is None or not np.isfinite(x):
         return "—"
     return f"{x:+.1f}" if unit == "points" else (f"{100 * x:.1f}%" if unit == "accuracy" else f"{x:+.4f}")
@@ -162,20 +84,12 @@ class ControlResult:
     floor: float | None = None
     depth_unit: str = "row"
     notes: list[str] = field(default_factory=list)
-    figure: str | None = None  # the accuracy-per-depth PNG, relative to the study directory
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 # -------------------------------------------------------------------------------------------- inputs
-def read_preregistration(study_dir: str | Path) -> Preregistration:
-    """The ``control:`` section of the spec the study was run with (``<study>/spec.yaml``)."""
-    path = Path(study_dir) / "spec.yaml"
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-    return Preregistration.from_spec((raw or {}).get(SPEC_KEY) if isinstance(raw, dict) else None)
-
-
 def load_depth_evals(study_dir: str | Path, tasks: pd.DataFrame) -> pd.DataFrame:
     """The automaton scorer's rows of ``tasks`` (`analysis.collect.load_task_evals`), each with its per-record
     accuracy per depth (``per_depth``, n × K) and the generator's numbers read from its file."""
@@ -184,7 +98,7 @@ def load_depth_evals(study_dir: str | Path, tasks: pd.DataFrame) -> pd.DataFrame
     extra = {}
     for f in tasks["file"].drop_duplicates():
         try:
-            obj = json.loads((Path(study_dir) / "runs" / f).read_text(encoding="utf-8"))
+            obj = json.loads((Path(study_dir) / records.RUNS_DIR / f).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
         if "per_depth" in obj:
@@ -218,19 +132,13 @@ def deep_mean(mat: np.ndarray, from_depth: int) -> np.ndarray:
 
 def paired_ci(per_group: Sequence[np.ndarray], n_boot: int, rng: np.random.Generator,
               level: float = 0.95) -> tuple[float, float | None, float | None]:
-    """Mean over groups of each group's mean over records, with a percentile CI from resampling records
-    (the same resampled records for every group: they share the records) and, with >= 2 groups, groups."""
+    """Mean over groups of each group's mean over records, with a percentile CI from resampling records (the
+    same resampled records for every group: they share the records) and, with >= 2 groups, groups."""
     m = np.vstack([np.asarray(g, float) for g in per_group])  # (G, n)
-    est = float(m.mean())
-    G, n = m.shape
-    if n < 2:
-        return est, None, None
-    ri = rng.integers(0, n, size=(n_boot, n))
-    gi = rng.integers(0, G, size=(n_boot, G)) if G > 1 else np.zeros((n_boot, 1), int)
-    rec_means = np.take_along_axis(m[None, :, :].repeat(n_boot, 0), ri[:, None, :].repeat(G, 1), axis=2).mean(2)
-    draws = np.take_along_axis(rec_means, gi, axis=1).mean(1)
-    lo, hi = percentile_ci(draws, level)
-    return est, lo, hi
+    if m.shape[1] < 2:
+        return float(m.mean()), None, None
+    lo, hi = percentile_ci(record_group_draws(m, n_boot, rng), level)
+    return float(m.mean()), lo, hi
 
 
 def _gain_criterion(key: str, name: str, rule: str, diffs: list[np.ndarray], minimum: float, n_boot: int,
@@ -262,7 +170,7 @@ def evaluate_control(depth: pd.DataFrame, sens: pd.DataFrame | None, nll: pd.Dat
     looped run); ``nll``: the tidy table (final NLLs)."""
     if depth is None or depth.empty:
         return ControlResult(prereg, NO_DATA, notes=["no automaton-scorer evaluations (study.eval --automaton)"])
-    rng = derive_rng(seed, "control")
+    rng = np.random.default_rng([seed, 0xC0271])  # the control's own stream: its CIs do not move with other claims
     res = ControlResult(prereg, NO_DATA, depth_unit=str(depth["depth_unit"].iloc[0]),
                         floor=_num(depth["nll_floor"].dropna().iloc[0]) if depth["nll_floor"].notna().any() else None)
     if not prereg.registered:
@@ -382,10 +290,7 @@ def _sensitivity_criterion(sens: pd.DataFrame | None, nll: pd.DataFrame | None, 
         c.detail = f"no looped run at {budget:.3g} FLOPs has final evals at S=1 and S=s_max"
         return c
     d = s["sensitivity"].to_numpy(float)
-    se = ((s["sens_high"] - s["sens_low"]) / (2 * 1.959963984540054)).to_numpy(float)
-    draws = d[None, :] + rng.standard_normal((n_boot, d.size)) * se[None, :]
-    if d.size > 1:
-        draws = np.take_along_axis(draws, rng.integers(0, d.size, size=draws.shape), axis=1)
+    draws, _ = group_draws(d, ((s["sens_high"] - s["sens_low"]) / (2 * Z95)).to_numpy(float), n_boot, rng)
     c.measured = float(d.mean())
     c.low, c.high = percentile_ci(draws.mean(1))
     c.met = bool(c.measured >= prereg.min_nll_sensitivity and c.low is not None and c.low > 0)
@@ -426,112 +331,20 @@ def _nll_gap(df: pd.DataFrame | None, budget: float, floor: float | None) -> lis
     return out
 
 
-# -------------------------------------------------------------------------------------------- output
-def section_md(res: ControlResult | None) -> list[str]:
-    """The report's section: the pre-registered gate and criteria with their numbers, then the tables."""
-    if res is None:
-        return []
-    p = res.prereg
-    L = ["## Positive control (pre-registered)", "",
-         f"**Verdict: {res.verdict}.** " + (
-             f"Read at the largest FLOPs budget with every family scored ({res.budget:.3g} FLOPs, {res.n_groups} "
-             f"comparison group(s)), {p.order} fill: every masked {res.depth_unit} in one step, so {res.depth_unit} k "
-             f"needs k rule steps inside one forward pass." if res.budget else ""), ""]
-    L += [f"- {n}" for n in res.notes] + ([""] if res.notes else [])
-    rows = [c for c in [res.gate, *res.criteria, res.inert] if c is not None]
-    if rows:
-        L += ["| pre-registered test | rule | measured [95% CI] | met |", "|---|---|---|---|"]
-        for c in rows:
-            met = "—" if c.met is None else ("**yes**" if c.met else "no")
-            L.append(f"| {c.name} | {c.rule} | {c.text()} | {met} |")
-        L.append("")
-        L += [f"- {c.name}: {c.detail}" for c in rows if c.detail and c.key in ("nll_sensitivity", "inert")]
-        L.append("")
-    if res.extra:
-        L += ["Measured whichever way they fall:", ""]
-        L += [f"- {c.name}: {c.text()}" + ("" if c.measured is not None else f" ({c.detail})") for c in res.extra]
-        L.append("")
-    if res.nll:
-        fl = "—" if res.floor is None else f"{res.floor:.4f}"
-        L += [f"Validation NLL at {res.budget:.3g} FLOPs against the generator's floor ({fl} nats/token: the entropy "
-              f"of a record's random part per token):", "", "| model | runs | NLL, nats/token | gap to the floor |",
-              "|---|---|---|---|"]
-        L += [f"| {r['family']} | {r['runs']} | {r['nll']:.4f} | {fmt(r['gap'])} |" for r in res.nll]
-        L.append("")
-    for order in sorted({r["order"] for r in res.depth_table}, key=lambda o: (o != p.order, o)):
-        tab = [r for r in res.depth_table if r["order"] == order and r["budget"] == res.budget]
-        if not tab:
-            continue
-        K = max(len(r["accuracy"]) for r in tab)
-        L += [f"% right per {res.depth_unit} ({order} fill, {res.budget:.3g} FLOPs, mean over runs):", "",
-              f"| model | S | " + " | ".join(f"{res.depth_unit} {k}" for k in range(1, K + 1)) + " |",
-              "|---|---|" + "---|" * K]
-        for r in sorted(tab, key=lambda r: (FAMILY_ORDER.get(r["family"], 9), r["loops"])):
-            L.append(f"| {FAMILY_LABEL.get(r['family'], r['family'])} | {r['loops']} | "
-                     + " | ".join(f"{100 * a:.1f}" for a in r["accuracy"]) + " |")
-        maj = tab[0]["majority"]
-        if maj:
-            L.append("| always the majority value | — | " + " | ".join(f"{100 * a:.1f}" for a in maj) + " |")
-        L.append("")
-    if res.figure:
-        L += [f"![Accuracy per {res.depth_unit}]({res.figure})", "",
-              f"_Accuracy per {res.depth_unit} ({p.order} fill) at {fmt(res.budget)} FLOPs: LoopMDM at each S "
-              f"(solid), the same-size MDM (dashed), the deeper MDM (dotted); grey: the majority value_", ""]
-    return L
-
-
-FAMILY_ORDER = {"mdm": 0, "mdm_deeper": 1, "loopmdm": 2}
-FAMILY_LABEL = {"mdm": "MDM (same size)", "mdm_deeper": "MDM (deeper)", "loopmdm": "LoopMDM"}
-
-
-def depth_figure(res: ControlResult, figdir: Path, formats: Sequence[str] = ("png", "pdf")) -> list[str]:
-    """Accuracy per depth at the headline budget: LoopMDM per S, the MDMs, the majority baseline."""
-    tab = [r for r in res.depth_table if r["order"] == res.prereg.order and r["budget"] == res.budget]
-    if not tab:
-        return []
-    from .figures import STYLE, COLORS, _save, plt
-
-    loop_s = sorted({r["loops"] for r in tab if r["family"] == "loopmdm"})
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots()
-        cmap = plt.get_cmap("Oranges")
-        for r in sorted(tab, key=lambda r: (FAMILY_ORDER.get(r["family"], 9), r["loops"])):
-            k = np.arange(1, len(r["accuracy"]) + 1)
-            y = 100 * np.asarray(r["accuracy"])
-            if r["family"] == "loopmdm":
-                shade = 0.35 + 0.65 * loop_s.index(r["loops"]) / max(1, len(loop_s) - 1)
-                ax.plot(k, y, "-o", ms=3, color=cmap(shade), label=f"LoopMDM, S={r['loops']}")
-            else:
-                ax.plot(k, y, "--" if r["family"] == "mdm" else ":", marker="s", ms=3, color=COLORS[r["family"]],
-                        label=FAMILY_LABEL[r["family"]])
-        if tab[0]["majority"]:
-            ax.plot(np.arange(1, len(tab[0]["majority"]) + 1), 100 * np.asarray(tab[0]["majority"]), color="0.6",
-                    lw=1, label="majority value")
-        ax.set_xlabel(f"{res.depth_unit} k (needs k rule steps from the given {res.depth_unit} 0)")
-        ax.set_ylabel("% of cells right")
-        ax.legend(ncol=2)
-        return _save(fig, figdir, "control_depth", formats)
-
-
 def control_for_study(study_dir: str | Path, df: pd.DataFrame, tasks: pd.DataFrame, sens: pd.DataFrame | None,
-                      *, figures: bool = True, formats: Sequence[str] = ("png", "pdf"), n_boot: int = 1000,
-                      seed: int = 0) -> ControlResult | None:
-    """The control's result for a study directory (with its figure in ``figures/``), or None when it is no
-    control study (no `control:` in its spec and no automaton-scorer evaluations). Never raises on bad data:
-    what failed becomes a note, as everywhere in the report."""
-    study_dir = Path(study_dir)
+                      *, n_boot: int = 1000, seed: int = 0) -> ControlResult | None:
+    """The control's result for a study directory, or None when it is no control study (no `control:` in its
+    spec and no automaton-scorer evaluations). Never raises on bad data: what failed becomes a note, as
+    everywhere in the report."""
     try:
         prereg = read_preregistration(study_dir)
     except (PreregistrationError, yaml.YAMLError) as e:
-        return ControlResult(Preregistration(registered=False), NO_DATA, notes=[f"spec.yaml: {e}"])
+        return ControlResult(Preregistration(registered=False), NO_DATA, notes=[f"{records.SPEC}: {e}"])
     try:
         depth = load_depth_evals(study_dir, tasks)
         if depth.empty and not prereg.registered:
             return None
-        res = evaluate_control(depth, sens, df, prereg, n_boot=n_boot, seed=seed)
-        png = [p for p in depth_figure(res, study_dir / "figures", formats) if p.endswith(".png")] if figures else []
-        res.figure = os.path.relpath(png[0], study_dir) if png else None
-        return res
+        return evaluate_control(depth, sens, df, prereg, n_boot=n_boot, seed=seed)
     except Exception as e:  # the control never takes the report down
         return ControlResult(prereg, NO_DATA, notes=[f"the control analysis failed: {e.__class__.__name__}: {e}"])
 
@@ -540,7 +353,7 @@ def detected_effects(study_dir: str | Path) -> dict[str, Any]:
     """What a control study detected, per claim, with the same estimators as any study (its ``fits.json``):
     ``{claim key: {verdict, measured, low, high, unit, text}}`` plus ``control`` (the pre-registered verdict
     and criteria). For citing the control beside another study's verdicts."""
-    fits = json.loads((Path(study_dir) / "fits.json").read_text(encoding="utf-8"))
+    fits = json.loads((Path(study_dir) / records.FITS).read_text(encoding="utf-8"))
     out: dict[str, Any] = {c["key"]: dict(verdict=c["verdict"], measured=c.get("measured"), low=c.get("ci_low"),
                                           high=c.get("ci_high"), unit=c.get("unit"), name=c.get("name"))
                            for c in fits.get("claims", [])}

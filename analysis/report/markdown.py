@@ -1,0 +1,180 @@
+"""The report as markdown: the claims table, one section per claim (`analysis.claims.SECTIONS`: each claim's
+unit brings its own table), the sections beside the claims (`sections`), and what is missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+import records
+
+from ..claims import (INCONCLUSIVE, NOT_SUPPORTED, SECTIONS, SUPPORTED, TASK_EVAL_CONTRACT, Claim, Section,
+                      multiplier_disagreements)
+from ..claims.common import cell
+from ..control import ControlResult
+from ..figures import FigureResult
+from ..select import seed_spread
+from ..study_fits import StudyFits
+from .control import control_md
+from .sections import attention_md, figure_md, fit_diagnostics_md, loop_diagnostics_md, task_loops_md
+
+VERDICT_MARK = {SUPPORTED: "✅ supported", NOT_SUPPORTED: "❌ not supported", INCONCLUSIVE: "❔ inconclusive"}
+
+
+def vs_paper(c: Claim) -> str:
+    if c.paper_verdict is None:
+        return "— (the paper states a direction)"
+    return f"{c.paper_verdict} ({c.paper_text})" if c.paper_verdict != "undetermined" else "undetermined"
+
+
+def missing_list(summary: dict[str, Any], df: pd.DataFrame, fits: StudyFits | None, claims: Sequence[Claim],
+                  notes: Sequence[str]) -> list[str]:
+    out = list(notes)
+    s = summary or {}
+    if s.get("partial"):
+        out.append(f"{len(s['partial'])} run(s) still running/unfinished (no {records.DONE}; their final points are not "
+                   f"used): {', '.join(s['partial'][:8])}{' …' if len(s['partial']) > 8 else ''}")
+    if s.get("failed"):
+        out.append(f"{len(s['failed'])} failed run(s) ({records.FAILED}): {', '.join(s['failed'][:8])}")
+    if s.get("skipped_no_evals"):
+        out.append(f"{len(s['skipped_no_evals'])} run(s) without any evaluation (skipped): "
+                   f"{', '.join(s['skipped_no_evals'][:8])}{' …' if len(s['skipped_no_evals']) > 8 else ''}")
+    if s.get("skipped_other"):
+        out.append(f"{len(s['skipped_other'])} run dir(s) unreadable: " +
+                   "; ".join(f"{k}: {v}" for k, v in list(s["skipped_other"].items())[:5]))
+    if s.get("bad_lines"):
+        out.append(f"{sum(s['bad_lines'].values())} unreadable {records.EVALS} line(s) in {len(s['bad_lines'])} run(s)")
+    if s.get("no_params"):
+        out.append(f"{len(s['no_params'])} run(s) without meta.params in {records.CONFIG} (N-based fits lack them)")
+    if s.get("groups_inferred"):
+        out.append(f"{len(s['groups_inferred'])} run(s) without meta.groups: family guessed from s_max, not in any "
+                   f"comparison group")
+    if not df.empty and "family" in df:
+        for fam in ("mdm", "loopmdm", "mdm_deeper"):
+            if not (df["family"] == fam).any():
+                out.append(f"no runs of family '{fam}'")
+        if "budget_flops" in df and df["budget_flops"].nunique() == 1:
+            out.append("a single FLOPs budget: frontiers, IsoFLOP power laws and backtests need several")
+    messages: list[str] = []
+    if fits is not None:
+        out += [f"fits: {n}" for n in fits.notes]
+        bad = [(k, f.message) for k, f in fits.frontier.items() if not f.ok]
+        out += grouped("frontier", bad, len(fits.frontier), "every frontier fit (family × FLOPs convention)")
+        for k, f in fits.isoflop.items():
+            edges = [b.budget for b in f.budgets if b.edge]
+            if edges:
+                out.append(f"IsoFLOP {k}: optimum at the edge of the sizes tried for budget(s) "
+                           f"{', '.join(f'{e:.2g}' for e in edges)} — extend the size grid there")
+        bad_iso = [(k, f.message) for k, f in fits.isoflop.items() if not f.ok]
+        out += grouped("IsoFLOP", bad_iso, len(fits.isoflop), "IsoFLOP, every family")
+        bad_par = [(k, f.message) for k, f in fits.parametric.items() if not f.ok]
+        out += grouped("parametric L(N,D)", bad_par, len(fits.parametric), "parametric L(N,D), every family")
+        messages = [m for _, m in bad + bad_iso + bad_par if m]
+    for c in claims:
+        if c.details.get("missing_input") and c.caveats:
+            if any(m in c.caveats[0] for m in messages):
+                continue  # the fit failure that caused it is listed above
+            out.append(f"claim {c.key}: {c.caveats[0]}")
+    return out
+
+
+def grouped(what: str, items: Sequence[tuple[str, str]], total: int, all_label: str) -> list[str]:
+    """One line per distinct message, naming every fit that failed with it."""
+    by: dict[str, list[str]] = {}
+    for name, msg in items:
+        by.setdefault(msg, []).append(name)
+    return [f"{all_label}: {msg}" if len(names) == total and total > 1 else f"{what} {', '.join(names)}: {msg}"
+            for msg, names in by.items()]
+
+
+def claim_section(section: Section, claims: Sequence[Claim], figs: dict[str, FigureResult],
+                  study_dir: Path) -> list[str]:
+    """One claim's section: its rule, each claim of its kind with verdict and caveats and what the claim adds
+    below it (a table), what it adds after them all, and its figures."""
+    L = [f"## {section.title}", ""]
+    cs = [c for c in claims if c.key.split("[")[0] == section.key]
+    if cs:
+        L += [f"_Rule:_ {cs[0].rule}.", ""]
+    for c in cs:
+        L.append(f"**{c.name}** — {VERDICT_MARK.get(c.verdict, c.verdict)}: measured {c.measured_str()}, 95% CI "
+                 f"{c.ci_str()} (paper: {c.paper_text}; vs the paper: {vs_paper(c)}; detectable: {c.mde_text or '—'}).")
+        for cv in c.caveats:
+            L.append(f"- {cv}")
+        L.append("")
+        if section.details is not None:
+            L += section.details(c)
+    if section.closing is not None:
+        L += section.closing(cs, claims)
+    for name in section.figures:
+        f = figs.get(name)
+        if f is None:
+            continue
+        if f.made:
+            L += figure_md(f, study_dir)
+        elif f.note:
+            L += [f"_Figure {name} skipped: {f.note}._", ""]
+    return L
+
+
+def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd.DataFrame, fits: StudyFits | None,
+                    claims: Sequence[Claim], figs: Sequence[FigureResult], missing: Sequence[str],
+                    notes: Sequence[str], n_boot: int, seed: int, env: dict[str, str],
+                    loop_sens: pd.DataFrame | None = None, loop_states: pd.DataFrame | None = None,
+                    tasks: pd.DataFrame | None = None, attention: pd.DataFrame | None = None,
+                    control: ControlResult | None = None) -> str:
+    n_runs = int(df["run"].nunique()) if "run" in df and not df.empty else 0
+    s = summary or {}
+    L = [f"# LoopMDM claims report — {study}", "",
+         f"_{n_runs} runs with evaluations ({s.get('n_done', '?')} done, {len(s.get('partial', []))} unfinished, "
+         f"{len(s.get('failed', []))} failed, {len(s.get('skipped_no_evals', []))} without evals"
+         f"{f', {n_ft} fine-tuned, scored on tasks' if (n_ft := len(s.get('fine_tuned', []))) else ''}) · bootstrap "
+         f"{n_boot} · seed {seed} · {env['date']}_", ""]
+    for n in notes:
+        L.append(f"> **Input problem:** {n}")
+    if notes:
+        L.append("")
+    L += ["## Claims", "",
+          "Two verdicts per claim: against no effect (the claim's rule) and against the paper's value where it states "
+          "one; the last column is the smallest effect this study would detect at 80% power from its own errors, so "
+          "an _inconclusive_ says whether more data would help.", "",
+          "| claim | paper | measured | 95% CI | verdict (vs no effect) | vs the paper | detectable (80% power) | caveats |",
+          "|---|---|---|---|---|---|---|---|"]
+    for c in claims:
+        cav = "; ".join(c.caveats[:3]) + (f" (+{len(c.caveats) - 3} more)" if len(c.caveats) > 3 else "")
+        L.append(f"| {cell(c.name)} | {cell(c.paper_text)} | {cell(c.measured_str())} | {c.ci_str()} | "
+                 f"{VERDICT_MARK.get(c.verdict, c.verdict)} | {cell(vs_paper(c))} | {cell(c.mde_text or '—')} | "
+                 f"{cell(cav)} |")
+    L.append("")
+    inert = [c for c in claims if c.details.get("inert_runs")]
+    if inert:
+        L += [f"> **Inert looping:** {inert[0].details['inert_runs']} — see *Loop diagnostics*.", ""]
+    figmap = {f.name: f for f in figs}
+    L += control_md(control, figmap.get("control_depth"), study_dir)
+    dis = multiplier_disagreements(claims)
+    if dis:
+        L += ["**The fitted multiplier and the paper-protocol multiplier disagree** (CIs do not overlap): "
+              + "; ".join(dis), ""]
+    for section in SECTIONS:
+        L += claim_section(section, claims, figmap, study_dir)
+    try:
+        seeds = seed_spread(df, fits.loops if fits is not None else None)
+        L += ["## Training seeds", "", seeds["text"] + ".", ""]
+    except Exception as e:  # never lose the report for a summary line
+        L += ["## Training seeds", "", f"not computed: {e.__class__.__name__}: {e}", ""]
+    L += task_loops_md(tasks)
+    L += loop_diagnostics_md(loop_sens, loop_states, figmap, study_dir)
+    L += attention_md(attention, figmap, study_dir)
+    L += fit_diagnostics_md(fits)
+    L += ["## What is missing", ""]
+    L += [f"- {m}" for m in missing] if missing else ["Nothing: every claim had its inputs."]
+    skipped = [f for f in figs if not f.made]
+    if skipped:
+        L += [f"- figure {f.name} skipped: {f.note}" for f in skipped]
+    L += ["", "<details><summary>Task-evaluation file contract (runs/*/evals/*.json)</summary>", "", "```",
+          TASK_EVAL_CONTRACT.strip("\n"), "```", "</details>", "",
+          "---", f"_Generated by `python -m analysis.report` on {env['machine']}; Python {env['python']}, numpy "
+          f"{env['numpy']}, scipy {env['scipy']}, pandas {env['pandas']}, matplotlib {env['matplotlib']}, pyarrow "
+          f"{env['pyarrow']}; {env['date']}; {n_runs} runs, {len(df)} table rows._", ""]
+    return "\n".join(L)

@@ -1,0 +1,41 @@
+"""The study directory around ``runs/``: the names of the files the stages leave beside the runs — the one
+place they are spelled (docs/INTERFACES.md, "Run directory").
+
+    results/STUDY/
+      plan.json  spec.yaml        the expanded sweep and the spec as given (study.launch)
+      submissions.jsonl           the ledger (records.ledger); .submit.lock while a submission decides
+      submitit/  .snapshots/      scheduler logs and pickles; the code a queued job runs
+      eval_jobs/                  evaluation jobs: their logs, their ledger, done/<key>.json markers
+      runs.parquet                the tidy table (analysis.collect)
+      fits.json  report.md  figures/                                   (analysis.report)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .io import PathLike
+
+PLAN = "plan.json"
+SPEC = "spec.yaml"
+SUBMIT_LOCK = ".submit.lock"
+SUBMITIT_DIR = "submitit"
+SNAPSHOTS_DIR = ".snapshots"
+EVAL_JOBS_DIR = "eval_jobs"
+EVAL_DONE_DIR = "done"
+RUNS_TABLE = "runs.parquet"
+FITS = "fits.json"
+REPORT = "report.md"
+FIGURES_DIR = "figures"
+
+
+def eval_jobs_dir(target: PathLike) -> Path:
+    """Where evaluation jobs keep their scheduler logs and their own ledger: beside ``runs/`` of a study, or
+    inside the run directory that ``study.eval`` was pointed at (the study's ledger tracks training runs)."""
+    return Path(target) / EVAL_JOBS_DIR
+
+
+def eval_marker(study_dir: PathLike, key: str) -> Path:
+    """The done marker of one evaluation stage on one run (what the evaluation returned): a re-submitted
+    sweep never evaluates that (stage, run) twice."""
+    return eval_jobs_dir(study_dir) / EVAL_DONE_DIR / f"{key}.json"
