@@ -21,14 +21,14 @@ def mats(rng, depth1, deep, n=N):
     return m
 
 
-def frame(entries, budget=1e12):
+def frame(entries, budget=1e12, width=64):
     """entries: (group, family, loops, per_depth) -> the rows load_depth_evals gives."""
     rows = []
     for i, (g, fam, S, m, *ids) in enumerate(entries):
         rows.append(dict(run=f"{g}-{fam}", group=g, family=fam, s_max=8 if fam == "loopmdm" else 1, loops=S,
                          budget_flops=budget, exit_threshold=None, per_depth=m, order="parallel", depth_unit="row",
                          sample_ids=ids[0] if ids else [f"r{j}" for j in range(len(m))], nll_floor=0.08,
-                         majority=[0.5] * K, file=f"f{i}.json", chance=0.5))
+                         majority=[0.5] * K, file=f"f{i}.json", chance=0.5, d_model=width))
     return pd.DataFrame(rows)
 
 
@@ -101,6 +101,20 @@ def test_the_gate_and_the_inert_verdict():
     assert not any(c.met for c in res.criteria)
 
 
+def test_a_preregistered_width_reads_only_its_groups():
+    rng = np.random.default_rng(5)
+    same = mats(rng, 0.99, 0.5)
+    wide = same + np.r_[[0, 0], [0.3] * (K - 2)]
+    df = pd.concat([frame([("w64", "loopmdm", 8, wide), ("w64", "loopmdm", 1, same), ("w64", "mdm", 1, same)]),
+                    frame([("w32", "loopmdm", 8, same), ("w32", "loopmdm", 1, same), ("w32", "mdm", 1, same)],
+                          width=32)], ignore_index=True)
+    every = CT.evaluate_control(df, *sens_table(["w64", "w32"]), CT.Preregistration(), n_boot=200)
+    only = CT.evaluate_control(df, *sens_table(["w64", "w32"]), CT.Preregistration(width=64), n_boot=200)
+    assert every.n_groups == 2 and every.criteria[0].measured == pytest.approx(15)
+    assert only.n_groups == 1 and only.criteria[0].measured == pytest.approx(30)
+    assert CT.evaluate_control(df, None, None, CT.Preregistration(width=128)).verdict == CT.NO_DATA
+
+
 def test_no_data_and_missing_depths_are_said_not_raised():
     assert CT.evaluate_control(pd.DataFrame(), None, None, CT.Preregistration()).verdict == CT.NO_DATA
     rng = np.random.default_rng(4)
@@ -112,8 +126,9 @@ def test_no_data_and_missing_depths_are_said_not_raised():
 
 def test_preregistration_is_parsed_and_checked():
     p = CT.Preregistration.from_spec({"gate": {"depth": 1, "min_accuracy": 0.9}, "criteria": {"from_depth": 2},
-                                      "inert": {"within_points": 5}})
-    assert (p.gate_min_accuracy, p.from_depth, p.inert_within_points, p.min_gain_points) == (0.9, 2, 5.0, 10.0)
+                                      "inert": {"within_points": 5}, "width": 64})
+    assert (p.gate_min_accuracy, p.from_depth, p.inert_within_points, p.min_gain_points, p.width) == (0.9, 2, 5.0,
+                                                                                                       10.0, 64)
     assert not CT.Preregistration.from_spec(None).registered
     for raw, field in (({"gate": {"min_acc": 0.9}}, "control.gate.min_acc"),
                        ({"gate": {"min_accuracy": 1.5}}, "control.gate.min_accuracy"),

@@ -108,8 +108,12 @@ def load_depth_evals(study_dir: str | Path, tasks: pd.DataFrame) -> pd.DataFrame
     rows = tasks[tasks["file"].isin(extra)]
     if rows.empty:
         return pd.DataFrame()
+    widths = {}
+    for f in rows["file"].drop_duplicates():  # the model width, for a pre-registered width: from the run's config
+        cfg = records.read_config(Path(study_dir) / records.RUNS_DIR / Path(f).parts[0]) or {}
+        widths[f] = (cfg.get("model") or {}).get("d_model")
     return pd.concat([rows.reset_index(drop=True),
-                      pd.DataFrame([extra[f] for f in rows["file"]])], axis=1)
+                      pd.DataFrame([extra[f] | {"d_model": widths[f]} for f in rows["file"]])], axis=1)
 
 
 # -------------------------------------------------------------------------------------------- statistics
@@ -177,9 +181,12 @@ def evaluate_control(depth: pd.DataFrame, sens: pd.DataFrame | None, nll: pd.Dat
         res.notes.append("the spec pre-registers no `control:` section: the default gate and criteria are applied")
     res.depth_table = _depth_table(depth)
     ev = depth[(depth["order"] == prereg.order) & depth["exit_threshold"].isna()]
+    if prereg.width is not None:
+        ev = ev[pd.to_numeric(ev["d_model"], errors="coerce") == prereg.width] if "d_model" in ev else ev.iloc[:0]
     budget = _pick_budget(ev) if not ev.empty else None
     if budget is None:
-        res.notes.append(f"no FLOPs budget has both a LoopMDM and a same-size MDM scored in the {prereg.order!r} order")
+        res.notes.append(f"no FLOPs budget has both a LoopMDM and a same-size MDM scored in the {prereg.order!r} order"
+                         + ("" if prereg.width is None else f" at width {prereg.width}"))
         return res
     res.budget = budget
     ev = ev[ev["budget_flops"] == budget]
@@ -223,7 +230,8 @@ def evaluate_control(depth: pd.DataFrame, sens: pd.DataFrame | None, nll: pd.Dat
         return res
     S = "/".join(map(str, sorted(smax_seen)))
     depths = f"{res.depth_unit}s >= {prereg.from_depth}"
-    where = f"{n_groups} group(s) at {budget:.3g} FLOPs, {prereg.order} fill, paired over {len(gate_vals[0])} records"
+    where = (f"{n_groups} group(s) at {budget:.3g} FLOPs" + ("" if prereg.width is None else f", width {prereg.width}")
+             + f", {prereg.order} fill, paired over {len(gate_vals[0])} records")
     gate = Criterion("gate", f"gate: same-size MDM has learned one rule step ({res.depth_unit} {prereg.gate_depth})",
                      f"accuracy >= {100 * prereg.gate_min_accuracy:g}%", "accuracy", detail=where)
     gate.measured, gate.low, gate.high = paired_ci(gate_vals, n_boot, rng)
@@ -255,7 +263,7 @@ def evaluate_control(depth: pd.DataFrame, sens: pd.DataFrame | None, nll: pd.Dat
     res.extra = [deeper_gain, _gain_criterion("loop_vs_deeper", f"LoopMDM at S=s_max − deeper MDM, {depths}",
                                               "measured, no threshold", loop_vs_deeper, float("inf"), n_boot, rng, where)]
     res.extra[1].met = None
-    res.nll = _nll_gap(nll, budget, res.floor)
+    res.nll = _nll_gap(nll, budget, res.floor, prereg.width)
     if not gate.met:
         res.verdict = NO_GATE
     elif all(c.met for c in res.criteria):
@@ -284,7 +292,10 @@ def _sensitivity_criterion(sens: pd.DataFrame | None, nll: pd.DataFrame | None, 
     if sens is None or sens.empty or nll is None or nll.empty or "budget_flops" not in nll:
         c.detail = "no loop sensitivity (final evals at S=1 and S=s_max) for any looped run"
         return c
-    runs = set(nll.loc[pd.to_numeric(nll["budget_flops"], errors="coerce") == budget, "run"])
+    at = pd.to_numeric(nll["budget_flops"], errors="coerce") == budget
+    if prereg.width is not None and "d_model" in nll:
+        at &= pd.to_numeric(nll["d_model"], errors="coerce") == prereg.width
+    runs = set(nll.loc[at, "run"])
     s = sens[sens["run"].isin(runs)]
     if s.empty:
         c.detail = f"no looped run at {budget:.3g} FLOPs has final evals at S=1 and S=s_max"
@@ -302,19 +313,23 @@ def _depth_table(depth: pd.DataFrame) -> list[dict]:
     """Per (order, budget, family, S): mean accuracy per depth over runs (and records)."""
     out = []
     d = depth[depth["exit_threshold"].isna()].drop_duplicates("file")
-    for (order, budget, fam, S), g in d.groupby(["order", "budget_flops", "family", "loops"], sort=True):
+    d = d.assign(d_model=pd.to_numeric(d["d_model"], errors="coerce").fillna(0).astype(int) if "d_model" in d else 0)
+    for (order, budget, w, fam, S), g in d.groupby(["order", "budget_flops", "d_model", "family", "loops"], sort=True):
         K = min(m.shape[1] for m in g["per_depth"])
         acc = np.mean([m[:, :K].mean(0) for m in g["per_depth"]], axis=0)
-        out.append(dict(order=order, budget=float(budget), family=fam, loops=int(S), n_runs=len(g),
+        out.append(dict(order=order, budget=float(budget), width=int(w), family=fam, loops=int(S), n_runs=len(g),
                         accuracy=acc.tolist(), majority=list(g["majority"].iloc[0] or [])[:K]))
     return out
 
 
-def _nll_gap(df: pd.DataFrame | None, budget: float, floor: float | None) -> list[dict]:
-    """Final validation NLL per family at the budget (LoopMDM at S=1 and S=s_max) and its gap to the floor."""
+def _nll_gap(df: pd.DataFrame | None, budget: float, floor: float | None, width: int | None) -> list[dict]:
+    """Final validation NLL per family at the budget (and width; LoopMDM at S=1 and S=s_max) and its gap to the
+    floor."""
     if df is None or df.empty or "is_final" not in df:
         return []
     d = df[df["is_final"].astype(bool) & (pd.to_numeric(df["budget_flops"], errors="coerce") == budget)]
+    if width is not None and "d_model" in d:
+        d = d[pd.to_numeric(d["d_model"], errors="coerce") == width]
     d = d[d["exit_threshold"].isna()] if "exit_threshold" in d else d
     out = []
     for fam, label, pick in (("mdm", "MDM (same size)", None), ("mdm_deeper", "MDM (deeper)", None),

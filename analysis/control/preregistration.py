@@ -33,13 +33,14 @@ class Preregistration:
     min_gain_points: float = 10.0
     min_nll_sensitivity: float = 0.02  # nats/token
     inert_within_points: float = 3.0
+    width: int | None = None  # read only the comparison groups of this d_model (None: every width)
     registered: bool = True  # False: defaults used because the spec pre-registered nothing
 
     #: spec layout: section -> {yaml key: (field, type)}
     LAYOUT = {"order": ("order", str), "gate": {"depth": ("gate_depth", int), "min_accuracy": ("gate_min_accuracy", float)},
               "criteria": {"from_depth": ("from_depth", int), "min_gain_points": ("min_gain_points", float),
                            "min_nll_sensitivity": ("min_nll_sensitivity", float)},
-              "inert": {"within_points": ("inert_within_points", float)}}
+              "inert": {"within_points": ("inert_within_points", float)}, "width": ("width", int)}
 
     @classmethod
     def from_spec(cls, raw: Any, orders: Sequence[str] | None = None) -> "Preregistration":
@@ -49,7 +50,8 @@ class Preregistration:
             return cls(registered=False)
         if not isinstance(raw, dict):
             raise PreregistrationError(SPEC_KEY, "must be a mapping: {order, gate: {depth, min_accuracy}, criteria: "
-                                                 "{from_depth, min_gain_points, min_nll_sensitivity}, inert: {within_points}}")
+                                                 "{from_depth, min_gain_points, min_nll_sensitivity}, inert: {within_points}, "
+                                                 "width}")
         values: dict[str, Any] = {}
         for key, val in raw.items():
             shape = cls.LAYOUT.get(key)
@@ -72,7 +74,8 @@ class Preregistration:
                   ("criteria.from_depth", p.from_depth >= 1, "a depth >= 1"),
                   ("criteria.min_gain_points", p.min_gain_points > 0, "points > 0"),
                   ("criteria.min_nll_sensitivity", p.min_nll_sensitivity > 0, "nats/token > 0"),
-                  ("inert.within_points", p.inert_within_points > 0, "points > 0")]
+                  ("inert.within_points", p.inert_within_points > 0, "points > 0"),
+                  ("width", p.width is None or p.width > 0, "a model width (d_model) > 0")]
         for name, ok, want in checks:
             if not ok:
                 raise PreregistrationError(f"{SPEC_KEY}.{name}", f"got {getattr(p, _field_of(name))!r}; want {want}")

@@ -17,7 +17,8 @@ FAMILY_ORDER = {"mdm": 0, "mdm_deeper": 1, "loopmdm": 2}
 def fig_control_depth(res: ControlResult | None, figdir: Path, formats: Sequence[str] = ("png", "pdf")) -> FigureResult:
     name = "control_depth"
     tab = [] if res is None else [r for r in res.depth_table
-                                  if r["order"] == res.prereg.order and r["budget"] == res.budget]
+                                  if r["order"] == res.prereg.order and r["budget"] == res.budget
+                                  and res.prereg.width in (None, r["width"])]
     if not tab:
         return FigureResult(name, note="no automaton-scorer evaluations at the control's budget")
     unit = res.depth_unit

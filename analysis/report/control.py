@@ -42,7 +42,8 @@ def control_md(res: ControlResult | None, fig: FigureResult | None, study_dir: P
         L += [f"| {r['family']} | {r['runs']} | {r['nll']:.4f} | {fmt(r['gap'])} |" for r in res.nll]
         L.append("")
     for order in sorted({r["order"] for r in res.depth_table}, key=lambda o: (o != p.order, o)):
-        tab = [r for r in res.depth_table if r["order"] == order and r["budget"] == res.budget]
+        tab = [r for r in res.depth_table if r["order"] == order and r["budget"] == res.budget
+               and (p.width is None or r["width"] == p.width)]
         if not tab:
             continue
         K = max(len(r["accuracy"]) for r in tab)
