@@ -131,3 +131,19 @@ def test_a_run_trained_on_histories_is_scored_per_row_and_loop_count_and_not_rec
     train(cfg(a.spec, a.record_len, align=False), other, quiet=True)
     with pytest.raises(EvalError, match="data.align: true"):
         automaton_eval(other, loops=[1], n_records=4)
+
+
+def test_the_request_and_a_spec_stage_take_the_automaton_options():
+    from model.config import ConfigError
+    from study.evaluate.request import AUTOMATON_ORDERS, parse_stage_args
+
+    _, req = parse_stage_args("--automaton --loops 1,5 --automaton-orders parallel,raster --automaton-records 50",
+                              "evaluate[0].args")
+    assert req.automaton and req.automaton_orders == ["parallel", "raster"] and req.automaton_records == 50
+    assert req.loops == [1, 5] and not req.sudoku
+    for args, words in (("--automaton --automaton-orders diagonal", "automaton_orders: got diagonal"),
+                        ("--automaton --automaton-records 0", "automaton_records: got 0")):
+        with pytest.raises(ConfigError, match=rf"evaluate\[0\].args: .*{words}"):
+            parse_stage_args(args, "evaluate[0].args")
+    from model.diffusion import INFILL_ORDERS
+    assert set(AUTOMATON_ORDERS) == {"parallel", *INFILL_ORDERS}

@@ -153,3 +153,76 @@ def test_a_spec_with_a_bad_control_section_is_refused_before_anything_runs(tmp_p
         load_spec(spec)
     spec.write_text("study: s\nbase: {budget: {steps: 5}}\ncontrol: {gate: {min_accuracy: 0.9}}\n")
     assert load_spec(spec).control.gate_min_accuracy == 0.9
+
+
+def write_study(root, gain, seeds=(0, 1)):
+    """A study directory as the harness leaves it, reduced to what the control reads: the spec with its control:
+    section, run configs with their groups, and the scorer's files (per-record accuracy per row)."""
+    import json
+
+    import yaml
+
+    import records
+
+    rng = np.random.default_rng(7)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / records.SPEC).write_text(yaml.safe_dump({"study": "c", "control": {"width": 64, "gate": {"min_accuracy": 0.9}}}))
+    ids = [f"r{j}" for j in range(N)]
+    for seed in seeds:
+        same = mats(rng, 0.97, 0.5)
+        group = f"g{seed}"
+        for role, s_max, S_scores in (("looped", 5, {1: same, 5: same + np.r_[[0, 0], [gain] * (K - 2)]}),
+                                      ("baseline_same", 1, {1: same})):
+            run = records.run_dir(root, f"{role}-{seed}", f"{seed}{s_max}" * 6)
+            (run / records.EVALS_DIR).mkdir(parents=True)
+            cfg = {"model": {"d_model": 64, "s_max": s_max}, "budget": {"flops": 1e12}, "seed": seed,
+                   "meta": {"hash": run.name, "slug": run.name, "groups": [{"group": group, "role": role}]}}
+            (run / records.CONFIG).write_text(yaml.safe_dump(cfg))
+            for S, m in S_scores.items():
+                rec = {"task": "eca-parallel", "metric": "cells", "loops": S, "exit_threshold": None, "step": 10,
+                       "per_sample": m.mean(1).tolist(), "sample_ids": ids, "per_depth": m.tolist(), "order": "parallel",
+                       "depth_unit": "row", "nll_floor": 0.1, "chance": 0.5, "majority_per_depth": [0.6] * K}
+                (run / records.EVALS_DIR / f"eca-parallel-{S:02d}{seed}.json").write_text(json.dumps(rec))
+    return root
+
+
+def test_a_control_study_on_disk_is_read_with_its_preregistration(tmp_path):
+    from analysis.collect import load_task_evals
+
+    study = write_study(tmp_path, gain=0.25)
+    tasks, problems = load_task_evals(study)
+    assert not problems
+    res = CT.control_for_study(study, pd.DataFrame(), tasks, None, n_boot=200)
+    assert res.prereg.registered and res.prereg.width == 64 and res.prereg.gate_min_accuracy == 0.9
+    assert res.n_groups == 2 and res.gate.met and res.gate.measured == pytest.approx(0.97)
+    assert res.criteria[0].measured == pytest.approx(25) and res.criteria[0].met
+    assert res.criteria[2].measured is None and res.verdict == CT.NOT_DETECTED  # no NLL: that criterion is unmet
+    assert any("NLL" in c.detail or "loop sensitivity" in c.detail for c in res.criteria[2:])
+    md = "\n".join(control_md(res, None, study))
+    assert "| LoopMDM | 5 |" in md and "width 64" in md
+    import records
+
+    other = write_study(tmp_path / "plain", gain=0.25)
+    (other / records.SPEC).write_text("study: c\n")  # nothing pre-registered: the defaults, said so
+    res = CT.control_for_study(other, pd.DataFrame(), load_task_evals(other)[0], None, n_boot=100)
+    assert not res.prereg.registered and "pre-registers no" in res.notes[0]
+    assert CT.control_for_study(tmp_path / "empty", pd.DataFrame(), pd.DataFrame(), None) is None
+
+
+def test_detected_effects_read_a_reported_control_back(tmp_path):
+    import json
+
+    import records
+
+    rng = np.random.default_rng(8)
+    m = mats(rng, 0.99, 0.5)
+    res = CT.evaluate_control(frame([("g", "loopmdm", 8, m + 0.2), ("g", "loopmdm", 1, m), ("g", "mdm", 1, m)]),
+                              *sens_table(["g"]), CT.Preregistration(), n_boot=100)
+    claim = {"key": "loop_scaling", "name": "4. inference compute scales with loops", "verdict": "supported",
+             "measured": -0.03, "ci_low": -0.04, "ci_high": -0.02, "unit": "nats/token per doubling of S"}
+    (tmp_path / records.FITS).write_text(json.dumps({"claims": [claim], "control": res.to_dict()}))
+    got = CT.detected_effects(tmp_path)
+    assert got["loop_scaling"] == {"verdict": "supported", "measured": -0.03, "low": -0.04, "high": -0.02,
+                                   "unit": "nats/token per doubling of S", "name": claim["name"]}
+    assert got["control"]["verdict"] == res.verdict
+    assert got["control"]["criteria"]["loop_vs_s1"]["measured"] == pytest.approx(res.criteria[0].measured)
