@@ -226,3 +226,18 @@ def test_detected_effects_read_a_reported_control_back(tmp_path):
                                    "unit": "nats/token per doubling of S", "name": claim["name"]}
     assert got["control"]["verdict"] == res.verdict
     assert got["control"]["criteria"]["loop_vs_s1"]["measured"] == pytest.approx(res.criteria[0].measured)
+
+
+def test_the_report_states_the_control_and_draws_its_figure(tmp_path):
+    import json
+
+    import records
+    from analysis.report import run_report
+
+    study = write_study(tmp_path, gain=0.25)
+    res = run_report(study, n_boot=50, formats=("png",))
+    md = res.report_path.read_text()
+    assert "## Positive control (pre-registered)" in md and "| gate: same-size MDM has learned one rule step" in md
+    assert (study / records.FIGURES_DIR / "control_depth.png").is_file() and "figures/control_depth.png" in md
+    fits = json.loads((study / records.FITS).read_text())
+    assert fits["control"]["gate"]["met"] is True and fits["control"]["prereg"]["width"] == 64
