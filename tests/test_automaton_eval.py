@@ -100,7 +100,7 @@ def test_a_run_trained_on_histories_is_scored_per_row_and_loop_count_and_not_rec
     from study.plan import config as C
     from study.train import train
 
-    a = automata.parse("eca:90:6:4:300:fixed")
+    a = automata.parse("eca:90:10:4:300:fixed")
 
     def cfg(corpus, seq_len, align=True):
         return C.from_dict({
@@ -120,7 +120,7 @@ def test_a_run_trained_on_histories_is_scored_per_row_and_loop_count_and_not_rec
     for r in recs:
         assert r["n"] == 10 and len(r["per_sample"]) == 10 and len(r["sample_ids"]) == 10
         assert len(r["per_depth"]) == 10 and all(len(x) == 3 for x in r["per_depth"])
-        assert r["nll_floor"] == pytest.approx(a.nll_floor) and r["record_len"] == 29 and r["chance"] == 0.5
+        assert r["nll_floor"] == pytest.approx(a.nll_floor) and r["record_len"] == 45 and r["chance"] == 0.5
         assert r["score"] == pytest.approx(sum(r["per_sample"]) / 10)
     again = automaton_eval(run, loops=[1, 2], n_records=10, orders=["parallel", "raster"])
     assert [x["eval_hash"] for x in again] == [r["eval_hash"] for r in recs]
