@@ -316,10 +316,15 @@ def collect(study_dir: str | Path, write: bool = True) -> pd.DataFrame:
     }
     df.attrs["collect"] = summary
     if write:
-        buf = io.BytesIO()
-        df.to_parquet(buf, index=False)
-        records.atomic_write_bytes(study_dir / records.RUNS_TABLE, buf.getvalue())
+        write_table(df, study_dir)
     return df
+
+
+def write_table(df: pd.DataFrame, study_dir: Path) -> None:
+    """``runs.parquet``, atomically."""
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    records.atomic_write_bytes(study_dir / records.RUNS_TABLE, buf.getvalue())
 
 
 def newest_input_mtime(study_dir: str | Path) -> float:
@@ -416,23 +421,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("study_dir")
     ap.add_argument("--no-write", action="store_true", help="print the summary only")
     a = ap.parse_args(argv)
-    if not (Path(a.study_dir) / records.RUNS_DIR).is_dir():
-        print(f"error: {a.study_dir}/runs does not exist (is this a study directory?)", file=sys.stderr)
+    sd = Path(a.study_dir)
+    why = None if a.no_write else records.unwritable(sd / records.RUNS_TABLE, "file")
+    if not (sd / records.RUNS_DIR).is_dir() or why:
+        print(f"error: {sd}/runs does not exist (is this a study directory?)" if not (sd / records.RUNS_DIR).is_dir()
+              else f"error: study_dir: cannot write {records.RUNS_TABLE} into {sd}: {why}; make it writable, or pass "
+              f"--no-write", file=sys.stderr)
         return 2
-    df = collect(a.study_dir, write=not a.no_write)
+    df = collect(sd, write=False)
+    if df.empty:
+        print(f"error: {sd} has no run with an evaluation yet ({records.RUNS_DIR}/*/{records.EVALS}); nothing to "
+              f"collect", file=sys.stderr)
+        return 2
     s = df.attrs["collect"]
     print(f"{len(df)} rows from {s['n_runs_with_evals']} runs with evals ({s['n_run_dirs']} run dirs, "
           f"{s['n_done']} done, {len(s['partial'])} partial, {len(s['failed'])} failed)")
-    if s["skipped_no_evals"]:
-        print(f"warning: {len(s['skipped_no_evals'])} run(s) without evaluations skipped")
-    if s["bad_lines"]:
-        print(f"warning: {sum(s['bad_lines'].values())} unreadable {records.EVALS} line(s) skipped")
-    if s["no_params"]:
-        print(f"warning: {len(s['no_params'])} run(s) without meta.params: parameter counts are NaN")
+    for n, what in ((len(s["skipped_no_evals"]), "run(s) without evaluations skipped"),
+                    (sum(s["bad_lines"].values()), f"unreadable {records.EVALS} line(s) skipped"),
+                    (len(s["no_params"]), "run(s) without meta.params: parameter counts are NaN")):
+        if n:
+            print(f"warning: {n} {what}")
     if not a.no_write:
-        print(f"wrote {Path(a.study_dir) / records.RUNS_TABLE}")
+        write_table(df, sd)
+        print(f"wrote {sd / records.RUNS_TABLE}")
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import records
 
+from .util import DefaultsFormatter
+
 
 def final_points(study_dir: Path) -> dict[tuple, dict]:
     out = {}
@@ -43,7 +45,7 @@ def compare(a_dir: Path, b_dir: Path, z: float = 2.0) -> tuple[list[dict], list[
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.compare", description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=DefaultsFormatter)
     ap.add_argument("a", type=Path)
     ap.add_argument("b", type=Path)
     ap.add_argument("--z", type=float, default=2.0, help="agreement: |difference| <= z * combined MC s.e.")

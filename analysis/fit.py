@@ -12,15 +12,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from records import atomic_write_text
+import records
 
 from . import curves as F
-from .util import dumps, fmt
+from .util import DefaultsFormatter, dumps, fmt
 
 LAWS = ("frontier", "parametric", "isoflop")
 
@@ -51,10 +51,11 @@ def prepare(df: pd.DataFrame, law: str) -> tuple[pd.DataFrame, list[str]]:
     return df, problems
 
 
-def bad_rows(df: pd.DataFrame, law: str) -> dict[str, list[int]]:
+def bad_rows(df: pd.DataFrame, law: str, given: Sequence[str] | None = None) -> dict[str, list[int]]:
     """Rows a fit cannot use, by reason, as 1-based data row numbers of the CSV (header excluded): a loss that
-    is not a positive finite number, or N / D / C / budget that are not positive finite numbers."""
-    cols = ["loss"] + [c for c in ("N", "D", "C", "budget", "se") if c in df]
+    is not a positive finite number, or N / D / C / budget that are not positive finite numbers. Only the
+    columns the file ``given`` are named (one derived from them, C = 6ND, is bad exactly when they are)."""
+    cols = ["loss"] + [c for c in ("N", "D", "C", "budget", "se") if c in df and (given is None or c in given)]
     out: dict[str, list[int]] = {}
     for c in cols:
         v = pd.to_numeric(df[c], errors="coerce")
@@ -151,7 +152,7 @@ def format_table(results: dict[str, Any], law: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.fit", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=DefaultsFormatter)
     ap.add_argument("csv", help="one row per point: loss and N,D (parametric, isoflop) or C (frontier); optional family, run, se, budget")
     ap.add_argument("--law", choices=LAWS, default="parametric", help="frontier: L(C); parametric: L(N, D); isoflop: per-budget parabolas")
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (over runs)")
@@ -175,7 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print(f"error: {a.csv}: {'; '.join(problems)} (columns present: {', '.join(raw.columns)})", file=sys.stderr)
         return 2
-    bad = bad_rows(df, a.law)
+    why = records.unwritable(a.out, "file") if a.out else None
+    if why is not None:
+        print(f"error: --out: cannot write {a.out}: {why}; pass --out to a writable place", file=sys.stderr)
+        return 2
+    in_file = {str(c).lower() for c in raw.columns}
+    bad = bad_rows(df, a.law, given=[c for c in df.columns if c.lower() in in_file])
     if bad:
         listing = "; ".join(f"{why}: rows {', '.join(map(str, rows[:10]))}{' ...' if len(rows) > 10 else ''}"
                             for why, rows in bad.items())
@@ -185,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         drop = sorted({r - 1 for rows in bad.values() for r in rows})
         print(f"dropped {len(drop)} of {len(df)} rows: {listing}")
         df = df.drop(df.index[drop])
+    if df.empty:  # a header and nothing else, or every row dropped: nothing to fit, nothing to write
+        print(f"error: {a.csv}: no data rows{' left' if bad else ''} to fit (a header alone is not data)",
+              file=sys.stderr)
+        return 2
     for c in ["loss"] + [c for c in ("N", "D", "C", "budget", "se") if c in df]:
         df[c] = pd.to_numeric(df[c])
     df = df.reset_index(drop=True)
@@ -201,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             res = run_fit(df, a.law, a.bootstrap, a.seed, a.weighted, envelope=not a.all_points)
     print(format_table(res, a.law))
     if a.out:
-        atomic_write_text(Path(a.out), dumps({"law": a.law, "csv": str(a.csv), "n_boot": a.bootstrap,
+        records.atomic_write_text(Path(a.out), dumps({"law": a.law, "csv": str(a.csv), "n_boot": a.bootstrap,
                                               "fits": {k: v.to_dict() for k, v in res.items()}}))
         print(f"wrote {a.out}")
     return 0 if all(r.ok for r in res.values()) else 1

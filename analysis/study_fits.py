@@ -25,6 +25,7 @@ class StudyFits:
     parametric: dict[str, F.ParametricFit] = field(default_factory=dict)  # key family
     isoflop: dict[str, F.IsoFlopFit] = field(default_factory=dict)        # key family
     backtests: list[F.Backtest] = field(default_factory=list)
+    phi: F.PhiFit | None = None  # the looped family's effective-parameter ratio against the plain law
     notes: list[str] = field(default_factory=list)
     n_boot: int = 0
     weighted: bool = False
@@ -40,7 +41,8 @@ class StudyFits:
             frontier_alt={k: v.to_dict() for k, v in self.frontier_alt.items()},
             parametric={k: v.to_dict() for k, v in self.parametric.items()},
             isoflop={k: v.to_dict() for k, v in self.isoflop.items()},
-            backtests=[b.to_dict() for b in self.backtests], notes=self.notes))
+            backtests=[b.to_dict() for b in self.backtests], phi=self.phi.to_dict() if self.phi else None,
+            notes=self.notes))
 
 
 def _all_constant(sched: dict[str, str | None], runs: Sequence[str]) -> bool:
@@ -93,7 +95,7 @@ def fit_study(
       final-point methods above.
 
     ``extras=False`` fits only what claim 1 reads (IsoFLOP parabolas and the primary frontier): no robustness
-    frontier, Chinchilla L(N, D) or backtests — for coverage studies that refit many synthetic studies.
+    frontier, Chinchilla L(N, D), φ or backtests — for coverage studies that refit many synthetic studies.
     """
     conventions = tuple(normalise_convention(c) for c in conventions)
     if loops is None:
@@ -101,6 +103,8 @@ def fit_study(
     else:
         note = f"S={loops} (set by the caller)"
     out = StudyFits(loops=loops, loops_note=note, conventions=conventions, n_boot=n_boot, weighted=weighted)
+    if extras:
+        out.phi = fit_phi_study(df, loops, n_boot=n_boot, seed=seed, n_col=n_col)
     sched = run_schedules(df)
     const_lr = {fam: _all_constant(sched, df.loc[df["family"] == fam, "run"].unique()) for fam in families}
     for fam in families:
@@ -177,3 +181,30 @@ def fit_study(
             if out.parametric[fam].ok:
                 out.backtests.append(F.backtest_parametric(N, D, L, budget, family=fam))
     return out
+
+
+def loop_shape(d: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(E[S], N_mid / N) per row, from the table's own columns: the per-loop training FLOPs per token under
+    6·N_nonembed are 6·N_mid, and params_effective − params_nonembedding = (E[S] − 1)·N_mid (E[S] = 1 for a plain
+    model)."""
+    col = lambda c: pd.to_numeric(d[c], errors="coerce").to_numpy(float) if c in d else np.full(len(d), np.nan)  # noqa: E731
+    mid = col("train_flops_per_token_per_loop_6N_nonembed") / 6.0
+    n = col("params_nonembedding")
+    extra = col("params_effective") - n
+    with np.errstate(all="ignore"):
+        k = np.where(extra > 0, 1.0 + extra / mid, 1.0)
+        return k, mid / n
+
+
+def fit_phi_study(df: pd.DataFrame, loops: int | None, *, n_boot: int, seed: int,
+                  n_col: str = "params_nonembedding") -> F.PhiFit:
+    """φ on one final point per run: same-size and deeper MDMs as the plain law, LoopMDM at the claims' S."""
+    parts = [final_points(df, fam, loops if fam == "loopmdm" else None) for fam in FAMILIES]
+    d = pd.concat([p for p in parts if not p.empty]) if any(not p.empty for p in parts) else pd.DataFrame()
+    if d.empty:
+        return F.PhiFit(False, "no final evaluations")
+    k, share = loop_shape(d)
+    k = np.where(d["family"].to_numpy() == "loopmdm", k, 1.0)
+    return F.fit_phi(d[n_col].to_numpy(float), d["tokens"].to_numpy(float), d["nll"].to_numpy(float), k,
+                     clusters=d["run"].to_numpy(), strata=d["family"].to_numpy() == "loopmdm", mid_share=share,
+                     n_boot=n_boot, seed=derive_rng(seed, "phi"))

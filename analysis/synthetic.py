@@ -163,7 +163,7 @@ def make_runs(spec: SyntheticSpec) -> list[dict[str, Any]]:
                                                   n_draws=8, mean_loops=ml, **per_seq(nll)))
                     hl, ml_, tl = f["layers"]
                     n_total = f["n_ne"] + emb
-                    eff = (f["n_eff"] + emb) if fam == "loopmdm" else n_total
+                    eff = f["n_eff"]  # non-embedding, at E[S] (as model.flops.ParamCounts.to_dict writes it)
                     config = {
                         "meta": {"study": spec.study, "slug": slug, "hash": hsh,
                                  "groups": [{"group": group, "role": f["role"]}],
@@ -265,3 +265,17 @@ def frontier_pair_table(
                                      nll_se=nll_se, mean_loops=float(loops if fam == "loopmdm" else 1),
                                      is_final=frac == 1.0, done=True, seed=0))
     return pd.DataFrame(rows)
+
+
+def phi_points(phi: float, *, seed: int = 0, noise: float = 0.003, loops: float = 4.5,
+               sizes=(2e5, 5e5, 1e6, 2e6, 5e6), tokens=(2e7, 6e7, 2e8), looped_sizes=(5e5, 1e6, 2e6),
+               law: dict[str, float] = LAW) -> dict[str, np.ndarray]:
+    """Points with a known effective-parameter ratio: plain runs (k = 1) on the law at every (size, tokens), looped
+    runs (k = ``loops`` = E[S]) on the law at N (1 + phi (k - 1)); multiplicative log-normal noise of ``noise``
+    (relative), one run per point. Arrays N, D, loss, loops, family (what `curves.fit_phi` takes)."""
+    rng = np.random.default_rng(seed)
+    rows = [(N, D, 1.0, "mdm") for N in sizes for D in tokens] + \
+        [(N, D, float(loops), "loopmdm") for N in looped_sizes for D in tokens]
+    N, D, k = (np.array([r[i] for r in rows], float) for i in range(3))
+    loss = law_loss(N * (1 + phi * (k - 1)), D, law) * np.exp(rng.normal(0, noise, N.size))
+    return dict(N=N, D=D, loss=loss, loops=k, family=np.array([r[3] for r in rows]))

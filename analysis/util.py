@@ -1,7 +1,8 @@
 """Small helpers shared by the analysis modules: JSON safety, seeding, number formatting, FLOPs-convention
-names."""
+names, and the --help formatter of every command line (``study.cli`` uses it too)."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -89,3 +90,15 @@ def normalise_convention(conv: str) -> str:
 
 
 CONVENTIONS = ("flops_6N_nonembed", "flops_6N_total", "flops_exact")
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """An option's default in --help once: added only where the help text does not already say it, and never
+    for a flag (``--no-report`` defaults to True only in argparse's bookkeeping) or an unset (None) default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0 or "default" in text.lower() \
+                or not action.option_strings or action.default == []:
+            return text
+        return f"{text} (default: %(default)s)"

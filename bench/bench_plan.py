@@ -16,6 +16,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from study.plan import spec as sweep  # noqa: E402
+from study.plan import table  # noqa: E402
 
 SPEC = {
     "study": "bench-plan",
@@ -31,9 +32,9 @@ def main() -> None:
     t0 = time.perf_counter()
     runs = sweep.expand(spec)
     t1 = time.perf_counter()
-    rows = [sweep.plan_row(r, spec) for r in runs]
+    rows = [table.plan_row(r, spec) for r in runs]
     t2 = time.perf_counter()
-    text = sweep.format_plan(rows)
+    text = table.format_plan(rows)
     t3 = time.perf_counter()
     print(f"{len(runs)} runs: expand {t1 - t0:.2f} s, plan rows {t2 - t1:.2f} s, table {t3 - t2:.2f} s, "
           f"in-process total {t3 - t0:.2f} s ({len(text.splitlines())} lines)")

@@ -50,7 +50,7 @@ def make_prompts(ns, model: LoopMDM, real: bool) -> torch.Tensor:
     if real:
         from study.data import gsm8k_synth
         from study.data import format_prompt
-        from study.evaluate import run_config
+        from study.plan.trained import run_config
         from study.data import get_tokenizer
 
         tok = get_tokenizer(run_config(ns.run)[0].data.tokenizer)

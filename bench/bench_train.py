@@ -1,4 +1,5 @@
-"""Training throughput: tokens/s and MFU, looped vs same-size vs deeper MDM, and the harness's overhead.
+"""Training throughput: tokens/s and MFU, looped vs same-size vs deeper MDM, the masked-rows head against the
+full head, and the harness's overhead.
 
 A benchmark, not a test: it measures speed and prints a table (and JSON with --json). Run on CPU here, and
 on a GPU in one call (bf16, flash attention through SDPA):
@@ -6,12 +7,15 @@ on a GPU in one call (bf16, flash attention through SDPA):
     python bench/bench_train.py                       # CPU: demo-size models
     python bench/bench_train.py --device cuda --paper # GPU: also the paper's 12 x 768 backbone at L=1024
 
-What it reports, per model:
+(bench/gpu_check.py is the one-call GPU check of every throughput change; this is the CPU-sized view.)
+What it reports, per model, the steps as the harness runs them by default (rows head, no vocabulary padding,
+eager unless --compile; bench/steps.py):
   - time per step and tokens/s of a bare forward+backward+AdamW step (no harness),
   - achieved FLOP/s under the exact convention and MFU against the measured matmul peak (CPU) or the
     datasheet (known GPUs),
   - time per FLOP of the looped model at S=k relative to the deeper non-looped model of the same depth
     (target: within 5%: looping should cost what the layers it replaces cost),
+  - the looped model with the output head over every position (before #22): the masked-rows head's speed-up,
 and for one model, the full harness (DeepSpeed engine, data, logging, checkpoint cadence) vs the bare
 step (target: overhead under 5%).
 """
@@ -25,47 +29,25 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from model import LoopMDM, ModelConfig, flops, masked_diffusion_loss  # noqa: E402
+from model import ModelConfig  # noqa: E402
+from steps import BareStep, Variant, interleaved, step_row  # noqa: E402
 from study.train.perf import peak_flops  # noqa: E402
+
+DEFAULTS = Variant("harness defaults", pad_vocab=1, compile=False)  # what a run does unless told otherwise
+FULL_HEAD = Variant("full head", full_head=True, pad_vocab=1, compile=False)
+COMPILED = Variant("compiled", pad_vocab=1, compile=True)
 
 
 def bare_step_time(cfg: ModelConfig, loops: int, batch: int, seq_len: int, device: torch.device,
-                   dtype: torch.dtype, iters: int, warmup: int = 3, clip: float = 0.0, compile: bool = False) -> float:
-    torch.manual_seed(0)
-    model = LoopMDM(cfg).to(device=device, dtype=dtype)
-    if compile:  # system.compile: the blocks compiled in place; warm-up steps absorb the compilation
-        model.compile_blocks()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randint(0, cfg.vocab_size - 1, (batch, seq_len), device=device)
-    gen = torch.Generator().manual_seed(0)
-
-    def step():
-        loss, _ = masked_diffusion_loss(model, x, loops=loops, generator=gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip:  # the same optimisation as the harness's (gradient clipping is a choice, not overhead)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
-
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+                   dtype: torch.dtype, iters: int, v: Variant = DEFAULTS, clip: float = 0.0) -> float:
+    return BareStep(cfg, device, dtype).time(v, loops, batch, seq_len, iters, clip=clip)
 
 
 def harness_overhead(device: torch.device, iters: int, rounds: int) -> dict:
@@ -120,6 +102,9 @@ def main() -> None:
     demo = ModelConfig(vocab_size=258, d_model=128, n_heads=4, n_head_layers=1, n_mid_layers=1, n_tail_layers=1,
                        s_max=4, max_seq_len=128)
     setups.append(("demo d128", demo, 4, 16, 128))
+    # the same model with GPT-2's vocabulary: where the output head is most of the FLOPs (2 x 128 x 50258 per
+    # token against ~2.4M for the layers at S=4), as with the paper's vocabularies at small widths
+    setups.append(("demo d128 V=50258", demo.replace(vocab_size=50258), 4, 16, 128))
     if ns.paper:
         paper = ModelConfig(vocab_size=50258, d_model=768, n_heads=12, n_head_layers=1, n_mid_layers=2,
                             n_tail_layers=9, s_max=12, max_seq_len=1024)
@@ -127,32 +112,30 @@ def main() -> None:
 
     results = []
     for name, cfg, k, batch, seq_len in setups:
-        variants = [(f"looped S={k}", cfg, k, False), ("same-size S=1", cfg.non_looped(), 1, False),
-                    (f"deeper (S={k} depth)", cfg.unrolled(k), 1, False)]
+        variants = [(f"looped S={k}", cfg, k, DEFAULTS), (f"looped S={k}, full head", cfg, k, FULL_HEAD),
+                    ("same-size S=1", cfg.non_looped(), 1, DEFAULTS), (f"deeper (S={k} depth)", cfg.unrolled(k), 1, DEFAULTS)]
         if ns.compile:
-            variants.append((f"looped S={k}, compiled", cfg, k, True))
-        # interleaved rounds: a variant timed first would also pay for the machine warming up
-        times = {v[0]: [] for v in variants}
-        for _ in range(ns.rounds):
-            for vname, vcfg, loops, comp in variants:
-                times[vname].append(bare_step_time(vcfg, loops, batch, seq_len, device, dtype, ns.iters, compile=comp))
-        for vname, vcfg, loops, _ in variants:
-            t = statistics.median(times[vname])
-            f = batch * seq_len * flops.train_flops_per_token(vcfg, seq_len, loops, "exact")
-            row = {"setup": name, "variant": vname, "batch": batch, "seq_len": seq_len, "step_s": t,
-                   "tokens_per_s": batch * seq_len / t, "tflops": f / t / 1e12, "mfu": f / t / peak,
-                   "s_per_pflop": t / f * 1e15}
-            results.append(row)
+            variants.append((f"looped S={k}, compiled", cfg, k, COMPILED))
+        steppers = {id(vcfg): BareStep(vcfg, device, dtype) for _, vcfg, _, _ in variants}
+        med = interleaved({vname: (lambda c=vcfg, L=loops, v=v: steppers[id(c)].time(v, L, batch, seq_len, ns.iters))
+                           for vname, vcfg, loops, v in variants}, ns.rounds)
+        for vname, vcfg, loops, v in variants:
+            row = step_row(vcfg, loops, batch, seq_len, med[vname], peak, v=v)
+            results.append({"setup": name, "variant": vname, "batch": batch, "seq_len": seq_len, **row,
+                            "s_per_pflop": 1e3 / row["tflops"]})
         rows = {r["variant"]: r for r in results if r["setup"] == name}
         looped, deeper = rows[f"looped S={k}"], rows[f"deeper (S={k} depth)"]
         looped["time_per_flop_vs_deeper"] = looped["s_per_pflop"] / deeper["s_per_pflop"]
+        rows[f"looped S={k}, full head"]["speedup_of_rows_head"] = rows[f"looped S={k}, full head"]["step_s"] / looped["step_s"]
         if ns.compile:
             rows[f"looped S={k}, compiled"]["speedup_vs_eager"] = looped["step_s"] / rows[f"looped S={k}, compiled"]["step_s"]
-    print(f"{'setup':14s} {'variant':22s} {'step ms':>9s} {'tok/s':>10s} {'TFLOP/s':>8s} {'MFU':>6s} {'t/FLOP vs deeper':>17s}")
+    print(f"{'setup':18s} {'variant':26s} {'step ms':>9s} {'tok/s':>10s} {'TFLOP/s':>8s} {'MFU':>6s} {'t/FLOP vs deeper':>17s}")
     for r in results:
         rel = r.get("time_per_flop_vs_deeper")
         extra = f"   {r['speedup_vs_eager']:.2f}x vs eager" if "speedup_vs_eager" in r else ""
-        print(f"{r['setup']:14s} {r['variant']:22s} {1000 * r['step_s']:9.1f} {r['tokens_per_s']:10.0f} "
+        if "speedup_of_rows_head" in r:
+            extra = f"   rows head {r['speedup_of_rows_head']:.2f}x faster"
+        print(f"{r['setup']:18s} {r['variant']:26s} {1000 * r['step_s']:9.1f} {r['tokens_per_s']:10.0f} "
               f"{r['tflops']:8.3f} {100 * r['mfu']:5.1f}% {'' if rel is None else f'{rel:17.3f}'}{extra}")
     out = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__, "peak_flops": peak,
            "results": results}

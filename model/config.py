@@ -17,6 +17,7 @@ from .flops import forward_flops
 
 LOOP_DISTS = ("uniform", "fixed")
 LOOP_INPUTS = ("none", "add", "concat")
+MAX_PAD_VOCAB = 1024
 
 
 class ConfigError(ValueError):
@@ -63,6 +64,10 @@ class ModelConfig:
     loop_input: str = "none"  # re-inject the head output into every loop: none | add | concat (+ projection)
     loop_embed: bool = False  # a learned loop-index embedding added before each loop (index clamped at s_max)
     loop_norm: bool = False  # a LayerNorm on the state after each loop
+    # Embedding and output head padded to a multiple of this many rows (1: none; 128 suits GPU matmul tiles).
+    # Padded rows start at zero and are never used nor predicted: the model is the same function, with the
+    # same initial weights; parameter and FLOPs counts are those of the real vocabulary (model/flops.py).
+    pad_vocab: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -71,6 +76,11 @@ class ModelConfig:
     @property
     def mask_id(self) -> int:
         return self.vocab_size - 1 if self.mask_token_id is None else self.mask_token_id
+
+    @property
+    def padded_vocab(self) -> int:
+        """Rows of the embedding and the output head: vocab_size rounded up to a multiple of pad_vocab."""
+        return -(-self.vocab_size // self.pad_vocab) * self.pad_vocab
 
     @property
     def n_layers_physical(self) -> int:
@@ -127,6 +137,10 @@ class ModelConfig:
                               ("model.loop_embed" if self.loop_embed else "model.loop_norm"),
                               "a looped-block variant needs a looped model (model.s_max > 1); set it back to its "
                               "default (loop_input: none, loop_embed: false, loop_norm: false) or raise s_max")
+        p = self.pad_vocab
+        if not isinstance(p, int) or isinstance(p, bool) or p < 1 or p & (p - 1) or p > MAX_PAD_VOCAB:
+            raise ConfigError("model.pad_vocab", f"got {p!r}; must be 1 (no padding) or a power of two up to "
+                              f"{MAX_PAD_VOCAB} (128 suits GPU matmul tiles)")
         if not 0 <= self.mask_id < self.vocab_size:
             raise ConfigError("model.mask_token_id", f"{self.mask_id} is outside the vocabulary [0, {self.vocab_size})")
 

@@ -12,6 +12,15 @@ scale the conventions differ by up to ~1.7x, so every number is available under 
   multiply-add; backward = 2x forward. Norms, softmax and elementwise ops are not counted (as in
   ``torch.utils.flop_counter``, which the tests check this against).
 
+``exact`` counts the output head at every position over the real vocabulary: the model's FLOPs, whatever the
+implementation runs. It is what budgets, the compute axis of every fit and MFU (``metrics.jsonl``, the bench)
+use. What the device actually runs differs in two ways: the training loss runs the head only on the masked
+rows (half of them on average: `model.diffusion`), and ``model.pad_vocab`` adds columns that are computed and
+thrown away. `executed_forward_flops` counts that, for hardware utilisation next to MFU; it is never a budget.
+
+Parameter counts are those of the real vocabulary too: padding rows are allocated but are not parameters of
+the model (zero, never used, never predicted).
+
 All functions are pure and cheap: the sweep planner calls them for 10,000-run grids.
 """
 
@@ -88,6 +97,14 @@ def forward_flops(cfg: ModelConfig, seq_len: int, loops: int | float, batch: int
     if cfg.time_cond:
         per_seq += cfg.effective_layers(loops) * 2 * d * 6 * d + 2 * (TIME_FREQS * d + d * d)
     return float(batch * per_seq)
+
+
+def executed_forward_flops(cfg: ModelConfig, seq_len: int, loops: int | float, batch: int = 1,
+                           head_rows: float = 1.0) -> float:
+    """Matmul FLOPs the device runs in one forward pass: as `forward_flops`, but with the output head over a
+    fraction ``head_rows`` of the positions (the masked ones, in training) and the padded vocabulary."""
+    head = 2 * seq_len * cfg.d_model
+    return forward_flops(cfg, seq_len, loops, batch) + batch * head * (head_rows * cfg.padded_vocab - cfg.vocab_size)
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int, loops: int | float, convention: str = "exact") -> float:

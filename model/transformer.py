@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -66,15 +67,19 @@ class Positions:
         return None if self.keep is None else self.keep[:, 0, 0, :, None].float()
 
 
-@dataclass
-class LoopOutput:
+class LoopOutput(NamedTuple):
     """What ``forward(..., return_stats=True | return_attention=True)`` returns: the logits, the loop
     statistics, and (analysis only) the mid layers' attention maps per loop — a list over loops of lists over
-    mid layers of (B, H, L, L) tensors, None unless asked for."""
+    mid layers of (B, H, L, L) tensors, None unless asked for.
 
-    logits: torch.Tensor
+    A NamedTuple, not a dataclass: DeepSpeed finds the tensors of a module's output by walking tuples, lists
+    and dicts, and hooks its backward prologue onto them (the bf16 optimizer clears its bf16 gradients there
+    before each micro-step adds them into the fp32 accumulator); behind a dataclass it finds none."""
+
+    logits: torch.Tensor | None
     stats: LoopStats
     attention: list[list[torch.Tensor]] | None = None
+    nll: torch.Tensor | None = None  # (n,) fp32 per-row cross-entropy, when forward was given rows/targets
 
 
 def rope_tables(seq_len: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,7 +167,7 @@ class LoopMDM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.embed = _pad_rows(nn.Embedding(cfg.vocab_size, cfg.d_model), cfg.padded_vocab)
         self.head_layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_head_layers))
         self.mid_layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_mid_layers))
         self.loop_adapter = nn.Linear(2 * cfg.d_model, cfg.d_model, bias=False) if cfg.loop_input == "concat" else None
@@ -170,12 +175,19 @@ class LoopMDM(nn.Module):
         self.loop_state_norm = nn.LayerNorm(cfg.d_model) if cfg.loop_norm else None
         self.tail_layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_tail_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
-        self.lm_head = None if cfg.tie_weights else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_weights else _pad_rows(nn.Linear(cfg.d_model, cfg.vocab_size, bias=False),
+                                                              cfg.padded_vocab)
         self.time_embed = TimeEmbedding(cfg.d_model) if cfg.time_cond else None
         cos, sin = rope_tables(cfg.max_seq_len, cfg.d_model // cfg.n_heads)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.apply(self._init)
+        # columns the model never predicts: the mask token and the padding of the vocabulary (SUBS)
+        forbidden = torch.zeros(cfg.padded_vocab)
+        forbidden[cfg.mask_id] = float("-inf")
+        forbidden[cfg.vocab_size:] = float("-inf")
+        self.register_buffer("column_bias", forbidden, persistent=False)
+        self._head_nll = head_nll  # compile_blocks() swaps in a compiled copy
+        self.apply(self._init_weights)
         # GPT-2 style: scale residual projections by depth so deep (and deeply looped) stacks start stable.
         depth = cfg.effective_layers(max(1, round(cfg.expected_loops)))
         for name, p in self.named_parameters():
@@ -193,20 +205,36 @@ class LoopMDM(nn.Module):
         with new shapes (training vs evaluation batches) and options (attention maps, padding)."""
         for blk in [*self.head_layers, *self.mid_layers, *self.tail_layers]:
             blk.compile(**kwargs)
+        # the output head and loss over the masked rows: their number changes every step, so the row dimension
+        # is marked dynamic (see `_row_nll`) and one graph serves every count
+        self._head_nll = torch.compile(head_nll, **kwargs)
         return self
 
-    @staticmethod
-    def _init(m: nn.Module) -> None:
+    def _init_weights(self, m: nn.Module) -> None:
+        """N(0, 0.02) for every matmul and lookup; padded vocabulary rows start (and, never used nor
+        predicted, stay) at zero. Only the real rows are drawn, so a padded model starts from the same
+        weights as the unpadded one (the generator draws the same numbers in the same order)."""
         if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if m is self.embed or m is self.lm_head:
+                nn.init.normal_(m.weight[:self.cfg.vocab_size], mean=0.0, std=0.02)
+                nn.init.zeros_(m.weight[self.cfg.vocab_size:])
+            else:
+                nn.init.normal_(m.weight, mean=0.0, std=0.02)
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, loops: int | None = None,
                 exit_threshold: float | None = None, return_stats: bool = False,
-                return_attention: bool = False, pad: torch.Tensor | None = None):
+                return_attention: bool = False, pad: torch.Tensor | None = None,
+                rows: torch.Tensor | None = None, targets: torch.Tensor | None = None):
         """Logits over the vocabulary for every position of ``x`` (B, L) — or, with ``return_stats`` /
         ``return_attention``, a `LoopOutput` holding them with what the mid block did.
+
+        With ``rows`` (n,) — flat positions b * L + i — and their clean tokens ``targets`` (n,), the output
+        head runs on those rows only and the `LoopOutput` holds ``nll`` (n,) fp32, the cross-entropy of each
+        row with the mask token and the vocabulary padding excluded, instead of logits: the training loss
+        weights every unmasked position by 0, so the head (most of a narrow model's FLOPs with a 50k
+        vocabulary) and the loss need not run there (`model.diffusion.sequence_nelbo`).
 
         ``loops`` is S, the mid-block repetitions (default ``s_max``; any S >= 1 works, S > s_max too).
         With ``exit_threshold`` a sequence stops looping once ||h_k - h_{k-1}|| / ||h_k|| < threshold,
@@ -229,11 +257,27 @@ class LoopMDM(nn.Module):
             h, stats = self._loop_until_settled(h, pos, c, loops, exit_threshold, attn_maps)
         for blk in self.tail_layers:
             h, _ = blk(h, pos, c)
+        if targets is not None:
+            return LoopOutput(logits=None, stats=stats, attention=attn_maps, nll=self._row_nll(h, rows, targets))
         h = self.norm(h)
-        logits = F.linear(h, self.embed.weight if self.lm_head is None else self.lm_head.weight)
+        logits = F.linear(h, self._head_weight())
+        if self.cfg.padded_vocab != self.cfg.vocab_size:
+            logits = logits[..., :self.cfg.vocab_size]
         if not (return_stats or return_attention):
             return logits
         return LoopOutput(logits=logits, stats=stats, attention=attn_maps)
+
+    def _head_weight(self) -> torch.Tensor:
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
+    def _row_nll(self, h: torch.Tensor, rows: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
+        """Final norm, output head and cross-entropy on the rows ``rows`` of h (B, L, d) only."""
+        if rows is None or rows.shape != targets.shape:
+            raise ValueError("rows and targets go together: one flat position (b * L + i) per target token")
+        h_rows = self.norm(h.flatten(0, 1).index_select(0, rows))
+        torch._dynamo.maybe_mark_dynamic(h_rows, 0)  # the masked-row count differs every step
+        torch._dynamo.maybe_mark_dynamic(targets, 0)
+        return self._head_nll(h_rows, self._head_weight(), self.column_bias, targets)
 
     def _positions(self, x: torch.Tensor, pad: torch.Tensor | None) -> Positions:
         L = x.shape[1]
@@ -331,6 +375,28 @@ class LoopMDM(nn.Module):
         trace = [self._start(h)]
         self._loop(h, pos, c, loops, None, trace)
         return trace
+
+
+def _pad_rows(m: nn.Embedding | nn.Linear, rows: int):
+    """The vocabulary-sized module with zero rows appended up to ``rows``. Built at the real size first, so
+    constructing it draws the same random numbers as the unpadded model does (and every later module starts
+    from the same weights)."""
+    extra = rows - m.weight.shape[0]
+    if extra:
+        m.weight = nn.Parameter(torch.cat([m.weight.data, m.weight.data.new_zeros(extra, m.weight.shape[1])]))
+        if isinstance(m, nn.Embedding):
+            m.num_embeddings = rows
+        else:
+            m.out_features = rows
+    return m
+
+
+def head_nll(h: torch.Tensor, weight: torch.Tensor, column_bias: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (n,) in fp32 of the logits h @ weight.T, with forbidden columns (mask token, vocabulary
+    padding) pushed to -inf by an additive bias rather than written in place, so that under ``torch.compile``
+    the fp32 upcast, the bias and the log-softmax fuse into one pass over the logits."""
+    logits = F.linear(h, weight).float() + column_bias.float()
+    return F.cross_entropy(logits, targets, reduction="none")
 
 
 def relative_change(new: torch.Tensor, old: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:

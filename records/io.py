@@ -36,12 +36,50 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+TEMP_SUFFIX = ".tmp"
+
+
+def unwritable(path: PathLike, kind: str | None = None) -> str | None:
+    """Why ``path`` (existing or still to be created, with anything below it) cannot be written here, or None:
+    its nearest existing ancestor is a file, or a directory this process may not write into, or it exists as
+    the wrong ``kind`` ('dir' or 'file'). Asked before any work starts, so a read-only target fails in one
+    line with nothing written. ``os.access`` is the kernel's own answer: a read-only mount is refused to root
+    too, while permission bits are not (root writes through them, so for root they are no obstacle)."""
+    path = Path(path).absolute()
+    if kind == "dir" and path.exists() and not path.is_dir():
+        return f"{path} is a file, not a directory"
+    if kind == "file" and path.is_dir():
+        return f"{path} is a directory, not a file"
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir():
+        return None if os.access(existing, os.W_OK | os.X_OK) else f"{existing} is not writable"
+    if existing != path:
+        return f"{existing} is a file, not a directory"
+    folder = path.parent  # an existing file is replaced by a rename in its directory
+    return None if os.access(folder, os.W_OK | os.X_OK) else f"{folder} is not writable"
+
+
+def remove_stray_temp_files(directory: PathLike) -> list[str]:
+    """Delete what `atomic_write` leaves when its process is killed between creating its temp file and the
+    rename (``.<name>.<random>.tmp``); only the owner of ``directory``'s files may call this. Returns the names."""
+    gone = []
+    for p in Path(directory).glob(f".*{TEMP_SUFFIX}"):
+        try:
+            p.unlink()
+            gone.append(p.name)
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            pass
+    return gone
+
+
 def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Stream into a temp file beside ``path`` and rename it into place; on any error the temp file goes
     and ``path`` keeps its previous content. Same directory, so the rename never crosses filesystems."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

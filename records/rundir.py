@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from .io import PathLike, atomic_write_json, read_json, read_records, truncate_jsonl
+from .io import PathLike, atomic_write_json, read_json, read_records, remove_stray_temp_files, truncate_jsonl
 
 RUNS_DIR = "runs"
 CONFIG = "config.yaml"
@@ -37,6 +37,8 @@ METRICS = "metrics.jsonl"
 EVALS = "evals.jsonl"
 LOOP_DIAG = "loops.jsonl"  # per-loop state diagnostics of looped runs at each eval point (model.diagnostics)
 TENSORBOARD_DIR = "tb"  # system.tensorboard: a mirror of the logs (the jsonl files are the record)
+WANDB_DIR = "wandb"  # system.wandb: W&B's own files (offline runs, its transaction logs), another mirror
+WANDB_RUN_ID = "run_id"  # in WANDB_DIR: the W&B run id, so every restart of the run continues the same W&B run
 EVALS_DIR = "evals"
 CKPT_DIR = "ckpt"
 CKPT_PREFIX = "step_"
@@ -45,6 +47,7 @@ MANIFEST = "MANIFEST.json"
 LOCK = ".lock"
 SLUG_MAX = 48
 MARKERS = (DONE, FAILED, PREEMPTED, RUNNING)
+SEALED_SINCE = "world_size"  # a meta.json key that came with manifests: its checkpoint must have one
 
 _SLUG_BAD = re.compile(r"[^a-z0-9._-]+")
 _HASH_OK = re.compile(r"^[0-9a-f]{12,}$")
@@ -96,6 +99,10 @@ def task_eval_path(run_dir: PathLike, task: str, eval_hash: str) -> Path:
 
 def tensorboard_dir(run_dir: PathLike) -> Path:
     return Path(run_dir) / TENSORBOARD_DIR
+
+
+def wandb_dir(run_dir: PathLike) -> Path:
+    return Path(run_dir) / WANDB_DIR
 
 
 def attention_path(run_dir: PathLike, settings_hash: str) -> Path:
@@ -160,11 +167,13 @@ def _clear(run_dir: Path, *names: str) -> None:
 
 def mark_done(run_dir: PathLike, summary: Mapping[str, Any]) -> None:
     """DONE.json, then the heartbeat and any earlier preemption/failure marker go: a finished run shows
-    one marker (the last preemption's record is kept inside DONE.json, see `last_preemption`)."""
+    one marker (the last preemption's record is kept inside DONE.json, see `last_preemption`), and no temp
+    file of a write that a kill -9 interrupted."""
     rd = Path(run_dir)
     extra = {"preempted": read_json(rd / PREEMPTED)} if (rd / PREEMPTED).exists() else {}
     atomic_write_json(rd / DONE, {**job_context(), "summary": dict(summary), **extra})
     _clear(rd, RUNNING, PREEMPTED, FAILED)
+    remove_stray_temp_files(rd)
 
 
 def mark_failed(run_dir: PathLike, reason: str, traceback: str | None = None, **info: Any) -> None:
@@ -269,13 +278,17 @@ def verify_checkpoint(ckpt: PathLike) -> str | None:
     """None when the checkpoint is intact, else why not (a missing, truncated or altered file). Sizes are
     compared first (cheap: a truncated copy fails without reading it), then every file's SHA-256 (a same-size
     corruption only the hash sees). A checkpoint written before manifests existed is checked for its meta.json
-    being readable only."""
+    being readable only; one whose meta.json records the world size was written by a version that seals
+    every checkpoint (the two came together), so without its manifest it is incomplete."""
     ckpt = Path(ckpt)
     manifest = read_json(ckpt / MANIFEST)
     if manifest is None:
         if (ckpt / MANIFEST).exists():
             return f"{MANIFEST} is unreadable"
-        return None if read_json(ckpt / CKPT_META) is not None else f"{CKPT_META} is missing or unreadable"
+        meta = read_json(ckpt / CKPT_META)
+        if meta is None:
+            return f"{CKPT_META} is missing or unreadable"
+        return f"{MANIFEST} is missing (it is written last: the checkpoint is incomplete)" if SEALED_SINCE in meta else None
     for rel, want in (manifest.get("files") or {}).items():
         p = ckpt / rel
         try:

@@ -6,6 +6,8 @@ place they are spelled (docs/INTERFACES.md, "Run directory").
       submissions.jsonl           the ledger (records.ledger); .submit.lock while a submission decides
       submitit/  .snapshots/      scheduler logs and pickles; the code a queued job runs
       eval_jobs/                  evaluation jobs: their logs, their ledger, done/<key>.json markers
+      tune/                       the tuning stage, a study directory of its own (runs/, its ledger, submitit/)
+        tuned_lr.json             the LR chosen per (family, width) and the grid it was chosen from
       runs.parquet                the tidy table (analysis.collect)
       fits.json  report.md  figures/                                   (analysis.report)
 """
@@ -27,6 +29,8 @@ RUNS_TABLE = "runs.parquet"
 FITS = "fits.json"
 REPORT = "report.md"
 FIGURES_DIR = "figures"
+TUNE_DIR = "tune"
+TUNED = "tuned_lr.json"
 
 
 def eval_jobs_dir(target: PathLike) -> Path:
@@ -39,3 +43,14 @@ def eval_marker(study_dir: PathLike, key: str) -> Path:
     """The done marker of one evaluation stage on one run (what the evaluation returned): a re-submitted
     sweep never evaluates that (stage, run) twice."""
     return eval_jobs_dir(study_dir) / EVAL_DONE_DIR / f"{key}.json"
+
+
+def tune_dir(study_dir: PathLike) -> Path:
+    """The tuning stage's runs live in a study directory of their own inside the study: the grid's tables,
+    fits and claims never see them, and every tool that reads a study (status, collect) reads it too."""
+    return Path(study_dir) / TUNE_DIR
+
+
+def tuned_path(study_dir: PathLike) -> Path:
+    """The record of the chosen LR per tuning key (a study's grid runs name it in their ``meta.lr``)."""
+    return tune_dir(study_dir) / TUNED

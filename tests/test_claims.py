@@ -235,7 +235,8 @@ def test_missing_inputs_give_inconclusive_with_caveats():
     empty = pd.DataFrame(columns=BASE_COLUMNS)
     fits = fit_study(empty, n_boot=10)
     cs = CL.all_claims(empty, fits, None, n_boot=10)
-    assert {c.key.split("[")[0] for c in cs} == {"multiplier", "protocol", "deeper", "loop_scaling", "adaptive", "task"}
+    assert {c.key.split("[")[0] for c in cs} == {"multiplier", "phi", "protocol", "deeper", "loop_scaling", "adaptive",
+                                                 "task"}
     for c in cs:
         assert c.verdict == CL.INCONCLUSIVE and c.measured is None
         assert c.caveats and all(isinstance(x, str) and x for x in c.caveats)

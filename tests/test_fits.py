@@ -128,8 +128,8 @@ def test_bootstrap_matches_individual_refits():
         ref = minimize(fun, p.theta, jac=True, method="L-BFGS-B", bounds=list(zip(model.lb, model.ub)),
                        options=dict(ftol=1e-15, gtol=1e-12, maxiter=20000))
         assert fun(th[k])[0] <= ref.fun * (1 + 1e-6)
-        assert np.allclose(parametric._parametric_params(th[k], p.u0, p.v0)[0, 3:5],
-                           parametric._parametric_params(ref.x, p.u0, p.v0)[0, 3:5], atol=2e-3)
+        assert np.allclose(parametric.parametric_params(th[k], p.u0, p.v0)[0, 3:5],
+                           parametric.parametric_params(ref.x, p.u0, p.v0)[0, 3:5], atol=2e-3)
 
 
 def test_huber_resists_outlier_runs():

@@ -52,7 +52,7 @@ def table(tmp_path: Path):
 
 def test_figure_points_sit_at_the_configs_inference_flops(table, tmp_path, monkeypatch) -> None:
     drawn: list[np.ndarray] = []
-    for name in ("plot", "scatter"):
+    for name in ("plot", "scatter", "errorbar"):  # points drawn with their error bars too
         original = getattr(Axes, name)
 
         def record(self, x, *args, _original=original, **kwargs):

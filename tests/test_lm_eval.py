@@ -29,8 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 GSM8K_DIR = Path(__file__).resolve().parent / "data" / "gsm8k"  # 50 real problems per split, MIT
 CONTRACT = {"task", "metric", "score", "loops", "exit_threshold", "per_sample", "n", "run_hash", "ckpt_step",
             "eval_hash", "config", "versions", "device"}
-MC_N = 100  # problems in the above-chance check
-MC_PASS = 0.35  # P(acc >= 0.35 | n=100, chance 0.25) = 1.5 %; this model scores ~0.45 (deterministic here)
+MC_N = 500  # problems in the above-chance check: all the task's 500
+# P(acc >= 0.30 | n=500, chance 0.25) = 0.6 %. The fixture's model is deterministic but its training is chaotic
+# (lr 5e-3, loss spikes): across SFT seeds it scores 0.32-0.43 on all 500 problems, and changes at the level of
+# rounding (issue #22's loss path) move it within that range; on 100 problems one seed's score was a lottery
+# around the old 0.35 threshold (0.33-0.43).
+MC_PASS = 0.30
 
 
 @pytest.fixture(scope="session")
@@ -136,7 +140,7 @@ def test_packaged_gsm8k_format_task_is_lm_evals_own_gsm8k_config():
 
 
 def test_packaged_tasks_run_in_lm_evals_own_entry_points_without_study_eval(runs, tmp_path):
-    """Right after install: lm-eval's simple_evaluate and its CLI find the packaged tasks with --include_path
+    """Right after install: lm-eval's simple_evaluate finds the packaged tasks with --include_path
     and the model by name; problems chosen with --metadata. No study.eval call has written anything."""
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -154,15 +158,64 @@ def test_packaged_tasks_run_in_lm_evals_own_entry_points_without_study_eval(runs
     from study.data import gsm8k_synth
 
     assert docs[:6] == [p["question"] for p in gsm8k_synth.generate(6, seed=0, difficulty="easy", split="test")]
-    cmd = [sys.executable, "-m", "study.lm_eval_cli", "run", "--model", "loopmdm", "--model_args",
-           f"run={sft},gen_length=16,steps=8", "--device", "cpu", "--include_path", str(tasks_mod.PACKAGED), "--tasks",
-           "gsm8k-synth", "--metadata", '{"difficulty": "tiny", "n": 2}', "--batch_size", "4",
-           "--output_path", str(tmp_path / "out")]
+
+
+def lm_eval_command() -> str:
+    """The documented command line: the console script next to this interpreter (pip install puts it there)."""
+    script = Path(sys.executable).parent / "loopmdm-lm-eval"
+    assert script.is_file(), f"{script} missing: reinstall the package (pip install -e .)"
+    return str(script)
+
+
+@pytest.mark.slow
+def test_documented_lm_eval_command_line_scores_a_run(runs, tmp_path):
+    """The command the README and the task YAMLs give, as a real subprocess against a tiny trained run: it
+    scores, and --output_path gets a folder named after the run (lm-eval names it after ``pretrained=``), the
+    same on a second call, whether the run is given as pretrained= or run=."""
+    _, sft = runs
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    folders = []
+    for key in ("pretrained", "run"):
+        cmd = [lm_eval_command(), "run", "--model", "loopmdm", "--model_args", f"{key}={sft},gen_length=16,steps=8",
+               "--device", "cpu", "--include_path", str(tasks_mod.PACKAGED), "--tasks", "gsm8k-synth",
+               "--metadata", '{"difficulty": "tiny", "n": 2}', "--batch_size", "4", "--output_path", str(tmp_path / "out")]
+        res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert "gsm8k-synth" in res.stdout and "exact_match" in res.stdout
+        folders.append(sorted(p.name for p in (tmp_path / "out").iterdir()))
+    assert folders[0] == folders[1] == [str(sft).replace("/", "__")]
+    [result] = {p.parent for p in (tmp_path / "out").rglob("results_*.json")}
+    scores = json.loads(sorted(result.glob("results_*.json"))[-1].read_text())["results"]["gsm8k-synth"]
+    assert 0 <= scores["exact_match,strict-match"] <= 1
+
+
+def test_unknown_or_malformed_model_args_are_refused_in_one_line(runs, tmp_path):
+    """A typo in --model_args is not silently ignored: one line naming the key (and the likely knob), exit 2,
+    before any weights are loaded."""
+    _, sft = runs
+    with pytest.raises(EvalError, match="^model_args: unknown key 'loop' \\(did you mean loops\\?\\)"):
+        LoopMDMLM.create_from_arg_string(f"pretrained={sft},loop=2")
+    with pytest.raises(EvalError, match="^model_args: unknown key 'mcnum' \\(did you mean mc_num\\?\\)"):
+        LoopMDMLM.create_from_arg_string(f"pretrained={sft},mcnum=4")
+    with pytest.raises(EvalError, match="^ema: got 'maybe'; expected true or false"):
+        LoopMDMLM.create_from_arg_string(f"pretrained={sft},ema=maybe")
+    with pytest.raises(EvalError, match="^seed: "):
+        LoopMDMLM.create_from_arg_string(f"pretrained={sft},seed=abc")
+    cmd = [lm_eval_command(), "run", "--model", "loopmdm", "--model_args", f"pretrained={sft},loop=2,mcnum=4",
+           "--device", "cpu", "--tasks", "hellaswag"]
     res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert "gsm8k-synth" in res.stdout and "exact_match" in res.stdout
-    assert not (tmp_path / "out").exists() or list((tmp_path / "out").rglob("results_*.json"))
+    assert res.returncode == 2, res.stderr[-2000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: model_args: unknown key 'loop' (did you mean loops?)"], res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+
+
+def test_default_generation_length_leaves_room_for_a_prompt(sft_lm):
+    """Without gen_length the model generates: the default is capped at half the model's positions."""
+    lm = LoopMDMLM(loaded=sft_lm.loaded)
+    assert lm.gen_length == min(128, lm.max_length // 2) and lm.gen_length < lm.max_length
+    assert lm._gen_settings({"until": ["Q"]})[1] == lm.gen_length  # check_room passes
 
 
 def test_unequal_prompts_batched_equal_batch_size_one(sft_lm):
@@ -212,13 +265,6 @@ def test_generation_kwargs_are_honoured_or_refused(sft_lm):
     long = LoopMDMLM(loaded=lm.loaded, gen_length=512, mc_num=2)
     [(ll, _)] = long._score([long._encode_pair("Question: 1 + 1?\nAnswer:", " 2")])
     assert math.isfinite(ll) and ll < 0
-
-
-def test_lm_eval_cli_wrapper_registers_the_model():
-    code = "import study.lm_eval_cli; from lm_eval.api.registry import get_model; print(get_model('loopmdm').__name__)"
-    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "LoopMDMLM"
 
 
 @pytest.mark.slow

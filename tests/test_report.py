@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from analysis.synthetic import SyntheticSpec, write_study
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(budgets=(1e15, 3e15, 1e16, 3e16, 1e17), size_factors=(0.25, 0.5, 1.0, 2.0, 4.0))
-CLAIM_KEYS = ["multiplier[flops_6N_nonembed]", "multiplier[flops_6N_total]", "multiplier[flops_exact]",
+CLAIM_KEYS = ["multiplier[flops_6N_nonembed]", "multiplier[flops_6N_total]", "multiplier[flops_exact]", "phi",
               "protocol[flops_6N_nonembed]", "protocol[flops_6N_total]", "protocol[flops_exact]", "deeper",
               "loop_scaling", "adaptive", "task[gsm8k]"]
 
@@ -26,15 +27,24 @@ def report(tmp_path_factory):
     return d, run_report(d, n_boot=100)
 
 
+def headline(md: str) -> list[list[str]]:
+    """The cells of the headline table (header row first)."""
+    table = "| claim" + md.split("## Claims at a glance", 1)[1].split("| claim", 1)[1].split("\n\n", 1)[0]
+    lines = [r for r in table.splitlines() if r.startswith("| ")]
+    return [[x.strip() for x in re.split(r"(?<!\\)\|", r)[1:-1]] for r in lines]
+
+
 def test_report_files_and_claims_table(report):
     d, res = report
     md = (d / "report.md").read_text()
-    table = "| claim" + md.split("## Claims", 1)[1].split("| claim", 1)[1].split("\n\n", 1)[0]
-    rows = [r for r in table.splitlines() if r.startswith("| ") and not r.startswith("| claim")]
-    assert len(rows) == len(CLAIM_KEYS)
+    table = "\n".join(" | ".join(r) for r in headline(md))
+    rows = headline(md)[1:]
     assert [c.key for c in res.claims] == CLAIM_KEYS
+    # claims 1-2 under one convention (exact), every other claim once; the other conventions in their sections
+    assert len(rows) == len(CLAIM_KEYS) - 4 and "Claims 1–2 under the other FLOPs conventions" in md
     for c in res.claims:
-        assert c.name in table
+        assert (c.name in table) == (c.details.get("convention") in (None, "flops_exact")), c.name
+        assert f"**{c.name}**" in md
     # the synthetic study is built with LoopMDM 3.3x cheaper, better than deeper MDMs, +8.5 GSM8K
     by = {c.key: c for c in res.claims}
     assert by["multiplier[flops_6N_nonembed]"].verdict == "supported"
@@ -45,7 +55,7 @@ def test_report_files_and_claims_table(report):
     assert by["multiplier[flops_6N_nonembed]"].paper_verdict == "consistent with the paper"
     assert by["task[gsm8k]"].paper_verdict == "consistent with the paper"
     assert by["deeper"].paper_verdict is None  # the paper states a direction only
-    assert "| consistent with the paper (up to 3.3x) |" in table and "at 80% power" in table
+    assert "(paper: up to 3.3x)" in table and "consistent (paper: +8.5 points)" in table and "at 80% power" in md
     for section in ("## Fit diagnostics", "### Backtests", "## What is missing", "Python", "numpy",
                     "## Task scores vs inference loops", "| LoopMDM |", "## Training seeds",
                     "by the outlier rule"):
@@ -87,6 +97,57 @@ def test_baseline_only_study_gives_partial_report(tmp_path):
     assert all(c.verdict == "inconclusive" for c in res.claims)
     md = (d / "report.md").read_text()
     assert "no runs of family 'loopmdm'" in md and "no runs of family 'mdm_deeper'" in md
+    # a claim without data reads "not measured" (its rule's "inconclusive" would suggest a measurement)
+    rows = headline(md)[1:]
+    assert rows and all(r[3] == "⬜ not measured" and r[1] == r[2] == "—" for r in rows), rows
+    assert "❔ inconclusive" not in md and md.count("⬜ not measured") >= 2 * len(rows)
+
+
+def test_headline_fits_a_screen_and_units_are_consistent(report):
+    """Every headline cell <= 120 characters; each claim's estimate and CI in one unit with the same digits:
+    percent with percent CIs, nats with as many decimals as their CI, multipliers as '0.98x'."""
+    d, res = report
+    md = (d / "report.md").read_text()
+    rows = headline(md)
+    assert rows[0] == ["claim", "measured", "95% CI", "verdict (vs no effect)", "vs the paper",
+                       "power: smallest effect detectable (80%)"]
+    assert all(len(x) <= 120 for r in rows for x in r), max((x for r in rows for x in r), key=len)
+    by = {r[0]: r for r in rows[1:]}
+    decimals = lambda x: len(x.split(".")[1]) if "." in x else 0  # noqa: E731
+    for name, r in by.items():
+        lo, hi = r[2].strip("[]").split(", ") if r[2].startswith("[") else (None, None)
+        if "nats" in r[1] or "points" in r[1]:
+            est = r[1].split(" ")[0]
+            assert decimals(est) == decimals(lo) == decimals(hi), r
+        if "% loops saved" in r[1]:
+            assert lo.endswith("%") and hi.endswith("%") and decimals(lo.rstrip("%")) == decimals(r[1].split("%")[0]) == 1, r
+        if name.startswith("1.") and r[1][0].isdigit():
+            assert re.fullmatch(r"[\d.]+x", r[1]) and re.fullmatch(r"\[[\d.]+x, [\d.]+x\]", r[2]), r
+
+
+def test_unit_formatting():
+    from analysis.claims.common import Claim
+
+    def claim(m, lo, hi, unit):
+        return Claim("k", "n", "", None, "", m, lo, hi, unit, "supported", "")
+
+    assert (claim(26.0, 6.53, 48.2, "% loops saved").measured_str(), claim(26.0, 6.53, 48.2, "%").ci_str()) == \
+        ("26.0% loops saved", "[6.5%, 48.2%]")
+    assert claim(-0.003, -0.007, -0.000234, "nats/token").ci_str() == "[-0.0070, -0.0002]"
+    assert claim(-0.003, -0.007, -0.000234, "nats/token").measured_str() == "-0.0030 nats/token"
+    assert claim(-0.036, -0.069, -0.009, "nats/token").ci_str() == "[-0.069, -0.009]"
+    assert claim(7.0, 2.0, 12.0, "points").measured_str() == "+7.0 points"
+    assert claim(0.9784, 0.5, 1.2, "x").measured_str() == "0.978x"
+
+
+def test_one_seed_caveat_on_every_measured_claim(report):
+    """One seed per config (the synthetic study): every measured claim says its CI lacks seed variance,
+    the task claim (one model pair) included."""
+    _, res = report
+    measured = [c for c in res.claims if c.measured_at_all]
+    assert any(c.key.startswith("task[") for c in measured)
+    for c in measured:
+        assert any(cv.startswith("one seed per config") for cv in c.caveats), c.key
 
 
 def test_single_budget_and_missing_columns(tmp_path):

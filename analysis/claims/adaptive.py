@@ -10,7 +10,8 @@ from .. import paired as PA
 from ..bootstrap import group_draws, percentile_ci
 from ..select import CORE_COLUMNS, fixed_loops, missing_columns, unique_points
 from ..util import derive_rng, fmt
-from .common import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim, Section, ensure_columns, inconclusive
+from .common import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim, Section, decimals_for, ensure_columns, inconclusive,
+                     number)
 
 
 EQUIV_MARGIN_NATS = 0.01
@@ -97,8 +98,7 @@ def claim_adaptive(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, margi
         verdict = SUPPORTED if (best["saving_low"] is not None and best["saving_low"] > 0) else INCONCLUSIVE
         meas, lo, hi = 100 * best["saving"], 100 * best["saving_low"], 100 * best["saving_high"]
         caveats.insert(0, f"best equal-quality threshold {best['threshold']:g}: {best['mean_loops']:.3g} of "
-                          f"{best['cap']:.3g} loops, ΔNLL {best['delta']:+.4f} [{fmt(best['delta_low'])}, "
-                          f"{fmt(best['delta_high'])}] nats/token")
+                          f"{best['cap']:.3g} loops, ΔNLL {delta_text(best)} nats/token")
         if len(set(t["run"])) == 1:
             caveats.append("a single looped run: saving CI degenerate")
     else:
@@ -118,6 +118,14 @@ def claim_adaptive(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, margi
                  caveats, details)
 
 
+def delta_text(t: dict) -> str:
+    """A threshold's ΔNLL and its CI with one number of decimals: '-0.0030 [-0.0070, -0.0002]'."""
+    d = decimals_for("nats", t["delta_low"], t["delta_high"])
+    if t["delta_low"] is None or t["delta_high"] is None:
+        return number(t["delta"], "nats", d)
+    return f"{number(t['delta'], 'nats', d)} [{number(t['delta_low'], 'nats', d)}, {number(t['delta_high'], 'nats', d)}]"
+
+
 def details_md(c: Claim) -> list[str]:
     thresholds = c.details.get("thresholds")
     if not thresholds:
@@ -128,7 +136,7 @@ def details_md(c: Claim) -> list[str]:
     for t in thresholds:
         eq = ("yes" if t["equal_quality"] else "no") if t["saving"] > 0 else "— (no loops saved)"
         L.append(f"| {t['threshold']:g} | {t['n_runs']} | {fmt(t['mean_loops'])} / {fmt(t['cap'])} | "
-                 f"{100 * t['saving']:.1f}% | {t['delta']:+.4f} [{fmt(t['delta_low'])}, {fmt(t['delta_high'])}] | "
+                 f"{100 * t['saving']:.1f}% | {delta_text(t)} | "
                  f"{t.get('se_method', '—')} | {eq} |")
     return L + [""]
 

@@ -47,8 +47,11 @@ from ..bootstrap import Z80, Z95
 from ..util import fmt, fmt_near, jsonable
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
+NOT_MEASURED = "not measured"  # how the report shows a claim whose inputs are missing (its rule says inconclusive)
+ONE_SEED = "one seed per config: training-seed variance is not in the CI"
 PAPER_MULTIPLIER = 3.3
 PAPER_GSM8K_POINTS = 8.5
+NOT_IN_PAPER = "not in the paper"  # a number the report adds (φ): no paper value, no direction the paper states
 CONSISTENT, SMALLER, LARGER, UNDETERMINED = ("consistent with the paper", "smaller than the paper",
                                              "larger than the paper", "undetermined")
 
@@ -82,15 +85,79 @@ class Claim:
     def measured_str(self) -> str:
         if self.measured_text is not None:
             return self.measured_text
-        return "—" if self.measured is None else f"{fmt(self.measured)} {self.unit}".strip()
+        return "—" if self.measured is None else with_unit(self.measured, self.unit, self.decimals())
 
     def ci_str(self) -> str:
         if self.ci_text is not None:
             return self.ci_text
-        return "—" if self.ci_low is None or self.ci_high is None else f"[{fmt(self.ci_low)}, {fmt(self.ci_high)}]"
+        if self.ci_low is None or self.ci_high is None:
+            return "—"
+        d = self.decimals()
+        return f"[{number(self.ci_low, self.unit, d)}, {number(self.ci_high, self.unit, d)}]"
+
+    def decimals(self) -> int | None:
+        """One number of digits for the estimate and its CI (see `decimals_for`)."""
+        return decimals_for(self.unit, self.ci_low, self.ci_high)
+
+    @property
+    def measured_at_all(self) -> bool:
+        return not self.details.get("missing_input")
+
+    def verdict_text(self) -> str:
+        """The verdict as a reader should see it: a claim without data is not measured, not 'inconclusive'."""
+        return self.verdict if self.measured_at_all else NOT_MEASURED
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(dataclasses.asdict(self))
+
+
+def unit_kind(unit: str) -> str:
+    """x (a multiplier), % (a share), points (a score difference) or nats (an NLL or a difference of NLLs)."""
+    u = unit.strip()
+    if u == "x":
+        return "x"
+    if u.startswith("%"):
+        return "%"
+    if u.startswith("points"):
+        return "points"
+    return "nats" if u.startswith("nats") else "other"
+
+
+def decimals_for(unit: str, low: float | None = None, high: float | None = None) -> int | None:
+    """Digits after the point, the same for an estimate and its CI: shares and points to 0.1; NLLs to as many
+    decimals as give the CI's half-width two significant digits (3 to 5: 0.036 [0.009, 0.069], 0.0030
+    [0.0002, 0.0070]); a multiplier keeps three significant digits (None)."""
+    kind = unit_kind(unit)
+    if kind in ("%", "points"):
+        return 1
+    if kind != "nats":
+        return None
+    half = abs(high - low) / 2 if low is not None and high is not None and math.isfinite(high - low) else 0.0
+    if half <= 0:
+        return 3
+    return int(min(5, max(3, 1 - math.floor(math.log10(half)))))
+
+
+def number(v: float, unit: str, decimals: int | None) -> str:
+    """A value in a claim's unit: '0.978x', '25.9%', '+7.0', '-0.036'."""
+    kind = unit_kind(unit)
+    if kind == "x":
+        return f"{fmt_near(v)}x"
+    if kind == "%":
+        return f"{v:.{decimals}f}%"
+    if kind in ("points", "nats"):
+        return f"{v:+.{decimals}f}" if v != 0 else f"{0:.{decimals}f}"
+    return fmt(v)
+
+
+def with_unit(v: float, unit: str, decimals: int | None) -> str:
+    """'0.978x', '25.9% loops saved', '+7.0 points', '-0.036 nats/token'."""
+    kind = unit_kind(unit)
+    if kind == "x":
+        return number(v, unit, decimals)
+    if kind == "%":
+        return number(v, unit, decimals) + unit.strip()[1:]
+    return f"{number(v, unit, decimals)} {unit}".strip()
 
 
 def ensure_columns(df: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
@@ -187,7 +254,8 @@ def state_power(c: Claim) -> Claim:
     if c.mde is None:
         c.mde_text = "not determined (censored or missing CI)"
         return c
-    what = f"{fmt(c.mde)}x" if mult else f"|effect| >= {fmt(c.mde)} {c.unit}"
+    d = c.decimals()
+    what = f"{fmt(c.mde)}x" if mult else f"|effect| >= {with_unit(c.mde, c.unit, d).lstrip('+')}"
     c.mde_text = f"{'>= ' if mult else ''}{what} at 80% power"
     paper = c.paper_value
     if paper is not None and paper not in (0, 1):
@@ -223,7 +291,7 @@ def bounded_ci_text(lo: float | None, hi: float | None, unit: str = "x") -> str:
         return f"< {fmt_near(hi)}{unit}"
     if math.isinf(hi):
         return f"≥ {fmt_near(lo)}{unit}"
-    return f"[{fmt_near(lo)}, {fmt_near(hi)}]"
+    return f"[{fmt_near(lo)}{unit}, {fmt_near(hi)}{unit}]"
 
 
 def per_run_arrays(d: pd.DataFrame, cols: Sequence[str], order: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:

@@ -12,7 +12,7 @@ from .. import paired as PA
 from ..bootstrap import group_draws, percentile_ci
 from ..select import CORE_COLUMNS, choose_eval_loops, final_points, memberships, missing_columns
 from ..util import derive_rng, fmt
-from .common import Claim, Section, cell, ensure_columns, inconclusive, verdict_gt
+from .common import ONE_SEED, Claim, Section, cell, ensure_columns, inconclusive, verdict_gt
 
 
 DEEPER_RULE = ("ΔNLL = NLL(deeper MDM) − NLL(LoopMDM at S), final evals, paired by comparison group (and seed); "
@@ -95,7 +95,7 @@ def claim_deeper(df: pd.DataFrame, *, loops: int | None = None, n_boot: int = 10
                        f"{np.nanmax(np.exp(np.abs(np.log(fr)))):.3f}x apart: per-step compute not matched within 5% "
                        f"(plan with both bracketing depths to interpolate)")
     if all(r["n_pairs"] == 1 for r in rows):
-        caveats.append("one seed per config: training-seed variance is not in the CI")
+        caveats.append(ONE_SEED)
     return Claim(key, name, statement, None, "LoopMDM better (ΔNLL > 0)", float(dlt.mean()), lo, hi, "nats/token",
                  verdict_gt(lo, hi, 0.0), DEEPER_RULE, caveats, dict(eval_loops=loops, groups=rows))
 

@@ -96,4 +96,4 @@ def claim_loop_scaling(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, l
                                                     mean_beyond_delta=float(np.mean(bd)) if bd else None))
 
 
-SECTION = Section("loop_scaling", "4. Inference-loop scaling", ("nll_vs_loops",))
+SECTION = Section("loop_scaling", "4. Inference-loop scaling", ("nll_vs_loops", "nll_vs_inference_flops"))

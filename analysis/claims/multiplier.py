@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import curves as F
 from ..study_fits import StudyFits
-from ..util import fmt, normalise_convention
+from ..util import fmt, fmt_near, normalise_convention
 from .common import (INCONCLUSIVE, NOT_SUPPORTED, PAPER_MULTIPLIER, Claim, Section, bounded_ci_text, inconclusive,
                      magnitude_note, verdict_gt)
 
@@ -59,8 +59,8 @@ def claim_multiplier(fits: StudyFits, convention: str, *, paper: float = PAPER_M
         sb = sb[np.isfinite(sb)]
         b_hi = float(np.quantile(sb, LEVEL_HI)) if sb.size >= 2 else None
         measured, low, high = None, 0.0, b_hi
-        measured_text = f"not reached within the observed range (< {fmt(bound)} x)"
-        ci_text = f"< {fmt(b_hi)} x" if b_hi is not None else "—"
+        measured_text = f"not reached in the observed range (< {fmt_near(bound)}x)"
+        ci_text = f"< {fmt_near(b_hi)}x" if b_hi is not None else "—"
         # an upper bound can only refute: not supported if it lies below 1, or if LoopMDM's extrapolated
         # frontier puts the whole CI below 1 (said so in a caveat); never supported from a bound
         by_bound = b_hi is not None and b_hi < 1.0
@@ -81,7 +81,7 @@ def claim_multiplier(fits: StudyFits, convention: str, *, paper: float = PAPER_M
             caveats.append("the baseline's fitted frontier flattens above this loss (E ≥ L*): the multiplier is not "
                            "defined at this level")
         if (v.high is not None and not np.isfinite(v.high)) or (v.low is not None and not np.isfinite(v.low)):
-            ci_text = bounded_ci_text(v.low if v.low is not None else 0.0, v.high, " x")
+            ci_text = bounded_ci_text(v.low if v.low is not None else 0.0, v.high)
         caveats += list(m.extrapolated)
     mag = magnitude_note(low, high, paper, "x")
     if mag:

@@ -16,7 +16,7 @@ from .. import paired as PA
 from ..bootstrap import bootstrap_weights, percentile_ci
 from ..select import CORE_COLUMNS, choose_eval_loops, missing_columns, protocol_points
 from ..util import derive_rng, normalise_convention
-from .common import (NOT_SUPPORTED, PAPER_MULTIPLIER, Claim, Section, bounded_ci_text, bounded_text, cell,
+from .common import (NOT_SUPPORTED, ONE_SEED, PAPER_MULTIPLIER, Claim, Section, bounded_ci_text, bounded_text, cell,
                      ensure_columns, inconclusive, magnitude_note, per_run_arrays, verdict_gt)
 
 PROTO_RULE = ("per comparison group: baseline total FLOPs / FLOPs at which LoopMDM (fixed S) first reaches the "
@@ -215,7 +215,7 @@ def claim_protocol(df: pd.DataFrame, convention: str, *, loops: int | None = Non
     if len(groups) == 1:
         caveats.append("a single comparison group: the CI reflects eval noise (and seeds) only")
     if all(gr["n_pairs"] == 1 for gr in groups):
-        caveats.append("one seed per config: training-seed variance is not in the CI")
+        caveats.append(ONE_SEED)
     details = dict(convention=conv, eval_loops=loops, groups=[{k: v for k, v in gr.items() if k != "draws"}
                                                               for gr in groups], n_groups=len(groups),
                    measured_low=m_lo, measured_high=m_hi, groups_never_reached=len(never),

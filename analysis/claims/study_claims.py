@@ -10,17 +10,17 @@ import pandas as pd
 import records
 
 from ..loop_diagnostics import inert_note, loop_sensitivity
-from ..select import loss_trend
+from ..select import loss_trend, seed_spread
 from ..study_fits import StudyFits
 from ..util import CONVENTIONS, normalise_convention
-from . import adaptive, deeper, loop_scaling, multiplier, protocol, task_delta
-from .common import INCONCLUSIVE, Claim, Section, inconclusive, state_power
+from . import adaptive, deeper, loop_scaling, multiplier, phi, protocol, task_delta
+from .common import INCONCLUSIVE, ONE_SEED, Claim, Section, inconclusive, state_power
 
 #: the report's claim sections, in order
-SECTIONS: tuple[Section, ...] = tuple(m.SECTION for m in (multiplier, protocol, deeper, loop_scaling, adaptive,
+SECTIONS: tuple[Section, ...] = tuple(m.SECTION for m in (multiplier, phi, protocol, deeper, loop_scaling, adaptive,
                                                           task_delta))
 #: the claims about what looping buys, which an inert looped run (loop sensitivity ~ 0) explains away
-INERT_CLAIMS = ("multiplier", "protocol", "deeper", "loop_scaling")
+INERT_CLAIMS = ("multiplier", "phi", "protocol", "deeper", "loop_scaling")
 
 
 def all_claims(
@@ -32,6 +32,7 @@ def all_claims(
     jobs: list[tuple[str, Callable[[], Claim]]] = []
     for c in conventions:
         jobs.append((f"multiplier[{normalise_convention(c)}]", lambda c=c: multiplier.claim_multiplier(fits, c)))
+    jobs.append(("phi", lambda: phi.claim_phi(fits)))
     for c in conventions:
         jobs.append((f"protocol[{normalise_convention(c)}]",
                      lambda c=c: protocol.claim_protocol(df, c, loops=fits.loops, n_boot=n_boot, seed=seed)))
@@ -58,12 +59,31 @@ def all_claims(
         note = None
         out[0].caveats.append(f"loop sensitivity not computed: {e.__class__.__name__}: {e}")
     flat_loss(out, df)
+    one_seed(out, df)
     if note:
         for c in out:
             if c.key.split("[")[0] in INERT_CLAIMS and not c.details.get("missing_input"):
                 c.caveats.insert(0, note)
                 c.details["inert_runs"] = note
     return out
+
+
+def one_seed(claims: Sequence[Claim], df: pd.DataFrame) -> None:
+    """Where every config was trained with one seed, no CI holds training-seed variance: every measured claim
+    says so (claim 6 too: its CI is over problems, for one model of each family)."""
+    try:
+        if seed_spread(df).get("n_configs", 0) > 0:
+            return
+    except Exception:  # the caveat must not cost the claims
+        return
+    for c in claims:
+        if c.details.get("missing_input") or any(cv.startswith(ONE_SEED) for cv in c.caveats):
+            continue
+        if c.key.startswith("task["):
+            c.caveats.append(f"{ONE_SEED}, which covers the problems only: one model of each family per comparison "
+                             f"group, each from one training seed")
+        else:
+            c.caveats.append(ONE_SEED)
 
 
 def flat_loss(claims: Sequence[Claim], df: pd.DataFrame) -> None:

@@ -6,7 +6,8 @@ training noise) and goodness-of-fit diagnostics:
 * ``fit_frontier``   L(C) = E + A * C**-alpha on the compute frontier of one family (per-budget minima,
                      or the lower envelope of dense points); E = 0 fallback when E is not identified;
 * ``fit_isoflop``    Chinchilla approach 2: per budget a parabola in log N, then N*(C), D*(C) power laws;
-* ``fit_parametric`` Chinchilla approach 3: L(N, D) = E + A/N**alpha + B/D**beta.
+* ``fit_parametric`` Chinchilla approach 3: L(N, D) = E + A/N**alpha + B/D**beta;
+* ``fit_phi``        that law with N_eff = N (1 + phi (E[S] - 1)) for the looped runs: the effective-parameter ratio.
 
 Fitting choices and why (after Hoffmann et al. 2022, Besiroglu et al. 2024 "Chinchilla scaling: a
 replication attempt", Porian et al. 2024 "Resolving discrepancies in compute-optimal scaling"):
@@ -32,6 +33,7 @@ from .frontier import FRONTIER_SELECT, FrontierFit, budget_minima, fit_frontier,
 from .isoflop import IsoFlopBudget, IsoFlopFit, PowerLaw, fit_frontier_isoflop, fit_isoflop, fit_power_law
 from .multiplier import MultiplierCurve, efficiency_multiplier
 from .parametric import ParametricFit, fit_parametric
+from .phi import PhiFit, PhiModel, fit_phi
 
 __all__ = [n for n in dir() if not n.startswith("_") and n not in ("backtests", "core", "frontier", "isoflop",
-                                                                   "multiplier", "parametric")]
+                                                                   "multiplier", "parametric", "phi")]

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy.optimize import minimize
 
-from ..bootstrap import LEVEL, percentile_ci
+from ..bootstrap import LEVEL, bootstrap_weights, percentile_ci
 from ..util import jsonable
 
 DELTA = 1e-3
@@ -240,6 +240,19 @@ def batched_gn(
             gs = np.where(((th_s <= model.lb + 1e-9) & (gs > 0)) | ((th_s >= model.ub - 1e-9) & (gs < 0)), 0.0, gs)
             conv[idx[stalled]] = np.abs(gs).max(axis=1) < 1e-6
     return theta, F, conv
+
+
+def bootstrap_refits(model: LawModel, theta: np.ndarray, X: tuple[np.ndarray, ...], y: np.ndarray, w: np.ndarray,
+                     clusters: np.ndarray, n_boot: int, seed: int | np.random.Generator, delta: float = DELTA,
+                     strata: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Every bootstrap replicate (runs resampled with replacement, within ``strata`` if given) refitted from the
+    point fit, all at once: (n_boot, p) parameters, NaN where a refit failed, and how many converged."""
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    Wb = bootstrap_weights(rng, clusters, n_boot, strata) * w[None, :]
+    th, Fb, cv = batched_gn(model, np.repeat(theta[None, :], n_boot, 0), X, y, Wb, delta)
+    ok = cv & np.isfinite(Fb)
+    th[~ok] = np.nan
+    return th, int(ok.sum())
 
 
 def multistart(

@@ -8,9 +8,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..bootstrap import LEVEL, bootstrap_weights
+from ..bootstrap import LEVEL
 from ..util import jsonable
-from .core import DELTA, FitDiagnostics, Interval, ParametricModel, batched_gn, diagnose, fit_status, interval, multistart
+from .core import (DELTA, FitDiagnostics, Interval, ParametricModel, bootstrap_refits, diagnose, fit_status, interval,
+                   multistart)
 
 
 # ------------------------------------------------------------------------------------ parametric
@@ -52,7 +53,7 @@ class ParametricFit:
         return jsonable(d)
 
 
-def _parametric_params(theta: np.ndarray, u0: float, v0: float) -> np.ndarray:
+def parametric_params(theta: np.ndarray, u0: float, v0: float) -> np.ndarray:
     """Internal (a', b', e, alpha, beta) -> raw (E, A, B, alpha, beta, N_exp, D_exp)."""
     t = np.atleast_2d(theta)
     al, be = t[:, 3], t[:, 4]
@@ -62,7 +63,7 @@ def _parametric_params(theta: np.ndarray, u0: float, v0: float) -> np.ndarray:
                     axis=1)
 
 
-def _parametric_starts(y: np.ndarray) -> np.ndarray:
+def parametric_starts(y: np.ndarray) -> np.ndarray:
     lmin = float(np.exp(y.min()))
     lmed = float(np.exp(np.median(y)))
     es = np.log(lmin * np.array([0.2, 0.5, 0.8, 0.95]))
@@ -102,20 +103,15 @@ def fit_parametric(
     u0, v0 = float(np.mean(np.log(N))), float(np.mean(np.log(D)))
     u, v, y = np.log(N) - u0, np.log(D) - v0, np.log(loss)
     model = ParametricModel()
-    theta, info = multistart(model, (u, v), y, w, _parametric_starts(y), delta, n_polish)
+    theta, info = multistart(model, (u, v), y, w, parametric_starts(y), delta, n_polish)
     pred = model.pred_jac(theta[None, :], (u, v))[0][0]
     diag = diagnose(info, y, pred)
     boot = None
     if n_boot and n_boot > 0:
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        Wb = bootstrap_weights(rng, clusters, n_boot) * w[None, :]
-        th, Fb, cv = batched_gn(model, np.repeat(theta[None, :], n_boot, 0), (u, v), y, Wb, delta)
-        ok = cv & np.isfinite(Fb)
-        th[~ok] = np.nan
-        boot = th
-        diag.n_boot, diag.n_boot_ok = int(n_boot), int(ok.sum())
-    raw = _parametric_params(theta, u0, v0)[0]
-    braw = _parametric_params(boot, u0, v0) if boot is not None else None
+        boot, n_ok = bootstrap_refits(model, theta, (u, v), y, w, clusters, n_boot, seed, delta)
+        diag.n_boot, diag.n_boot_ok = int(n_boot), n_ok
+    raw = parametric_params(theta, u0, v0)[0]
+    braw = parametric_params(boot, u0, v0) if boot is not None else None
     ints = [interval(raw[k], None if braw is None else braw[:, k], level) for k in range(7)]
     resid = [dict(N=float(n), D=float(d), loss=float(l), pred=float(np.exp(p)), resid_log=float(yy - p))
              for n, d, l, p, yy in zip(N, D, loss, pred, y)]

@@ -1,4 +1,5 @@
-"""Figures for the report: one style (`style`), training compute (`compute`), looping (`loops`). Each ``fig_*``
+"""Figures for the report: one style (`style`), training compute (`compute`), looping (`loops`), the tuning stage
+(`tuning`). Each ``fig_*``
 function returns a `FigureResult`; a figure without data is skipped with a note instead of raising, so a partial
 sweep still gets every figure it can support."""
 
@@ -15,15 +16,17 @@ from .compute import fig_isoflop, fig_loss_vs_flops, fig_multiplier, fig_trainin
 from .loops import (fig_adaptive, fig_attention, fig_loop_state, fig_nll_vs_inference_flops, fig_nll_vs_loops,
                     fig_score_vs_loops)
 from .style import FigureResult, plt
+from .tuning import fig_nll_vs_lr
 
 __all__ = ["FigureResult", "fig_adaptive", "fig_attention", "fig_isoflop", "fig_loop_state", "fig_loss_vs_flops",
-           "fig_multiplier", "fig_nll_vs_inference_flops", "fig_nll_vs_loops", "fig_score_vs_loops",
+           "fig_multiplier", "fig_nll_vs_inference_flops", "fig_nll_vs_loops", "fig_nll_vs_lr", "fig_score_vs_loops",
            "fig_training_curves", "make_figures"]
 
 
 def make_figures(df: pd.DataFrame, tasks: pd.DataFrame | None, fits: StudyFits | None, claims: Sequence[Claim],
                  figdir: str | Path, formats: Sequence[str] = ("png", "pdf"),
-                 loop_diag: pd.DataFrame | None = None, attention: pd.DataFrame | None = None) -> list[FigureResult]:
+                 loop_diag: pd.DataFrame | None = None, attention: pd.DataFrame | None = None,
+                 tuning: pd.DataFrame | None = None) -> list[FigureResult]:
     """All figures; each failure is contained to its figure."""
     figdir = Path(figdir)
     jobs = []
@@ -37,6 +40,8 @@ def make_figures(df: pd.DataFrame, tasks: pd.DataFrame | None, fits: StudyFits |
              lambda: fig_score_vs_loops(tasks, figdir, formats), lambda: fig_adaptive(df, figdir, formats, claims),
              lambda: fig_loop_state(loop_diag, figdir, formats), lambda: fig_training_curves(df, fits, figdir, formats),
              lambda: fig_attention(attention, figdir, formats)]
+    if tuning is not None and not tuning.empty:  # a study without a tuning stage says so in its LR section
+        jobs.append(lambda: fig_nll_vs_lr(tuning, figdir, formats))
     out = []
     for j in jobs:
         try:

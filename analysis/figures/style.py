@@ -66,23 +66,37 @@ def short(message: str, limit: int = 48) -> str:
     return first[:limit].rsplit(" ", 1)[0] + " …"
 
 
-def sci(v: float) -> str:
-    """1e12 -> '1e12', 3e11 -> '3e11' (short, never '3×10^11' crammed between minor ticks)."""
+def sci(v: float, decimals: int | None = None) -> str:
+    """1e12 -> '1e12', 3e11 -> '3e11' (short, never '3×10^11' crammed between minor ticks); ``decimals`` fixes
+    the mantissa's digits (1.48e13, 1.52e13 on a narrow axis)."""
     if v <= 0 or not np.isfinite(v):
         return ""
     e = int(math.floor(math.log10(v) + 1e-9))
     m = v / 10**e
+    if decimals is not None:
+        return f"{m:.{decimals}f}e{e}"
     return f"{m:.0f}e{e}" if abs(m - round(m)) < 1e-6 else f"{m:.1f}e{e}"
 
 
-def log_x_clean(ax: plt.Axes) -> None:
-    """Log x axis with labels only at 1, 2, 5 x 10^k when the axis spans < 2 decades (else 10^k), as '3e11'."""
-    lo, hi = ax.get_xlim()
+def log_x_clean(ax: plt.Axes, which: str = "x") -> None:
+    """Log axis with labels only at 1, 2, 5 x 10^k when it spans < 2 decades (else 10^k), as '3e11'; on an
+    axis narrower than a factor 3 (one budget), a few ticks with as many digits as keep them distinct.
+    ``which="y"`` does the same for the y axis."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    lo, hi = ax.get_xlim() if which == "x" else ax.get_ylim()
+    if hi / lo < 3:
+        ticks = np.geomspace(lo, hi, 6 if hi / lo >= 1.2 else 5)[1:-1]
+        d = next(k for k in range(1, 6) if len({sci(t, k) for t in ticks}) == len(ticks) or k == 5)
+        axis.set_major_locator(mticker.FixedLocator(ticks))
+        axis.set_major_formatter(mticker.FuncFormatter(lambda v, _: sci(v, d)))
+        axis.set_minor_locator(mticker.NullLocator())
+        axis.set_minor_formatter(mticker.NullFormatter())
+        return
     subs = (1.0, 2.0, 5.0) if np.log10(hi / lo) < 2.2 else (1.0,)
-    ax.xaxis.set_major_locator(mticker.LogLocator(base=10, subs=subs))
-    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: sci(v)))
-    ax.xaxis.set_minor_locator(mticker.LogLocator(base=10, subs=np.arange(2, 10) * 1.0))
-    ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+    axis.set_major_locator(mticker.LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(mticker.FuncFormatter(lambda v, _: sci(v)))
+    axis.set_minor_locator(mticker.LogLocator(base=10, subs=np.arange(2, 10) * 1.0))
+    axis.set_minor_formatter(mticker.NullFormatter())
 
 
 def decimal_y(ax: plt.Axes, target: int = 6) -> None:
@@ -91,14 +105,43 @@ def decimal_y(ax: plt.Axes, target: int = 6) -> None:
     span = hi - lo
     if not (np.isfinite(span) and span > 0):
         return
-    step = next((st for st in (0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10) if span / st <= target), 10)
+    step = next((st for st in (0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+                 if span / st <= target), None)
+    if step is None:  # a span this wide is no decimal axis: matplotlib's own few ticks
+        ax.yaxis.set_major_locator(mticker.MaxNLocator(target))
+        return
     ticks = np.arange(math.ceil(lo / step) * step, hi + 1e-12, step)
     ticks = ticks[ticks > 0] if ax.get_yscale() == "log" else ticks
-    dec = max(0, -int(math.floor(math.log10(step) + 1e-9)))
+    dec = len(f"{step:g}".partition(".")[2])  # 0.25 needs two decimals: 2.75 is not "2.8"
     ax.yaxis.set_major_locator(mticker.FixedLocator(ticks))
     ax.yaxis.set_major_formatter(mticker.FormatStrFormatter(f"%.{dec}f"))
     ax.yaxis.set_minor_locator(mticker.NullLocator())
     ax.yaxis.set_minor_formatter(mticker.NullFormatter())
+
+
+def integer_ticks(ax: plt.Axes, values: Sequence[float]) -> None:
+    """Ticks at the values evaluated (loop counts, thresholds), as plain numbers: '1 2 4 8', never '2^0'."""
+    ax.xaxis.set_major_locator(mticker.FixedLocator(sorted(set(float(v) for v in values))))
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(mticker.NullLocator())
+    ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+
+
+def smax_lines(ax: plt.Axes, s_max_values: Sequence[float], label: bool = True) -> None:
+    """The training s_max as a dotted vertical line, named in the legend."""
+    for sm in sorted(set(float(v) for v in s_max_values)):
+        ax.axvline(sm, color="k", ls=":", lw=0.8, label=f"training s_max = {sm:g}" if label else None)
+
+
+def mean_ci(values: Sequence[float], scale: float = 1.0) -> tuple[float, float, float]:
+    """Mean and 95% normal-approximation CI of per-problem scores (x ``scale``), clipped to [0, scale]."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return math.nan, math.nan, math.nan
+    m = float(v.mean())
+    half = 1.96 * float(v.std(ddof=1)) / math.sqrt(v.size) if v.size > 1 else 0.0
+    return scale * m, scale * max(0.0, m - half), scale * min(1.0, m + half)
 
 
 def save(fig: plt.Figure, figdir: Path, name: str, formats: Sequence[str]) -> list[str]:

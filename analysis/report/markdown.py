@@ -4,29 +4,87 @@ unit brings its own table), the sections beside the claims (`sections`), and wha
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
 import records
 
-from ..claims import (INCONCLUSIVE, NOT_SUPPORTED, SECTIONS, SUPPORTED, TASK_EVAL_CONTRACT, Claim, Section,
+from ..claims import (INCONCLUSIVE, NOT_IN_PAPER, NOT_SUPPORTED, SECTIONS, SUPPORTED, TASK_EVAL_CONTRACT, Claim, Section,
                       multiplier_disagreements)
-from ..claims.common import cell
+from ..claims.common import (CONSISTENT, LARGER, NOT_MEASURED, SMALLER, UNDETERMINED, cell)
 from ..control import ControlResult
 from ..figures import FigureResult
 from ..select import seed_spread
 from ..study_fits import StudyFits
 from .control import control_md
+from .lr import headline as lr_headline
+from .lr import lr_section_md
 from .sections import attention_md, figure_md, fit_diagnostics_md, loop_diagnostics_md, task_loops_md
 
-VERDICT_MARK = {SUPPORTED: "✅ supported", NOT_SUPPORTED: "❌ not supported", INCONCLUSIVE: "❔ inconclusive"}
+VERDICT_MARK = {SUPPORTED: "✅ supported", NOT_SUPPORTED: "❌ not supported", INCONCLUSIVE: "❔ inconclusive",
+                NOT_MEASURED: "⬜ not measured"}
+CELL_MAX = 120  # characters a headline cell may take: the table fits a screen
+HEADLINE_CONVENTION = "flops_exact"  # claims 1-2 in the headline: this FLOPs convention (all of them in sections)
+SHORT_VS_PAPER = {CONSISTENT: "consistent", SMALLER: "smaller", LARGER: "larger", UNDETERMINED: "undetermined"}
 
 
 def vs_paper(c: Claim) -> str:
     if c.paper_verdict is None:
-        return "— (the paper states a direction)"
+        return "— (not a claim of the paper)" if c.paper_text == NOT_IN_PAPER else "— (the paper states a direction)"
     return f"{c.paper_verdict} ({c.paper_text})" if c.paper_verdict != "undetermined" else "undetermined"
+
+
+def clip(text: str, limit: int = CELL_MAX) -> str:
+    """A headline cell: at most ``limit`` characters, cut at a word (the claim's section has the whole text)."""
+    text = cell(text)
+    return text if len(text) <= limit else text[:limit - 1].rsplit(" ", 1)[0] + "…"
+
+
+def verdict_cell(c: Claim) -> str:
+    return VERDICT_MARK.get(c.verdict_text(), c.verdict_text())
+
+
+def vs_paper_cell(c: Claim) -> str:
+    if not c.measured_at_all:
+        return "—"
+    if c.paper_verdict is None:
+        return "— (not in the paper)" if c.paper_text == NOT_IN_PAPER else f"— (direction only: {c.paper_text})"
+    return f"{SHORT_VS_PAPER.get(c.paper_verdict, c.paper_verdict)} (paper: {c.paper_text})"
+
+
+def power_cell(c: Claim) -> str:
+    return (c.mde_text or "—").replace(" at 80% power", "")
+
+
+#: the headline table's columns, (header, cell of a claim): a study-wide column (e.g. what a positive control
+#: detected) is one more entry here
+HEADLINE_COLUMNS: list[tuple[str, Callable[[Claim], str]]] = [
+    ("claim", lambda c: c.name),
+    ("measured", lambda c: c.measured_str() if c.measured_at_all else "—"),
+    ("95% CI", lambda c: c.ci_str() if c.measured_at_all else "—"),
+    ("verdict (vs no effect)", verdict_cell),
+    ("vs the paper", vs_paper_cell),
+    ("power: smallest effect detectable (80%)", power_cell),
+]
+
+
+def headline_claims(claims: Sequence[Claim]) -> list[Claim]:
+    """Every claim once: claims 1-2 under one FLOPs convention (exact if the study has it), the others as they are."""
+    convs = [c.details.get("convention") for c in claims if c.details.get("convention")]
+    head = HEADLINE_CONVENTION if HEADLINE_CONVENTION in convs else (convs[0] if convs else None)
+    return [c for c in claims if c.details.get("convention") in (None, head)
+            and not (c.key.startswith(("multiplier[", "protocol[")) and head and not c.key.endswith(f"[{head}]"))]
+
+
+def headline_table(claims: Sequence[Claim],
+                   columns: Sequence[tuple[str, Callable[[Claim], str]]] = HEADLINE_COLUMNS) -> list[str]:
+    """The claims at a glance: one row a claim, no caveats (they are in each claim's section), every cell at
+    most CELL_MAX characters."""
+    L = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for c in headline_claims(claims):
+        L.append("| " + " | ".join(clip(f(c)) for _, f in columns) + " |")
+    return L
 
 
 def missing_list(summary: dict[str, Any], df: pd.DataFrame, fits: StudyFits | None, claims: Sequence[Claim],
@@ -98,8 +156,11 @@ def claim_section(section: Section, claims: Sequence[Claim], figs: dict[str, Fig
     if cs:
         L += [f"_Rule:_ {cs[0].rule}.", ""]
     for c in cs:
-        L.append(f"**{c.name}** — {VERDICT_MARK.get(c.verdict, c.verdict)}: measured {c.measured_str()}, 95% CI "
-                 f"{c.ci_str()} (paper: {c.paper_text}; vs the paper: {vs_paper(c)}; detectable: {c.mde_text or '—'}).")
+        if not c.measured_at_all:
+            L.append(f"**{c.name}** — {verdict_cell(c)} (paper: {c.paper_text}).")
+        else:
+            L.append(f"**{c.name}** — {verdict_cell(c)}: measured {c.measured_str()}, 95% CI {c.ci_str()} (paper: "
+                     f"{c.paper_text}; vs the paper: {vs_paper(c)}; detectable: {c.mde_text or '—'}).")
         for cv in c.caveats:
             L.append(f"- {cv}")
         L.append("")
@@ -123,7 +184,7 @@ def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd
                     notes: Sequence[str], n_boot: int, seed: int, env: dict[str, str],
                     loop_sens: pd.DataFrame | None = None, loop_states: pd.DataFrame | None = None,
                     tasks: pd.DataFrame | None = None, attention: pd.DataFrame | None = None,
-                    control: ControlResult | None = None) -> str:
+                    lr: tuple[dict | None, dict] = (None, {}), control: ControlResult | None = None) -> str:
     n_runs = int(df["run"].nunique()) if "run" in df and not df.empty else 0
     s = summary or {}
     L = [f"# LoopMDM claims report — {study}", "",
@@ -135,18 +196,18 @@ def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd
         L.append(f"> **Input problem:** {n}")
     if notes:
         L.append("")
-    L += ["## Claims", "",
+    L += ["## Claims at a glance", "",
           "Two verdicts per claim: against no effect (the claim's rule) and against the paper's value where it states "
-          "one; the last column is the smallest effect this study would detect at 80% power from its own errors, so "
-          "an _inconclusive_ says whether more data would help.", "",
-          "| claim | paper | measured | 95% CI | verdict (vs no effect) | vs the paper | detectable (80% power) | caveats |",
-          "|---|---|---|---|---|---|---|---|"]
-    for c in claims:
-        cav = "; ".join(c.caveats[:3]) + (f" (+{len(c.caveats) - 3} more)" if len(c.caveats) > 3 else "")
-        L.append(f"| {cell(c.name)} | {cell(c.paper_text)} | {cell(c.measured_str())} | {c.ci_str()} | "
-                 f"{VERDICT_MARK.get(c.verdict, c.verdict)} | {cell(vs_paper(c))} | {cell(c.mde_text or '—')} | "
-                 f"{cell(cav)} |")
+          "one; _power_ is the smallest effect this study would detect at 80% power from its own errors, so an "
+          "_inconclusive_ says whether more data would help. Each claim's rule, caveats and details are in its "
+          "section below.", ""]
+    L += headline_table(claims)
     L.append("")
+    others = [c for c in claims if c not in headline_claims(claims)]
+    if others:
+        convs = ", ".join(sorted({str(c.details.get("convention")) for c in others}))
+        L += [f"_Claims 1–2 under the other FLOPs conventions ({convs}): sections 1 and 2._", ""]
+    L += [lr_headline(*lr), ""]
     inert = [c for c in claims if c.details.get("inert_runs")]
     if inert:
         L += [f"> **Inert looping:** {inert[0].details['inert_runs']} — see *Loop diagnostics*.", ""]
@@ -158,6 +219,7 @@ def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd
               + "; ".join(dis), ""]
     for section in SECTIONS:
         L += claim_section(section, claims, figmap, study_dir)
+    L += lr_section_md(*lr, figmap, study_dir)
     try:
         seeds = seed_spread(df, fits.loops if fits is not None else None)
         L += ["## Training seeds", "", seeds["text"] + ".", ""]

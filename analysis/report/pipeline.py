@@ -21,6 +21,7 @@ import pandas as pd
 import records
 
 from .. import loop_diagnostics as LD
+from .. import tuning as TU
 from ..control import control_for_study
 from ..claims import Claim, all_claims, multiplier_disagreements
 from ..collect import BASE_COLUMNS, load_attention, load_loop_diagnostics, load_or_collect, load_task_evals
@@ -28,7 +29,7 @@ from ..figures import FigureResult, make_figures
 from ..figures.control import fig_control_depth
 from ..select import CORE_COLUMNS, clean, missing_columns
 from ..study_fits import StudyFits, fit_study
-from ..util import CONVENTIONS, dumps, normalise_convention
+from ..util import CONVENTIONS, DefaultsFormatter, dumps, normalise_convention
 from .markdown import missing_list, render_markdown
 
 
@@ -120,10 +121,17 @@ def run_report(
     except Exception as e:  # diagnostics never take the report down
         notes.append(f"loop diagnostics failed: {e.__class__.__name__}: {e}")
         loop_sens = loop_states = pd.DataFrame()
+    tuning_rec, tuning_runs = TU.load_tuning(study_dir)  # a study may be tuned before its grid has run
+    try:
+        lr_sens = TU.lr_sensitivity(tuning_rec, tuning_runs)
+    except Exception as e:  # the LR section never takes the report down
+        notes.append(f"LR sensitivity failed: {e.__class__.__name__}: {e}")
+        lr_sens = None
+    grid_lrs = TU.grid_lrs(study_dir)
     figs: list[FigureResult] = []
     if figures and len(df) and not miss_core:
         figs = make_figures(df, tasks, fits, claims, study_dir / records.FIGURES_DIR, formats, loop_diag=loop_diag,
-                            attention=attention)
+                            attention=attention, tuning=tuning_runs)
     control = control_for_study(study_dir, df, tasks, loop_sens, n_boot=n_boot, seed=seed)
     if control is not None and figures:
         figs.append(fig_control_depth(control, study_dir / records.FIGURES_DIR, formats))
@@ -131,12 +139,13 @@ def run_report(
     missing = missing_list(summary, df if not miss_core else pd.DataFrame(), fits, claims, [])
     env = environment()
     md = render_markdown(study, study_dir, summary, df, fits, claims, figs, missing, notes, n_boot, seed, env,
-                         loop_sens, loop_states, tasks, attention, control)
+                         loop_sens, loop_states, tasks, attention, lr=(lr_sens, grid_lrs), control=control)
     payload = dict(study=study, generated=env, n_boot=n_boot, seed=seed, conventions=list(conventions),
                    input_problems=notes, collect=summary, fits=fits.to_dict() if fits else None,
                    claims=[c.to_dict() for c in claims], multiplier_disagreements=multiplier_disagreements(claims),
                    figures=[_relative(f.to_dict(), study_dir) for f in figs], missing=missing, timings_s=timings,
                    loop_sensitivity=loop_sens.to_dict("records"), loop_state=loop_states.to_dict("records"),
+                   lr_tuning=dict(record=tuning_rec, sensitivity=lr_sens, grid_lrs=grid_lrs),
                    control=control.to_dict() if control is not None else None)
     study_dir.mkdir(parents=True, exist_ok=True)
     records.atomic_write_text(study_dir / records.FITS, dumps(payload))
@@ -152,12 +161,12 @@ def _relative(fig: dict, study_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=DefaultsFormatter)
     ap.add_argument("study_dir")
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     ap.add_argument("--convention", action="append", default=None,
                     help="FLOPs convention(s): 6N_nonembed, 6N_total, exact (repeatable; none given: all)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     ap.add_argument("--loops", type=int, default=None, help="inference S for LoopMDM (default: largest S>=6 <= s_max)")
     ap.add_argument("--weighted", action="store_true", help="weight fits by the MC standard error of each NLL")
     ap.add_argument("--no-figures", action="store_true")
@@ -176,11 +185,17 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"error: unknown convention(s) {bad}; choose from 6N_nonembed, 6N_total, exact", file=sys.stderr)
         return 2
+    for place in [sd] + ([] if a.no_figures else [sd / records.FIGURES_DIR]):
+        why = records.unwritable(place, "dir")
+        if why is not None:
+            print(f"error: study_dir: cannot write the report into {sd}: {why}; make it writable, or copy the study "
+                  f"(its {records.RUNS_DIR}/) to a writable place and report there", file=sys.stderr)
+            return 2
     res = run_report(sd, n_boot=a.bootstrap, conventions=convs, seed=a.seed, figures=not a.no_figures,
                      force_collect=a.force_collect, loops=a.loops, weighted=a.weighted)
     for c in res.claims:
         vs = f" — {c.paper_verdict}" if c.paper_verdict else ""
-        print(f"{c.verdict:>14}  {c.name}: {c.measured_str()} {c.ci_str()}{vs}")
+        print(f"{c.verdict_text():>14}  {c.name}: {c.measured_str()} {c.ci_str()}{vs}")
     if res.missing:
         print(f"{len(res.missing)} item(s) missing — see the report")
     print(f"wrote {res.report_path} and {res.fits_path} in {res.seconds:.1f} s")

@@ -9,7 +9,7 @@ from pathlib import Path
 import records
 from study.evaluate.request import add_request_options, add_run_options, request_from_args
 
-from .common import Parser, input_errors, say_error
+from .common import Parser, check_sbatch, check_writable, input_errors, say_error
 
 
 def parser() -> Parser:
@@ -56,6 +56,10 @@ def _submit(ns, req, runs: list[Path]) -> int:
     from study.evaluate.task_scores import describe
     from study.launch import ResourceSpec, evaluations
 
+    if ns.executor == "slurm":
+        check_sbatch("executor")
+    check_writable(records.eval_jobs_dir(Path(ns.target)), "target", "the job logs go beside the runs: make it "
+                   "writable, or evaluate a writable copy")
     res = ResourceSpec(executor=ns.executor, partition=ns.partition, gpus_per_node=ns.gpus_per_node,
                        cpus_per_task=ns.cpus_per_task, time_min=ns.time_min)
     subs = evaluations.submit_for_runs(runs, req, ns.target, res)

@@ -4,6 +4,7 @@
     corpora      corpus specs -> documents (shakespeare, gsm8k-synth, files, hf:NAME)
     tokens       packing documents into memory-mapped shards once; batches as pure functions of (seed, step)
     qa           question/answer sets for fine-tuning
+    hub          can the Hugging Face hub be used from here (asked once per process)
     gsm8k_synth  the GSM8K-format problem generator
 """
 

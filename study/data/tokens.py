@@ -35,7 +35,10 @@ try:  # POSIX only; elsewhere the rename protocol alone keeps the cache consiste
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
-from .corpora import CorpusSource, get_corpus_texts, resolve_corpus
+import records
+
+from .corpora import CorpusSource, check_hub_reachable, get_corpus_texts, resolve_corpus
+from .hub import offline_requested
 from .tokenizers import ByteTokenizer, DataError, Tokenizer, get_tokenizer, token_dtype
 
 FORMAT_VERSION = 1  # bump when the on-disk layout or the packing rule changes: it is part of the cache key
@@ -111,11 +114,23 @@ def prepare_tokens(
     tokens_dir = root / "tokens"
     final = tokens_dir / key
     if not (final / "meta.json").is_file():
+        _check_can_build(source, tokens_dir)
         tokens_dir.mkdir(parents=True, exist_ok=True)
         with _locked(tokens_dir / f"{key}.lock"):
             if not (final / "meta.json").is_file():
                 _build(final, source, tok, params, key, workers)
     return _load(final, tok)
+
+
+def _check_can_build(source: CorpusSource, tokens_dir: Path) -> None:
+    """What a build needs that can be checked before the cache is touched: a writable cache, a reachable hub."""
+    why = records.unwritable(tokens_dir, "dir")
+    if why is not None:
+        raise DataError("data.cache_dir", f"the token cache {tokens_dir.parent} cannot be written ({why}); set "
+                                          f"data.cache_dir (or $LOOPMDM_CACHE) to a writable directory, or prepare "
+                                          f"these tokens where it is writable (python -m study.data prepare)")
+    if source.kind == "hub" and not offline_requested():
+        check_hub_reachable(source.name, source.config)
 
 
 @contextlib.contextmanager

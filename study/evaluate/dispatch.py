@@ -24,7 +24,13 @@ from .task_scores import evaluate_tasks
 
 
 def evaluate_run(run_dir: str | Path, req: EvalRequest) -> dict[str, Any]:
-    """Everything ``req`` asks of one run (the function a SLURM job runs)."""
+    """Everything ``req`` asks of one run (the function a SLURM job runs). The results go into the run, so a run
+    that cannot be written is refused before any work."""
+    for place in (Path(run_dir), Path(run_dir) / records.EVALS_DIR):
+        why = records.unwritable(place, "dir")
+        if why is not None:
+            raise EvalError("target", f"cannot write results into {run_dir}: {why}; evaluate a writable copy of "
+                                      f"the run (its {records.CONFIG} and {records.CKPT_DIR}/)")
     out: dict[str, Any] = {"run_dir": str(run_dir)}
     if req.tasks:
         out["tasks"] = evaluate_tasks(run_dir, req)
@@ -52,14 +58,27 @@ def targets(target: str | Path, allow_unfinished: bool = False) -> list[Path]:
     target = Path(target)
     if (target / records.CONFIG).is_file():
         if not allow_unfinished and records.done_summary(target) is None:
-            raise EvalError("target", f"{target} has not finished training (no {records.DONE}); wait for it, or pass "
-                                      f"--allow-unfinished to evaluate its newest checkpoint")
+            st = records.run_status(target, queue=None)
+            if st.state == "failed":
+                reason = (records.read_json(target / records.FAILED) or {}).get("reason") or "no reason recorded"
+                raise EvalError("target", f"{target} FAILED at step {st.step if st.step is not None else '?'}: {reason} "
+                                          f"({records.FAILED}); fix the cause and train it again (study.sweep --retry, "
+                                          f"or the same study.run command), or pass --allow-unfinished to evaluate "
+                                          f"its newest checkpoint")
+            raise EvalError("target", f"{target} has not finished training ({st.state}: {st.detail}; no "
+                                      f"{records.DONE}); wait for it, or pass --allow-unfinished to evaluate its "
+                                      f"newest checkpoint")
         return [target]
     if (target / records.RUNS_DIR).is_dir():
         runs = [rd for rd in records.list_run_dirs(target)
                 if (rd / records.DONE).is_file() or (allow_unfinished and records.has_checkpoint(rd))]
         if not runs:
-            raise EvalError("target", f"study {target} has no finished run yet (no {records.RUNS_DIR}/*/{records.DONE})")
+            states = {}
+            for st in records.scan_study(target, queue=None):
+                states[st.state] = states.get(st.state, 0) + 1
+            found = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "no run directory"
+            raise EvalError("target", f"study {target} has no finished run yet ({found}; none has "
+                                      f"{records.RUNS_DIR}/*/{records.DONE}): see python -m study.sweep status")
         return runs
     raise EvalError("target", f"{target} is neither a run directory ({records.CONFIG}) nor a study directory "
                               f"({records.RUNS_DIR}/)")

@@ -1,9 +1,16 @@
-"""LoopMDM as an lm-eval model: ``lm_eval ... --model loopmdm --model_args run=RUN_DIR,loops=12``.
+"""LoopMDM as an lm-eval model: ``loopmdm-lm-eval run --model loopmdm --model_args pretrained=RUN_DIR,loops=12``.
 
-lm-eval 0.4.13 has no plugin discovery (its model registry is filled by ``lm_eval.models``' own table and by
-``@register_model`` at import time), so this module must be imported before lm-eval looks the name up:
-``python -m study.lm_eval_cli`` (lm-eval's CLI with this module imported) or ``import study.lm_eval_model``
-before ``lm_eval.simple_evaluate(model="loopmdm", ...)``.
+lm-eval 0.4.13 (the newest release) finds a model only in its own table or among classes registered with
+``@register_model`` by a module already imported; it reads no plugin entry points, so ``lm_eval --model loopmdm``
+and ``python -m lm_eval --model loopmdm`` fail with "no model for this name found". Two routes work:
+
+* ``loopmdm-lm-eval ...`` (or ``python -m study.lm_eval_cli ...``): lm-eval's own command line, every
+  subcommand and flag as lm-eval documents them, with this module imported first;
+* in Python: ``import study.evaluate.lm_eval_model`` before ``lm_eval.simple_evaluate(model="loopmdm", ...)``.
+
+``pretrained=RUN_DIR`` names the run as lm-eval's HF model names a checkpoint, so ``--output_path`` gets a
+folder named after the run, the same on every call (``run=`` is accepted as the same thing). Any other key
+that is not a knob of `LoopMDMLM` is refused with one line, as is a value of the wrong kind.
 
 How a masked diffusion LM answers lm-eval's three questions (the approach of LLaDA's ``eval_llada.py``):
 
@@ -23,6 +30,7 @@ How a masked diffusion LM answers lm-eval's three questions (the approach of LLa
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import sys
 import warnings
@@ -42,6 +50,8 @@ from study.evaluate.request import EvalError, check_loops
 
 #: lm-eval generation_kwargs the sampler honours; any other is refused (see LoopMDMLM._gen_settings)
 GEN_KWARGS = frozenset({"until", "max_gen_toks", "do_sample", "temperature"})
+#: positions generated when neither the model_args nor a task say (capped at half the model's positions)
+DEFAULT_GEN_LENGTH = 128
 
 
 def _opt_float(value: Any, arg: str) -> float | None:
@@ -65,6 +75,30 @@ def _int(value: Any, arg: str, minimum: int = 1) -> int:
     return int(f)
 
 
+def _bool(value: Any, arg: str) -> bool:
+    """lm-eval hands ``true``/``false`` over as booleans and anything else as a string: only those two mean a
+    boolean (``ema=maybe`` is a typo, not a yes)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise EvalError(arg, f"got {value!r}; expected true or false")
+
+
+def check_model_args(given: dict[str, Any]) -> None:
+    """Refuse a model_args key `LoopMDMLM` does not take (a typo would otherwise be silently ignored and the
+    evaluation run with the default), naming the closest knob."""
+    import difflib
+
+    known = sorted(inspect.signature(LoopMDMLM.__init__).parameters.keys() - {"self", "loaded", "extra"})
+    for key in sorted(given):
+        near = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {near[0]}?" if near else f"known: {', '.join(known)}"
+        raise EvalError("model_args", f"unknown key {key!r} ({hint})")
+
+
 def _no_bar(disable: bool) -> bool:
     """Progress bars only on a terminal: in job logs and test output they are noise."""
     return disable or not sys.stderr.isatty()
@@ -77,7 +111,7 @@ def request_seed(base: int, *parts: Any) -> int:
 
 
 def resolve_knobs(cfg, weights: str = "model", loops: Any = None, exit_threshold: Any = None, mc_num: Any = 32,
-                  gen_length: Any = 128, steps: Any = None, block_length: Any = None,
+                  gen_length: Any = None, steps: Any = None, block_length: Any = None,
                   remasking: str = "low_confidence", temperature: Any = 0.0, seed: Any = 1234) -> dict[str, Any]:
     """Every setting that can change a score, validated and with defaults filled in from the model config
     (``cfg``: a ModelConfig). Used by the model and by study.eval, which must know an evaluation's identity
@@ -86,6 +120,8 @@ def resolve_knobs(cfg, weights: str = "model", loops: Any = None, exit_threshold
     eps = _opt_float(exit_threshold, "exit_threshold")
     if eps is not None and not (math.isfinite(eps) and eps > 0):
         raise EvalError("exit_threshold", f"got {eps}; must be > 0 (or none for fixed loops)")
+    if gen_length is None:  # a default that leaves a prompt room in a short model
+        gen_length = min(DEFAULT_GEN_LENGTH, max(1, cfg.max_seq_len // 2))
     gen_length = _int(gen_length, "gen_length")  # room for a prompt is checked when generating (generate_until)
     block_length = _int(block_length if block_length is not None else gen_length, "block_length")
     if gen_length % block_length:
@@ -102,7 +138,7 @@ def resolve_knobs(cfg, weights: str = "model", loops: Any = None, exit_threshold
         raise EvalError("temperature", f"got {temperature}; must be >= 0 (0 = argmax)")
     return {"loops": loops, "exit_threshold": eps, "mc_num": _int(mc_num, "mc_num"), "gen_length": gen_length,
             "steps": steps, "block_length": block_length, "remasking": remasking, "temperature": temperature,
-            "seed": int(seed), "weights": weights}
+            "seed": _int(seed, "seed", minimum=0), "weights": weights}
 
 
 def check_room(gen_length: int, max_seq_len: int) -> None:
@@ -116,27 +152,33 @@ def check_room(gen_length: int, max_seq_len: int) -> None:
 class LoopMDMLM(LM):
     """A LoopMDM checkpoint behind lm-eval's LM interface. Knobs (all also valid as ``--model_args``):
 
-    run: run directory; ckpt: step or 'latest'; loops: mid-block repetitions S (default: the model's s_max);
-    exit_threshold: adaptive exit (S then caps the loops); mc_num: Monte-Carlo draws per loglikelihood;
-    gen_length / steps / block_length / remasking / temperature: the sampler; batch_size: rows per forward;
-    device: auto | cpu | cuda[:N]; seed: base seed of the MC draws and of sampling; ema: prefer EMA weights.
+    pretrained (or run): run directory; ckpt: step or 'latest'; loops: mid-block repetitions S (default: the
+    model's s_max); exit_threshold: adaptive exit (S then caps the loops); mc_num: Monte-Carlo draws per
+    loglikelihood; gen_length (default 128, at most half the model's positions) / steps / block_length /
+    remasking / temperature: the sampler; batch_size: rows per forward; device: auto | cpu | cuda[:N]; seed:
+    base seed of the MC draws and of sampling; ema: prefer EMA weights (true / false). Any other key is refused.
     """
 
-    def __init__(self, run: str | None = None, ckpt: str | int = "latest", loops: int | None = None,
-                 exit_threshold: float | None = None, mc_num: int = 32, gen_length: int = 128,
-                 steps: int | None = None, block_length: int | None = None, remasking: str = "low_confidence",
-                 temperature: float = 0.0, batch_size: int | str | None = 16, device: str | None = "auto",
-                 seed: int = 1234, ema: bool = True, max_batch_size: int | None = None,
-                 loaded: LoadedRun | None = None, **unused: Any) -> None:
+    def __init__(self, pretrained: str | None = None, run: str | None = None, ckpt: str | int = "latest",
+                 loops: int | None = None, exit_threshold: float | None = None, mc_num: int = 32,
+                 gen_length: int | None = None, steps: int | None = None, block_length: int | None = None,
+                 remasking: str = "low_confidence", temperature: float = 0.0, batch_size: int | str | None = 16,
+                 device: str | None = "auto", seed: int = 1234, ema: bool = True, max_batch_size: int | None = None,
+                 loaded: LoadedRun | None = None, **extra: Any) -> None:
         super().__init__()
+        check_model_args(extra)
+        prefer_ema = _bool(ema, "ema")
+        if pretrained and run and str(pretrained) != str(run):
+            raise EvalError("model_args", f"pretrained={pretrained} and run={run} name two runs; give one")
+        run = pretrained or run
         if loaded is None:
             if not run:
-                raise EvalError("run", "missing: pass model_args run=RUN_DIR (a trained run directory)")
+                raise EvalError("run", "missing: pass model_args pretrained=RUN_DIR (a trained run directory)")
             if str(device).startswith("cuda") and not torch.cuda.is_available():
                 # lm-eval's CLI passes device=cuda:0 unless told otherwise, as its HF model assumes a GPU
                 warnings.warn(f"device={device} asked for but no CUDA device is visible: running on the CPU")
                 device = "cpu"
-            loaded = load_run(run, ckpt, device, prefer_ema=bool(ema))
+            loaded = load_run(str(run), ckpt, device, prefer_ema=prefer_ema)
         self.loaded = loaded
         self.model = loaded.model
         self.cfg = loaded.cfg.model

@@ -204,6 +204,10 @@ def prepare(specs: list[str], cache_dir: str | Path, gsm8k_dir: str | Path | Non
     for t in local:
         path = include / f"{t.name}.yaml"
         if not path.is_file():
+            why = records.unwritable(path, "file")
+            if why is not None:
+                raise EvalError("cache_dir", f"cannot write the task files into {root}: {why}; pass --cache-dir "
+                                             f"(or set $LOOPMDM_CACHE) to a writable directory")
             records.atomic_write_text(path, t.yaml_text)
     return tasks, include
 

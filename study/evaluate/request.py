@@ -121,13 +121,13 @@ def add_request_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--num-fewshot", type=int, default=None,
                     help="default: the task's own (0 for the local GSM8K tasks)")
     ap.add_argument("--mc-num", type=int, default=None, help="Monte-Carlo draws per loglikelihood (default 32)")
-    ap.add_argument("--gen-length", type=int, default=None, help="generated tokens (default 128)")
+    ap.add_argument("--gen-length", type=int, default=None, help="generated tokens (default 128, at most half the model's positions)")
     ap.add_argument("--steps", type=int, default=None, help="denoising steps (default gen_length)")
     ap.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block (default gen_length)")
     ap.add_argument("--remasking", default=None, help="low_confidence | random | ancestral")
     ap.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0: greedy)")
     ap.add_argument("--seed", type=int, default=None,
-                    help="seed of the sampler's and the MC estimator's noise (default 0)")
+                    help="seed of the sampler's and the MC estimator's noise (default 1234)")
     ap.add_argument("--metric", default=None, help="lm-eval 'metric,filter' key to report as the score")
     ap.add_argument("--batch-size", type=int, default=16, help="requests per forward (speed only, not hashed)")
     ap.add_argument("--device", default="auto", help="auto (cuda if visible), cpu, cuda or cuda:N")
@@ -212,20 +212,23 @@ class _SpecParser(argparse.ArgumentParser):
 
 def parse_stage_args(args: str, where: str) -> tuple[list[str], EvalRequest]:
     """A spec's ``evaluate[i].args`` string -> (argv, request), every error naming ``where``: a bad flag, or one
-    that belongs to the sweep (how evaluations run is the sweep's executor and resources)."""
+    that belongs to the sweep (how evaluations run is the sweep's executor and resources) — refused whenever
+    it is given, its default value included."""
     argv = shlex.split(args)
     ap = _SpecParser(prog="evaluate stage", add_help=False)
     add_request_options(ap)
-    add_run_options(ap)
     try:
-        ns = ap.parse_args(argv)
+        ns, rest = ap.parse_known_args(argv)
+        run_only = _SpecParser(prog="evaluate stage", add_help=False)
+        add_run_options(run_only)
+        _, unknown = run_only.parse_known_args(rest)
+        if unknown:
+            ap.error(f"unrecognized arguments: {' '.join(unknown)}")
     except ConfigError as exc:
         raise ConfigError(where, f"{args!r}: {str(exc).split(': ', 1)[-1]}") from None
-    run_only = argparse.ArgumentParser(add_help=False)
-    add_run_options(run_only)
-    owned = [k for k, default in vars(run_only.parse_args([])).items() if getattr(ns, k) != default]
+    owned = [a for a in rest if a.startswith("-")]
     if owned:
-        raise ConfigError(where, f"--{owned[0].replace('_', '-')} belongs to the sweep (its executor and resources "
+        raise ConfigError(where, f"{owned[0].split('=')[0]} belongs to the sweep (its executor and resources "
                           f"apply to the evaluations too); remove it from args")
     try:
         return argv, request_from_args(ns)

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import records
+from study.data.hub import cache_only_unless_reachable
 
 from .loading import checkpoint_identity, load_run, short_hash
 from .provenance import device_name, versions
@@ -37,11 +38,21 @@ def cache_dir(req: EvalRequest) -> Path:
     return Path(req.cache_dir).expanduser() if req.cache_dir else default_cache_dir()
 
 
-def _offline_if_local(task_specs) -> None:
-    """Local tasks need no hub: say so before `datasets` is imported, so it never waits on the network."""
+def _hub_access(task_specs) -> str | None:
+    """Local tasks need no hub: say so before `datasets` is imported, so it never waits on the network. Other
+    tasks read the local cache only where the hub cannot be used; returns why it cannot (None: it can)."""
     if task_specs and all(t.local for t in task_specs):
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return None
+    return cache_only_unless_reachable()
+
+
+def not_cached(task: str | None, reason: str, exc: Exception) -> EvalError:
+    """A hub task's dataset missing from the local cache while the hub cannot be used: one line, what to do."""
+    return EvalError("tasks", f"{task + ': ' if task else ''}a dataset is not in the local cache and the hub cannot be "
+                              f"used ({reason}; {exc}). Pre-download it where the hub is reachable (HF_HOME on shared "
+                              f"storage), or use the packaged tasks (gsm8k-local, gsm8k-synth, gsm8k-synth-mc)")
 
 
 def task_manager(task_specs, include_path: Path | None):
@@ -141,7 +152,7 @@ def evaluate_tasks(run_dir: str | Path, req: EvalRequest) -> list[dict]:
             todo.append(item)
     if not todo:
         return out
-    _offline_if_local(specs)
+    hub_reason = _hub_access(specs)
     tm = task_manager(specs, include)
     tasks_mod.check_exist(specs, tm)
     loaded = load_run(run_dir, records.ckpt_step(ckpt), req.device, prefer_ema=(weights == "ema"))
@@ -151,7 +162,12 @@ def evaluate_tasks(run_dir: str | Path, req: EvalRequest) -> list[dict]:
         if key not in lm_by_knobs:
             lm_by_knobs[key] = LoopMDMLM(loaded=loaded, batch_size=req.batch_size,
                                          **{k: v for k, v in knobs.items() if k != "weights"})
-        res = run_task(lm_by_knobs[key], t, tm, req)
+        try:
+            res = run_task(lm_by_knobs[key], t, tm, req)
+        except ConnectionError as exc:  # `datasets` reports a cache miss offline as a ConnectionError
+            if hub_reason is None:
+                raise
+            raise not_cached(t.name, hub_reason, exc) from None
         record = {"task": t.name, "metric": res.pop("metric"), "score": res.pop("score"), "loops": knobs["loops"],
                   "exit_threshold": knobs["exit_threshold"], "per_sample": res.pop("per_sample"), "n": res.pop("n"),
                   "run_hash": run_hash, "ckpt_step": step, "step": step, "eval_hash": eval_hash, "config": config,

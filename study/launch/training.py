@@ -1,6 +1,8 @@
 """Training a study's planned runs: what is left to do, the run directories' configs and the plan on disk,
 then one run after another here (local), or job arrays on SLURM (a study's evaluation stages:
-`study.launch.evaluations`).
+`study.launch.evaluations`). A tuning stage's runs live in the study's tuning directory (`records.tune_dir`),
+a study directory of its own: its own ledger and scheduler logs, so `status` reads both the same way; the
+choice they lead to is recorded there (`write_tuned`).
 
 Concurrency: a study's submission holds its submit lock (``records.SUBMIT_LOCK``) while it decides what to submit and
 submits it (two ``submit`` commands started together: the second waits for none and says who holds it);
@@ -10,6 +12,7 @@ training every run twice — a run another process holds is skipped and counted.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import records
 from study.plan import config as config_mod
+from study.plan import tuning
 from study.plan.spec import PlannedRun, Spec
 
 from .preempt import EXIT_STOPPED, PREEMPT, install_preemption_flag
@@ -36,8 +40,13 @@ def run_point(config: dict, run_dir: str) -> dict:
 
 
 def statuses(study_dir: Path, runs: list[PlannedRun]) -> dict[str, records.RunStatus | None]:
-    found = {Path(s.run_dir).name: s for s in records.scan_study(study_dir)} if (study_dir / records.RUNS_DIR).is_dir() else {}
-    return {r.hash: found.get(r.run_dir(study_dir).name) for r in runs}
+    """Each run's state, one scan per study directory the runs live in (the study, its tuning stage); a pending
+    grid run (its LR waits for tuning) has none."""
+    found: dict[tuple[Path, str], records.RunStatus] = {}
+    for home in {r.home(study_dir) for r in runs if not r.pending}:
+        if (home / records.RUNS_DIR).is_dir():
+            found |= {(home, Path(s.run_dir).name): s for s in records.scan_study(home)}
+    return {r.hash: found.get((r.home(study_dir), r.run_dir(study_dir).name)) for r in runs if not r.pending}
 
 
 def to_submit(study_dir: Path, runs: list[PlannedRun], retry: bool) -> tuple[list[PlannedRun], dict[str, int]]:
@@ -45,6 +54,9 @@ def to_submit(study_dir: Path, runs: list[PlannedRun], retry: bool) -> tuple[lis
     todo = []
     found = statuses(study_dir, runs)
     for r in runs:
+        if r.pending:  # no config yet: never written, never trained
+            counts["awaiting tuning"] = counts.get("awaiting tuning", 0) + 1
+            continue
         st = found.get(r.hash)
         state = st.state if st is not None else "pending"
         counts[state] = counts.get(state, 0) + 1
@@ -64,24 +76,50 @@ def write_run_configs(study_dir: Path, spec: Spec, runs: list[PlannedRun]) -> No
             records.atomic_write_text(d / records.CONFIG, config_mod.dump_yaml(r.final_config(spec.study)))
 
 
-def write_plan(study_dir: Path, spec: Spec, runs: list[PlannedRun], overrides: list[str] = ()) -> None:
-    """plan.json (and the spec as given): relative paths only, so a study directory can move."""
+def write_plan(study_dir: Path, spec: Spec, runs: list[PlannedRun], overrides: list[str] = (),
+               tuning_runs: list[PlannedRun] = ()) -> None:
+    """plan.json (and the spec as given): relative paths only, so a study directory can move. The tuning stage's
+    runs come first; grid runs still waiting for their LR are listed by slug and tuning key only."""
     plan = {"study": spec.study, "description": spec.description,
             "spec": spec.path.name if spec.path else None, "overrides": list(overrides),
             "runs": [{"hash": r.hash, "slug": r.slug, "run_dir": str(r.run_dir(study_dir).relative_to(study_dir)),
-                      "groups": r.groups, "axes": r.axes, "resource_class": r.resource_class} for r in runs]}
+                      "stage": "tune" if r.tune is not None else "grid", "groups": r.groups, "axes": r.axes,
+                      "resource_class": r.resource_class} for r in [*tuning_runs, *runs] if not r.pending],
+            "awaiting_tuning": [{"slug": r.slug, "key": r.lr_source.get("key")} for r in runs if r.pending]}
     records.atomic_write_json(study_dir / records.PLAN, plan)
     if spec.path is not None:
         records.atomic_write_text(study_dir / records.SPEC, spec.path.read_text())
 
 
+def duration(seconds: float) -> str:
+    """A remaining time a reader can trust: never '0 min' while something is left (seconds under 90 s)."""
+    if seconds < 90:
+        return f"{max(1, math.ceil(seconds))} s"
+    if seconds < 2 * 3600:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def write_tuned(study_dir: Path, spec: Spec, tuned: dict[str, tuning.Choice]) -> None:
+    """The tuning stage's record: every key's choice and the grid it came from (re-derived from the tuning runs
+    on every submission, so it always says what the runs say)."""
+    records.atomic_write_json(records.tuned_path(study_dir), tuning.record(spec.study, spec.tune, tuned))
+
+
 class Eta:
-    """The sweep's remaining time from the FLOPs done so far: runs differ in size by orders of magnitude, so
-    the rate is FLOPs per second over the runs this command trained, applied to the FLOPs still planned."""
+    """The sweep's progress and remaining time from the FLOPs done so far: runs differ in size by orders of
+    magnitude, so the rate is FLOPs per second over the runs this command trained, applied to the FLOPs still
+    planned, and the progress is a fraction of the planned FLOPs (a log file shows it as well as a terminal)."""
 
     def __init__(self, runs: list[PlannedRun]):
-        self.left = sum(r.cfg.flops_per_step("exact") * r.cfg.steps for r in runs)
+        self.total = self.left = sum(r.cfg.flops_per_step("exact") * r.cfg.steps for r in runs)
         self.done_flops, self.seconds = 0.0, 0.0
+        self.plan(runs)
+
+    def plan(self, runs: list[PlannedRun]) -> None:
+        """What is left from now on (a sweep with a tuning stage knows its grid's runs only after tuning; their
+        FLOPs do not depend on the LR, so the estimate covers both stages from the start)."""
+        self.left = sum(r.cfg.flops_per_step("exact") * r.cfg.steps for r in runs)
 
     def record(self, run: PlannedRun, seconds: float, trained_fraction: float = 1.0) -> None:
         total = run.cfg.flops_per_step("exact") * run.cfg.steps
@@ -90,13 +128,15 @@ class Eta:
         self.seconds += seconds
 
     def text(self) -> str:
+        done = f"{100 * (1 - max(0.0, self.left) / self.total):.0f}% of the planned FLOPs done" if self.total > 0 else ""
         if self.done_flops <= 0 or self.seconds <= 0:
-            return "ETA after the first run"
+            return ", ".join(x for x in (done, "ETA after the first run") if x)
         left_s = max(0.0, self.left) / (self.done_flops / self.seconds)
-        return f"ETA {left_s / 60:.0f} min for the rest ({time.strftime('%H:%M', time.localtime(time.time() + left_s))})"
+        eta = f"ETA {duration(left_s)} for the rest ({time.strftime('%H:%M', time.localtime(time.time() + left_s))})"
+        return ", ".join(x for x in (done, eta) if x)
 
 
-def run_locally(study_dir: Path, spec: Spec, runs: list[PlannedRun], quiet: bool = False) -> int:
+def run_locally(study_dir: Path, spec: Spec, runs: list[PlannedRun], quiet: bool = False, eta: Eta | None = None) -> int:
     """The local executor: one run after another in this process. SIGINT/SIGTERM (Ctrl-C) reach the running
     run's stop flag: it checkpoints at the next step boundary and the sweep exits with EXIT_STOPPED; a second
     Ctrl-C interrupts at once. A run that another process holds is skipped (it trains there)."""
@@ -104,7 +144,7 @@ def run_locally(study_dir: Path, spec: Spec, runs: list[PlannedRun], quiet: bool
 
     flag = install_preemption_flag(interactive=True)
     failed = held = 0
-    eta = Eta(runs)
+    eta = eta or Eta(runs)
     try:
         for i, r in enumerate(runs, 1):
             if flag.is_set():
@@ -144,6 +184,13 @@ def run_locally(study_dir: Path, spec: Spec, runs: list[PlannedRun], quiet: bool
 
 
 def submit_slurm(study_dir: Path, spec: Spec, runs: list[PlannedRun], resources: ResourceSpec, wait: bool) -> int:
+    """Job arrays for ``runs`` (all of one home: the study's grid, or its tuning stage, whose jobs go to the tuning
+    directory's own ledger); fine-tuning runs wait for their parents (afterok)."""
+    homes = {r.home(study_dir) for r in runs}
+    if len(homes) != 1:
+        raise ValueError("submit_slurm: submit the tuning stage and the grid separately")
+    home = homes.pop()
+
     def job(r: PlannedRun, depends_on: str | None = None) -> Job:
         res = resources
         if r.resource_class:
@@ -155,11 +202,11 @@ def submit_slurm(study_dir: Path, spec: Spec, runs: list[PlannedRun], resources:
                    run_dir=r.run_dir(study_dir), resources=res)
 
     first = [r for r in runs if r.parent is None]
-    submitted = submit([job(r) for r in first], resources, study_dir / records.SUBMITIT_DIR, study_dir=study_dir,
-                              check_cluster=True) if first else []
+    submitted = submit([job(r) for r in first], resources, home / records.SUBMITIT_DIR, study_dir=home,
+                       check_cluster=True) if first else []
     children = [r for r in runs if r.parent is not None]
     if children:
-        known = queued_jobs(study_dir)
+        known = queued_jobs(home)
         deps = []
         for r in children:
             if records.done_summary(r.parent.run_dir(study_dir)) is not None:
@@ -169,7 +216,7 @@ def submit_slurm(study_dir: Path, spec: Spec, runs: list[PlannedRun], resources:
             else:
                 print(f"skipping {r.slug}: its parent {r.parent.slug} is neither done nor queued "
                       f"(it failed? resubmit with --retry)", file=sys.stderr)
-        submitted += submit(deps, resources, study_dir / records.SUBMITIT_DIR, study_dir=study_dir, check_cluster=True)
+        submitted += submit(deps, resources, home / records.SUBMITIT_DIR, study_dir=home, check_cluster=True)
     for s in submitted:
         print(f"submitted {s.name} as job {s.job_id}")
     return wait_for(submitted) if wait else 0

@@ -31,7 +31,7 @@ NON_SEMANTIC = ("system", "data.cache_dir", "eval.batch_size", "meta")
 #: fields added after runs existed: left out of the hash while at their default, so a config that does not
 #: use them keeps the identity (and the run directory) it had before they were added
 HASHED_ONLY_IF_SET = {"model.loop_input": "none", "model.loop_embed": False, "model.loop_norm": False,
-                      "data.align": False, "data.val_split": None}
+                      "model.pad_vocab": 1, "data.align": False, "data.val_split": None}
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,7 @@ class SystemConfig:
     compile: bool = False
     tf32: bool = True  # CUDA fp32 runs: TF32 matmuls (recorded in the run's system.json); off = strict fp32
     tensorboard: bool = False  # also log metrics and evals as TensorBoard events in <run>/tb (needs `tensorboard`)
+    wandb: bool = False  # also log them to Weights & Biases (needs `wandb`; WANDB_PROJECT, WANDB_MODE=offline, ...)
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,8 @@ class RunConfig:
         need(d.seq_len >= 2, "data.seq_len", f"got {d.seq_len}; must be >= 2")
         need(not self.system.tensorboard or importlib.util.find_spec("tensorboard") is not None, "system.tensorboard",
              "needs the tensorboard package: pip install tensorboard, or set system.tensorboard=false")
+        need(not self.system.wandb or importlib.util.find_spec("wandb") is not None, "system.wandb",
+             "needs the wandb package: pip install wandb, or set system.wandb=false")
         need(isinstance(d.align, bool), "data.align", f"got {d.align!r}; must be true or false")
         need(d.val_split is None or (isinstance(d.val_split, str) and d.val_split.strip() != ""), "data.val_split",
              f"got {d.val_split!r}; a split name of the corpus (e.g. test) or null")
@@ -321,6 +324,8 @@ def _coerce_value(fld: str, hint: Any, value: Any) -> Any:
             value = [value]
         item = typing.get_args(target)[0]
         return tuple(_coerce_value(fld, item, v) for v in value)
+    if isinstance(value, bool) and target in (int, float):  # YAML's true is not 1: name what was written
+        raise ConfigError(fld, f"got {str(value).lower()}, a boolean; give {'an integer' if target is int else 'a number'}")
     try:
         if target is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
             return float(value)
@@ -407,7 +412,7 @@ def load_yaml_mapping(path: str | Path, field: str, what: str) -> dict[str, Any]
         raise ConfigError(field, f"file {p} does not exist")
     raw = parse_yaml(p.read_text(), str(p))
     if raw is None:
-        raise ConfigError(str(p), f"the file is empty; give {what} (or no file at all for the defaults)")
+        raise ConfigError(str(p), f"the file is empty; give {what}")
     if not isinstance(raw, dict):
         raise ConfigError(str(p), f"must hold a mapping ({what})")
     return raw
@@ -415,7 +420,8 @@ def load_yaml_mapping(path: str | Path, field: str, what: str) -> dict[str, Any]
 
 def load(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
     """A RunConfig from a YAML file plus key=value overrides."""
-    raw = load_yaml_mapping(path, "config", "sections model:, data:, ...") if path is not None else {}
+    raw = load_yaml_mapping(path, "config", "sections model:, data:, ... (or no file at all for the defaults)") \
+        if path is not None else {}
     return from_dict(apply_overrides(raw, list(overrides)))
 
 

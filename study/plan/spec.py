@@ -1,4 +1,4 @@
-"""Study specs: loading, expanding into runs with their matched baselines, and the plan table.
+"""Study specs: loading and expanding into runs with their matched baselines (the plan table: `table.py`).
 
 A spec (``sweeps/*.yaml``) is a base RunConfig plus axes. Expansion is pure: spec -> list of ``PlannedRun``
 (each a resolved, hashed RunConfig with its comparison groups), every looped config joined by its matched
@@ -27,12 +27,16 @@ Spec keys:
     - {runs: finetuned, args: "--tasks gsm8k-synth:easy:200 --loops 1,4"}   # finetuned|pretrained|all|GLOB
                               # (after training when local; SLURM jobs with afterok on the run's job)
   control: {gate: {...}, criteria: {...}, inert: {...}}   # a positive control's pre-registered tests
-                              # (analysis/control.py; the report states each with its measured value)
+                              # (analysis/control; the report states each with its measured value)
+  tune: {lr: [1.0e-3, 3.0e-3, 1.0e-2], budget: {flops: 2.0e+11}}
+                              # a stage before the grid: the LR per (family, width) chosen on a small grid at
+                              # a small budget; the grid trains at it (study/plan/tuning.py)
 The run-dict key ``layout: {n_layers: 12, looped: [1, 2]}`` is a readable way to place the looped block.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import itertools
@@ -41,16 +45,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model import flops
 from model.config import ConfigError, reject_unknown_keys
 import records
 from study.evaluate.request import AUTOMATON_ORDERS, EvalRequest, parse_stage_args
 from study.plan import config as config_mod
+from study.plan import tuning
 from study.plan.finetune import sft_raw, study_relative_parent
+from study.plan.planned import PlannedRun
 from study.plan.scaling import RULES
 
 SPEC_KEYS = ["study", "description", "base", "axes", "zip", "seeds", "baselines", "scaling", "resources",
-             "resource_classes", "estimate", "finetune", "evaluate", "control"]
+             "resource_classes", "estimate", "finetune", "evaluate", "tune", "control"]
 EVAL_RUNS = ("finetuned", "pretrained", "all")  # or a slug glob
 ROLES = ("looped", "baseline_same", "baseline_deeper", "single")
 BASELINES = ("same_size", "deeper")
@@ -58,34 +63,6 @@ ROLE_OF = {"same_size": "baseline_same", "deeper": "baseline_deeper"}
 #: end-to-end rate of the embedded default on 2 idle CPU cores (training and evaluations, exact FLOPs per
 #: second of wall time: 4.85e13 FLOPs in 22 min, results/demo/MACHINE.md): the plan's CPU-time column
 CPU_GFLOPS = 37.0
-CPU_GFLOPS_NOTE = "the spec's estimate.cpu_gflops (default: the demo's rate on 2 cores, evals included)"
-
-
-@dataclass
-class PlannedRun:
-    cfg: config_mod.RunConfig
-    slug: str
-    groups: list[dict] = field(default_factory=list)
-    axes: dict = field(default_factory=dict)
-    resource_class: str | None = None
-    parent: "PlannedRun | None" = None  # a fine-tuning run's pretrained parent
-
-    @property
-    def hash(self) -> str:
-        return self.cfg.hash
-
-    @property
-    def role(self) -> str:
-        return ",".join(sorted({g["role"] for g in self.groups})) or "single"
-
-    def run_dir(self, study_dir: Path) -> Path:
-        return records.run_dir(study_dir, self.slug, self.hash)
-
-    def final_config(self, study: str) -> config_mod.RunConfig:
-        meta = {"study": study, "slug": self.slug, "hash": self.hash, "groups": self.groups, "axes": self.axes,
-                "resource_class": self.resource_class, "steps": self.cfg.steps, "stage": self.cfg.kind,
-                "params": flops.param_counts(self.cfg.model).to_dict(self.cfg.model.expected_loops)}
-        return self.cfg.replace(meta=meta)
 
 
 @dataclass
@@ -103,6 +80,7 @@ class Spec:
     finetune: dict | None = None
     path: Path | None = None
     evaluate: list["EvalStage"] = field(default_factory=list)
+    tune: tuning.TuneSpec | None = None
     control: Any = None  # analysis.control.Preregistration: what a positive control counts, fixed before it runs
 
 
@@ -133,12 +111,27 @@ class EvalStage:
 def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     """A spec file; ``key=value`` overrides apply to its base config (``optim.lr=1e-3``)."""
     raw = config_mod.load_yaml_mapping(path, "SPEC", "study:, base:, axes:, ... - e.g. sweeps/demo.yaml")
+    refuse_swept_overrides(raw, overrides)
     if overrides:
         base = raw.get("base") or {}
         if not isinstance(base, dict):
             raise ConfigError("base", "must be a mapping of RunConfig sections")
         raw["base"] = config_mod.apply_overrides(base, list(overrides))
     return parse_spec(raw, Path(path))
+
+
+def refuse_swept_overrides(raw: dict, overrides: list[str]) -> None:
+    """An override changes the base config, and every key the spec sweeps (``axes``, ``zip``, ``seeds``) is set
+    per run on top of it: overriding one would change nothing, so it is refused rather than ignored."""
+    zips = [g for g in (raw.get("zip") if isinstance(raw.get("zip"), list) else []) if isinstance(g, dict)]
+    swept = {str(k): "axes" for k in (raw.get("axes") if isinstance(raw.get("axes"), dict) else {})} | \
+        {str(k): f"zip[{i}]" for i, g in enumerate(zips) for k in g} | ({"seed": "seeds"} if raw.get("seeds") else {})
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        for s, where in swept.items():
+            if key == s or key.startswith(s + ".") or s.startswith(key + "."):
+                raise ConfigError(key, f"is swept by the spec ({where}: {s}), so an override of the base config "
+                                       f"would be ignored; edit {where} in the spec, or select runs with --only")
 
 
 def parse_spec(raw: dict, path: Path | None = None) -> Spec:
@@ -197,7 +190,8 @@ def parse_spec(raw: dict, path: Path | None = None) -> Spec:
     return Spec(study=str(study), description=str(raw.get("description", "")), base=raw.get("base") or {},
                 axes=axes, zip=zips, baselines=baselines, scaling=scaling, resources=raw.get("resources") or {},
                 resource_classes=classes, estimate=estimate, finetune=finetune, path=path,
-                evaluate=_eval_stages(raw.get("evaluate")), control=_preregistration(raw.get("control")))
+                evaluate=_eval_stages(raw.get("evaluate")), tune=tuning.parse_tune(raw.get("tune"), axes, zips, scaling),
+                control=_preregistration(raw.get("control")))
 
 
 def _preregistration(raw: Any):
@@ -303,9 +297,30 @@ def _build(run: dict, spec: Spec, where) -> config_mod.RunConfig:
         raise ConfigError(exc.field, f"{str(exc).split(': ', 1)[-1]} (in grid point {where})") from None
 
 
-def expand(spec: Spec) -> list[PlannedRun]:
+def expand(spec: Spec, tuned: dict[str, tuning.Choice] | None = None) -> list[PlannedRun]:
     """The whole grid with matched baselines, deduplicated by hash (a baseline shared by several looped
-    configs is one run listed in each of their groups)."""
+    configs is one run listed in each of their groups). With a ``tune:`` stage every run takes its key's LR
+    from ``tuned`` (`tuning.choices`); a run whose key is not tuned yet is pending (`PlannedRun.pending`)."""
+    pretrain = _pretraining_grid(spec)
+    if spec.tune is not None:
+        pretrain = tuning.with_tuned_lr(spec.tune, pretrain, tuned or {})
+    else:
+        source = {"source": "scaling.lr", "rule": str(spec.scaling["lr"])} if "lr" in spec.scaling else {"source": "spec"}
+        pretrain = [dataclasses.replace(r, lr_source=source) for r in pretrain]
+    planned = pretrain + (_finetune_children(spec, pretrain) if spec.finetune else [])
+    _check_stages_select(spec, planned)
+    return planned
+
+
+def tuning_runs(spec: Spec) -> list[PlannedRun]:
+    """The tuning stage's runs (none without ``tune:``): they do not depend on any result, so they are planned
+    like the grid, and come before it."""
+    if spec.tune is None:
+        return []
+    return tuning.planned_tuning(spec.tune, spec.scaling, _pretraining_grid(spec))
+
+
+def _pretraining_grid(spec: Spec) -> list[PlannedRun]:
     runs: dict[str, PlannedRun] = {}
 
     def add(cfg: config_mod.RunConfig, axes: dict, rclass: str | None, group: dict | None) -> None:
@@ -351,8 +366,7 @@ def expand(spec: Spec) -> list[PlannedRun]:
                 if ratio is not None:
                     member["flops_ratio"] = round(ratio, 4)  # per-step FLOPs, deeper / looped at E[S]
                 add(bcfg, axes, rclass, member)
-    pretrain = list(runs.values())
-    return pretrain + (_finetune_children(spec, pretrain) if spec.finetune else [])
+    return list(runs.values())
 
 
 def _finetune_children(spec: Spec, parents: list[PlannedRun]) -> list[PlannedRun]:
@@ -372,52 +386,42 @@ def _finetune_children(spec: Spec, parents: list[PlannedRun]) -> list[PlannedRun
         except ConfigError as exc:
             raise ConfigError(f"finetune.{exc.field}", str(exc).split(": ", 1)[-1]) from None
         cfg = _build(raw, spec, f"fine-tuning {parent.slug}")
+        source = {"source": "finetune.optim.lr"} if "lr" in (ft.get("optim") or {}) else parent.lr_source
         children.append(PlannedRun(cfg=cfg, slug=records.safe_slug(config_mod.slug(cfg)), groups=list(parent.groups),
-                                   axes=parent.axes, resource_class=parent.resource_class, parent=parent))
+                                   axes=parent.axes, resource_class=parent.resource_class, parent=parent,
+                                   lr_source=source))
+    if not children:  # a stage that fine-tunes nothing is a typo in the spec, never what was meant
+        slugs = _listing(sorted({p.slug for p in parents}))
+        if only is not None and not any(fnmatch.fnmatch(p.slug, only) for p in parents):
+            raise ConfigError("finetune.only", f"{only!r} matches no pretraining run (their slugs: {slugs}); fix the glob "
+                                               f"or remove only:")
+        present = sorted({g["role"] for p in parents for g in p.groups} or {"single"})
+        raise ConfigError("finetune.roles", f"{sorted(roles)} selects no pretraining run"
+                                            f"{'' if only is None else f' matching {only!r}'} (their roles: "
+                                            f"{', '.join(present)}; slugs: {slugs}); list one of those roles")
     return children
 
 
-# -- the plan ----------------------------------------------------------------------------------------
-def plan_row(pr: PlannedRun, spec: Spec) -> dict:
-    cfg = pr.cfg
-    p = flops.param_counts(cfg.model)
-    row = {"slug": pr.slug, "hash": pr.hash[:12], "role": pr.role, "groups": [g["group"] for g in pr.groups],
-           "axes": pr.axes, "params_embedding": p.embedding, "params_nonembedding": p.nonembedding,
-           "params_effective": p.effective_nonembedding(cfg.model.expected_loops), "steps": cfg.steps,
-           "tokens": cfg.steps * cfg.tokens_per_step, "resource_class": pr.resource_class}
-    for conv in flops.CONVENTIONS:
-        per_step = cfg.flops_per_step(conv)
-        row[f"flops_per_step_{conv}"] = per_step
-        row[f"flops_{conv}"] = per_step * cfg.steps
-    rate = spec.estimate["tflops_per_gpu"] * 1e12 * spec.estimate["mfu"]  # GPU-hours do not depend on GPU count
-    row["est_gpu_hours"] = row["flops_exact"] / rate / 3600
-    row["est_cpu_minutes"] = row["flops_exact"] / (spec.estimate["cpu_gflops"] * 1e9) / 60
-    ratios = [g["flops_ratio"] for g in pr.groups if "flops_ratio" in g]
-    row["flops_ratio_vs_looped"] = ratios[0] if ratios else None
-    return row
+def _listing(names: list[str], most: int = 6) -> str:
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
 
 
-def format_plan(rows: list[dict]) -> str:
-    cols = [("slug", "slug", "{}"), ("hash", "hash", "{}"), ("role", "role", "{}"),
-            ("N_emb", "params_embedding", "{:.3g}"), ("N_nonemb", "params_nonembedding", "{:.3g}"),
-            ("N_eff", "params_effective", "{:.3g}"), ("steps", "steps", "{}"), ("tokens", "tokens", "{:.3g}"),
-            ("C/step exact", "flops_per_step_exact", "{:.3g}"), ("C 6N_nonemb", "flops_6N_nonembed", "{:.3g}"),
-            ("C 6N_total", "flops_6N_total", "{:.3g}"), ("C exact", "flops_exact", "{:.3g}"),
-            ("C/step vs loop", "flops_ratio_vs_looped", "{:.3f}"), ("GPU-h", "est_gpu_hours", "{:.3g}"),
-            ("CPU-min", "est_cpu_minutes", "{:.2g}")]
-    table = [[h for h, _, _ in cols]] + [["—" if r.get(k) is None else f.format(r[k]) for _, k, f in cols] for r in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in table]
-    total = {k: sum(r[k] for r in rows) for k in ("flops_exact", "est_gpu_hours", "est_cpu_minutes")}
-    lines.append(f"{len(rows)} runs; {total['flops_exact']:.3g} FLOPs (exact); ~{total['est_gpu_hours']:.3g} GPU-hours; "
-                 f"~{total['est_cpu_minutes']:.3g} CPU-minutes at {CPU_GFLOPS_NOTE}")
-    return "\n".join(lines)
+def _check_stages_select(spec: Spec, runs: list[PlannedRun]) -> None:
+    """Every ``evaluate:`` stage selects at least one run of the expanded study: a stage that evaluates nothing is
+    a typo in the spec (a glob that matches no slug, ``finetuned`` without a finetune stage)."""
+    for i, stage in enumerate(spec.evaluate):
+        if not any(stage.selects(r) for r in runs):
+            raise ConfigError(f"evaluate[{i}].runs", f"{stage.runs!r} selects no run of {spec.study} (slugs: "
+                                                     f"{_listing(sorted(r.slug for r in runs))}); use "
+                                                     f"{', '.join(EVAL_RUNS)} or a glob over those slugs")
 
 
 def select(runs: list[PlannedRun], only: str | None) -> list[PlannedRun]:
+    """``--only``: runs whose slug matches the glob, or whose hash starts with it. Slugs only, as in an
+    ``evaluate:`` stage: a comparison group is named after its looped run, so a group glob would take the
+    baselines of every matching looped run too."""
     if not only:
         return runs
-    return [r for r in runs if fnmatch.fnmatch(r.slug, only) or r.hash.startswith(only) or
-            any(fnmatch.fnmatch(g["group"], only) for g in r.groups)]
+    return [r for r in runs if fnmatch.fnmatch(r.slug, only) or r.hash.startswith(only)]
 
 

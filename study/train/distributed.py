@@ -18,6 +18,14 @@ class RunError(RuntimeError):
     """A run cannot start or continue; the message says why and what to do."""
 
 
+class Diverged(RunError):
+    """A NaN or inf in the loss, the weights or an evaluation."""
+
+
+class ForeignRunDir(RunError):
+    """The directory belongs to another config: never written to, never marked failed."""
+
+
 def pick_device(want: str) -> torch.device:
     if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():

@@ -1,9 +1,10 @@
-"""Datasets of the packaged lm-eval tasks, built offline (``custom_dataset: !function loaders.NAME``).
+r"""Datasets of the packaged lm-eval tasks, built offline (``custom_dataset: !function loaders.NAME``).
 
 lm-eval calls these with the task's ``metadata`` (and, from its CLI, the model_args and ``--metadata``
 JSON) as keyword arguments, so a difficulty, a size or a data folder is chosen per run without editing a YAML:
 
-    lm_eval --include_path PKG --tasks gsm8k-synth --metadata '{"difficulty": "tiny", "n": 200}' ...
+    loopmdm-lm-eval run --model loopmdm --model_args pretrained=RUN_DIR --include_path PKG --tasks gsm8k-synth \
+        --metadata '{"difficulty": "tiny", "n": 200}' ...
 """
 
 from __future__ import annotations
