@@ -222,8 +222,11 @@ def test_detected_effects_read_a_reported_control_back(tmp_path):
              "measured": -0.03, "ci_low": -0.04, "ci_high": -0.02, "unit": "nats/token per doubling of S"}
     (tmp_path / records.FITS).write_text(json.dumps({"claims": [claim], "control": res.to_dict()}))
     got = CT.detected_effects(tmp_path)
+    text = got["loop_scaling"].pop("text")
     assert got["loop_scaling"] == {"verdict": "supported", "measured": -0.03, "low": -0.04, "high": -0.02,
                                    "unit": "nats/token per doubling of S", "name": claim["name"]}
+    assert text.startswith("-0.03") and "[-0.04" in text and "-0.02" in text  # as the control's report writes it
+    assert got["control"]["criteria"]["loop_vs_s1"]["text"] == res.criteria[0].text()
     assert got["control"]["verdict"] == res.verdict
     assert got["control"]["criteria"]["loop_vs_s1"]["measured"] == pytest.approx(res.criteria[0].measured)
 

@@ -366,15 +366,26 @@ def control_for_study(study_dir: str | Path, df: pd.DataFrame, tasks: pd.DataFra
 
 def detected_effects(study_dir: str | Path) -> dict[str, Any]:
     """What a control study detected, per claim, with the same estimators as any study (its ``fits.json``):
-    ``{claim key: {verdict, measured, low, high, unit, text}}`` plus ``control`` (the pre-registered verdict
-    and criteria). For citing the control beside another study's verdicts."""
+    ``{claim key: {verdict, measured, low, high, unit, name, text}}`` plus ``control`` (the pre-registered verdict
+    and each criterion, with its ``text``). For citing the control beside another study's verdicts
+    (`analysis.report.cite`); ``text`` is the value with its CI as the control's own report writes it."""
+    from ..claims import Claim
+
     fits = json.loads((Path(study_dir) / records.FITS).read_text(encoding="utf-8"))
-    out: dict[str, Any] = {c["key"]: dict(verdict=c["verdict"], measured=c.get("measured"), low=c.get("ci_low"),
-                                          high=c.get("ci_high"), unit=c.get("unit"), name=c.get("name"))
-                           for c in fits.get("claims", [])}
+    out: dict[str, Any] = {}
+    for c in fits.get("claims", []):
+        cl = Claim(**({"statement": "", "paper_value": None, "paper_text": "", "rule": ""}
+                      | {f: c[f] for f in Claim.__dataclass_fields__ if f in c}))
+        out[c["key"]] = dict(verdict=cl.verdict_text(), measured=c.get("measured"), low=c.get("ci_low"),
+                             high=c.get("ci_high"), unit=c.get("unit"), name=c.get("name"),
+                             text=f"{cl.measured_str()} {cl.ci_str()}" if cl.measured_at_all else "—")
     ctl = fits.get("control")
     if ctl:
-        out["control"] = dict(verdict=ctl["verdict"], budget=ctl.get("budget"),
-                              criteria={c["key"]: c for c in [ctl.get("gate"), *ctl.get("criteria", []),
-                                                              ctl.get("inert"), *ctl.get("extra", [])] if c})
+        crit = {}
+        for c in [ctl.get("gate"), *ctl.get("criteria", []), ctl.get("inert"), *ctl.get("extra", [])]:
+            if c:
+                crit[c["key"]] = c | dict(text=Criterion(**{f: c[f] for f in Criterion.__dataclass_fields__
+                                                            if f in c}).text())
+        out["control"] = dict(verdict=ctl["verdict"], budget=ctl.get("budget"), study=fits.get("study"),
+                              prereg=ctl.get("prereg"), criteria=crit)
     return out
