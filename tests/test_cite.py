@@ -62,7 +62,7 @@ def test_each_claim_sits_beside_what_the_control_detected(study, tmp_path):
     assert "[-0.041" in by["4. inference compute scales with loops"]
     assert by["3. LoopMDM vs deeper MDM at equal per-step compute"].startswith("inconclusive: +0.004")
     task = [v for k, v in by.items() if k.startswith("6.")]
-    assert task and task[0] == ctl.criteria[1].text()  # a task claim: the control's paired gain over same-size
+    assert task and task[0] == f"{ctl.criteria[1].name}: {ctl.criteria[1].text()}"  # its paired gain over same-size
     assert any(v == "—" for k, v in by.items() if k.startswith("1."))  # the control measured no multiplier
     assert "`../" in md and "ctl/report.md" in md  # the control named relative to the study
     sec4 = md.split("## 4.", 1)[1].split("\n## ", 1)[0]

@@ -45,7 +45,7 @@ class ControlCitation:
         e = self.counterpart(c.key)
         if e is None or e.get("text") in (None, "—"):
             return "—"
-        return f"{e['verdict']}: {e['text']}" if "verdict" in e else f"{e['text']}"
+        return f"{e['verdict']}: {e['text']}" if "verdict" in e else f"{e['name']}: {e['text']}"
 
     def section_lines(self, c: Claim) -> list[str]:
         e = self.counterpart(c.key)
