@@ -64,3 +64,16 @@ def group_draws(estimates: np.ndarray, ses: np.ndarray, n_boot: int, rng: np.ran
         idx = rng.integers(0, estimates.size, size=draws.shape)
         return np.take_along_axis(draws, idx, axis=1), [c[idx] for c in carried]
     return draws, [np.repeat(c[None, :], n_boot, axis=0) for c in carried]
+
+
+def record_group_draws(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot,) bootstrap draws of the mean of a (groups, records) matrix whose groups were scored on the same
+    records: the records are resampled once per draw for every group together (a paired design keeps its
+    pairing), then, with >= 2 groups, the groups."""
+    m = np.asarray(values, float)
+    G, n = m.shape
+    ri = rng.integers(0, n, size=(n_boot, n))
+    rec_means = np.stack([m[:, r].mean(axis=1) for r in ri])  # (n_boot, G)
+    if G > 1:
+        rec_means = np.take_along_axis(rec_means, rng.integers(0, G, size=(n_boot, G)), axis=1)
+    return rec_means.mean(axis=1)

@@ -24,7 +24,7 @@ from .rundir import (CKPT_DIR, CKPT_META, CONFIG, DONE, EVALS, EVALS_DIR, FAILED
                      read_config, read_evals, read_loop_diagnostics, recorded_hash, run_dir, run_key, safe_slug,
                      study_of, task_eval_path, tensorboard_dir, verify_checkpoint, wandb_dir, write_manifest)
 from .status import STALE_AFTER_S, RunStatus, run_status, scan_study
-from .studydir import (EVAL_JOBS_DIR, FIGURES_DIR, FITS, PLAN, REPORT, RUNS_TABLE, SNAPSHOTS_DIR, SPEC, SUBMIT_LOCK,
-                       SUBMITIT_DIR, TUNE_DIR, TUNED, eval_jobs_dir, eval_marker, tune_dir, tuned_path)
+from .studydir import (CONTROL_DIR, EVAL_JOBS_DIR, FIGURES_DIR, FITS, PLAN, REPORT, RUNS_TABLE, SNAPSHOTS_DIR, SPEC, SUBMIT_LOCK,
+                       SUBMITIT_DIR, TUNE_DIR, TUNED, control_dir, eval_jobs_dir, eval_marker, tune_dir, tuned_path)
 
 __all__ = [n for n in dir() if not n.startswith("_")]

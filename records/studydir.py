@@ -31,6 +31,7 @@ REPORT = "report.md"
 FIGURES_DIR = "figures"
 TUNE_DIR = "tune"
 TUNED = "tuned_lr.json"
+CONTROL_DIR = "control"  # a study's positive control (its spec's control_study), a study directory of its own
 
 
 def eval_jobs_dir(target: PathLike) -> Path:
@@ -49,6 +50,12 @@ def tune_dir(study_dir: PathLike) -> Path:
     """The tuning stage's runs live in a study directory of their own inside the study: the grid's tables,
     fits and claims never see them, and every tool that reads a study (status, collect) reads it too."""
     return Path(study_dir) / TUNE_DIR
+
+
+def control_dir(study_dir: PathLike) -> Path:
+    """The study's positive control lives in a study directory of its own inside the study (run there first by
+    ``study.sweep`` when the spec names a ``control_study``); the study's report cites what it detected."""
+    return Path(study_dir) / CONTROL_DIR
 
 
 def tuned_path(study_dir: PathLike) -> Path:

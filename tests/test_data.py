@@ -411,6 +411,8 @@ def test_a_hub_corpus_with_its_own_test_split_and_a_pinned_revision(tmp_path, mo
         yield from ({"text": t} for t in splits[split])
 
     monkeypatch.setattr(corpora, "_hub_rows", fake_hub)
+    from study.data import tokens
+    monkeypatch.setattr(tokens, "check_hub_reachable", lambda *a, **k: None)  # the fake hub answers, whatever the network
     td = data.prepare_tokens("hf:lm1b@abc123", "byte", tmp_path, val_split="test")
     tok = td.tokenizer
     assert _split_docs(td.train, tok) == splits["train"] and _split_docs(td.val, tok) == splits["test"]

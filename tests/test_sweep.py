@@ -226,3 +226,25 @@ def test_the_embedded_defaults_stages_select_what_it_says():
     assert [r.slug for r in runs if tasks.selects(r)] == [c.slug for c in children]
     assert sorted(r.slug for r in runs if attention.selects(r)) == ["d128-l1.1.1-s4-c5e12", "d64-l1.1.1-s4-c5e12"]
     assert tasks.request.tasks == ["gsm8k-synth:tiny:200"] and attention.request.attention
+
+
+def test_a_spec_s_control_study_runs_first_into_its_control_folder(tmp_path, capsys):
+    """``control_study``: the named spec (relative to this one) runs first, as a study of its own in
+    <out>/control; a bad name is refused naming the field before anything is written."""
+    (tmp_path / "c").mkdir()
+    ctl = _write(tmp_path / "c", study="ctl", axes={"budget.steps": [4]})
+    (tmp_path / "c" / "ctl.yaml").write_text(ctl.read_text())
+    main = tmp_path / "c" / "main.yaml"
+    main.write_text(yaml.safe_dump({**yaml.safe_load(ctl.read_text()), "study": "m", "control_study": "ctl.yaml"}))
+    out = tmp_path / "study"
+    assert cli.sweep_main([str(main), "--out", str(out), "--dry-run"]) == 0
+    assert f"first, its positive control {tmp_path / 'c' / 'ctl.yaml'}" in capsys.readouterr().out
+    assert not out.exists()
+    assert cli.sweep_main([str(main), "--out", str(out), "--no-report"]) == 0
+    assert [s.state for s in records.scan_study(records.control_dir(out))] == ["done"] * 2
+    assert [s.state for s in records.scan_study(out)] == ["done"] * 2  # the control's runs are not this study's
+    assert "its positive control first" in capsys.readouterr().out
+    for bad in ("nope.yaml", "main.yaml"):  # missing, or itself
+        main.write_text(yaml.safe_dump({**yaml.safe_load(ctl.read_text()), "study": "m", "control_study": bad}))
+        assert cli.sweep_main([str(main), "--out", str(tmp_path / "o2")]) == 2
+        assert "control_study" in capsys.readouterr().err and not (tmp_path / "o2").exists()

@@ -13,9 +13,12 @@ import records
 from ..claims import (INCONCLUSIVE, NOT_IN_PAPER, NOT_SUPPORTED, SECTIONS, SUPPORTED, TASK_EVAL_CONTRACT, Claim, Section,
                       multiplier_disagreements)
 from ..claims.common import (CONSISTENT, LARGER, NOT_MEASURED, SMALLER, UNDETERMINED, cell)
+from ..control import ControlResult
 from ..figures import FigureResult
 from ..select import seed_spread
 from ..study_fits import StudyFits
+from .cite import ControlCitation
+from .control import control_md
 from .lr import headline as lr_headline
 from .lr import lr_section_md
 from .sections import attention_md, figure_md, fit_diagnostics_md, loop_diagnostics_md, task_loops_md
@@ -146,7 +149,7 @@ def grouped(what: str, items: Sequence[tuple[str, str]], total: int, all_label: 
 
 
 def claim_section(section: Section, claims: Sequence[Claim], figs: dict[str, FigureResult],
-                  study_dir: Path) -> list[str]:
+                  study_dir: Path, cite: ControlCitation | None = None) -> list[str]:
     """One claim's section: its rule, each claim of its kind with verdict and caveats and what the claim adds
     below it (a table), what it adds after them all, and its figures."""
     L = [f"## {section.title}", ""]
@@ -162,6 +165,8 @@ def claim_section(section: Section, claims: Sequence[Claim], figs: dict[str, Fig
         for cv in c.caveats:
             L.append(f"- {cv}")
         L.append("")
+        if cite is not None:
+            L += cite.section_lines(c)
         if section.details is not None:
             L += section.details(c)
     if section.closing is not None:
@@ -182,7 +187,8 @@ def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd
                     notes: Sequence[str], n_boot: int, seed: int, env: dict[str, str],
                     loop_sens: pd.DataFrame | None = None, loop_states: pd.DataFrame | None = None,
                     tasks: pd.DataFrame | None = None, attention: pd.DataFrame | None = None,
-                    lr: tuple[dict | None, dict] = (None, {})) -> str:
+                    lr: tuple[dict | None, dict] = (None, {}), control: ControlResult | None = None,
+                    cite: ControlCitation | None = None) -> str:
     n_runs = int(df["run"].nunique()) if "run" in df and not df.empty else 0
     s = summary or {}
     L = [f"# LoopMDM claims report — {study}", "",
@@ -199,8 +205,10 @@ def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd
           "one; _power_ is the smallest effect this study would detect at 80% power from its own errors, so an "
           "_inconclusive_ says whether more data would help. Each claim's rule, caveats and details are in its "
           "section below.", ""]
-    L += headline_table(claims)
+    cols = list(HEADLINE_COLUMNS) + ([("detected on the control", cite.cell)] if cite is not None else [])
+    L += headline_table(claims, cols)
     L.append("")
+    L += cite.headline() if cite is not None else []
     others = [c for c in claims if c not in headline_claims(claims)]
     if others:
         convs = ", ".join(sorted({str(c.details.get("convention")) for c in others}))
@@ -209,13 +217,14 @@ def render_markdown(study: str, study_dir: Path, summary: dict[str, Any], df: pd
     inert = [c for c in claims if c.details.get("inert_runs")]
     if inert:
         L += [f"> **Inert looping:** {inert[0].details['inert_runs']} — see *Loop diagnostics*.", ""]
+    figmap = {f.name: f for f in figs}
+    L += control_md(control, figmap.get("control_depth"), study_dir)
     dis = multiplier_disagreements(claims)
     if dis:
         L += ["**The fitted multiplier and the paper-protocol multiplier disagree** (CIs do not overlap): "
               + "; ".join(dis), ""]
-    figmap = {f.name: f for f in figs}
     for section in SECTIONS:
-        L += claim_section(section, claims, figmap, study_dir)
+        L += claim_section(section, claims, figmap, study_dir, cite)
     L += lr_section_md(*lr, figmap, study_dir)
     try:
         seeds = seed_spread(df, fits.loops if fits is not None else None)

@@ -22,12 +22,15 @@ import records
 
 from .. import loop_diagnostics as LD
 from .. import tuning as TU
+from ..control import control_for_study
 from ..claims import Claim, all_claims, multiplier_disagreements
 from ..collect import BASE_COLUMNS, load_attention, load_loop_diagnostics, load_or_collect, load_task_evals
 from ..figures import FigureResult, make_figures
+from ..figures.control import fig_control_depth
 from ..select import CORE_COLUMNS, clean, missing_columns
 from ..study_fits import StudyFits, fit_study
 from ..util import CONVENTIONS, DefaultsFormatter, dumps, normalise_convention
+from .cite import find_control
 from .markdown import missing_list, render_markdown
 
 
@@ -58,7 +61,7 @@ def environment() -> dict[str, str]:
 def run_report(
     study_dir: str | Path, *, n_boot: int = 1000, conventions: Sequence[str] = CONVENTIONS, seed: int = 0,
     figures: bool = True, force_collect: bool = False, loops: int | None = None, weighted: bool = False,
-    formats: Sequence[str] = ("png", "pdf"),
+    formats: Sequence[str] = ("png", "pdf"), control_dir: str | Path | None = None,
 ) -> ReportResult:
     """The whole pipeline; never raises on bad data (only on an unwritable study dir)."""
     t0 = time.perf_counter()
@@ -130,17 +133,25 @@ def run_report(
     if figures and len(df) and not miss_core:
         figs = make_figures(df, tasks, fits, claims, study_dir / records.FIGURES_DIR, formats, loop_diag=loop_diag,
                             attention=attention, tuning=tuning_runs)
+    control = control_for_study(study_dir, df, tasks, loop_sens, n_boot=n_boot, seed=seed)
+    if control is not None and figures:
+        figs.append(fig_control_depth(control, study_dir / records.FIGURES_DIR, formats))
     timings["figures"] = time.perf_counter() - t1
     missing = missing_list(summary, df if not miss_core else pd.DataFrame(), fits, claims, [])
     env = environment()
+    cite, cite_note = find_control(study_dir, control_dir)
+    notes += [cite_note] if cite_note else []
     md = render_markdown(study, study_dir, summary, df, fits, claims, figs, missing, notes, n_boot, seed, env,
-                         loop_sens, loop_states, tasks, attention, lr=(lr_sens, grid_lrs))
+                         loop_sens, loop_states, tasks, attention, lr=(lr_sens, grid_lrs), control=control,
+                         cite=cite)
     payload = dict(study=study, generated=env, n_boot=n_boot, seed=seed, conventions=list(conventions),
                    input_problems=notes, collect=summary, fits=fits.to_dict() if fits else None,
                    claims=[c.to_dict() for c in claims], multiplier_disagreements=multiplier_disagreements(claims),
                    figures=[_relative(f.to_dict(), study_dir) for f in figs], missing=missing, timings_s=timings,
                    loop_sensitivity=loop_sens.to_dict("records"), loop_state=loop_states.to_dict("records"),
-                   lr_tuning=dict(record=tuning_rec, sensitivity=lr_sens, grid_lrs=grid_lrs))
+                   lr_tuning=dict(record=tuning_rec, sensitivity=lr_sens, grid_lrs=grid_lrs),
+                   control=control.to_dict() if control is not None else None,
+                   cited_control=dict(where=cite.shown, effects=cite.effects) if cite is not None else None)
     study_dir.mkdir(parents=True, exist_ok=True)
     records.atomic_write_text(study_dir / records.FITS, dumps(payload))
     records.atomic_write_text(study_dir / records.REPORT, md)
@@ -164,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loops", type=int, default=None, help="inference S for LoopMDM (default: largest S>=6 <= s_max)")
     ap.add_argument("--weighted", action="store_true", help="weight fits by the MC standard error of each NLL")
     ap.add_argument("--no-figures", action="store_true")
+    ap.add_argument("--control", default=None, metavar="DIR",
+                    help="a reported positive-control study to cite beside each claim (default: STUDY_DIR/control "
+                         "when it has a report)")
     ap.add_argument("--force-collect", action="store_true", help=f"rebuild {records.RUNS_TABLE} even if fresh")
     a = ap.parse_args(argv)
     sd = Path(a.study_dir)
@@ -173,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     if not any(records.read_evals(rd).rows for rd in records.list_run_dirs(sd)):
         print(f"error: {sd} has no run with an evaluation yet ({records.RUNS_DIR}/*/{records.EVALS}); nothing to report",
               file=sys.stderr)
+        return 2
+    if a.control is not None and not (Path(a.control) / records.FITS).is_file():
+        print(f"error: --control: {a.control} holds no {records.FITS} (a reported control study: run "
+              f"python -m analysis.report {a.control} first)", file=sys.stderr)
         return 2
     convs = a.convention or list(CONVENTIONS)
     bad = [c for c in convs if normalise_convention(c) not in CONVENTIONS]
@@ -186,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"(its {records.RUNS_DIR}/) to a writable place and report there", file=sys.stderr)
             return 2
     res = run_report(sd, n_boot=a.bootstrap, conventions=convs, seed=a.seed, figures=not a.no_figures,
-                     force_collect=a.force_collect, loops=a.loops, weighted=a.weighted)
+                     force_collect=a.force_collect, loops=a.loops, weighted=a.weighted, control_dir=a.control)
     for c in res.claims:
         vs = f" — {c.paper_verdict}" if c.paper_verdict else ""
         print(f"{c.verdict_text():>14}  {c.name}: {c.measured_str()} {c.ci_str()}{vs}")

@@ -171,12 +171,31 @@ def dry_run(ns, spec, tune_runs, runs, sdir: Path, resources) -> int:
               f"~{sum(r['est_gpu_hours'] for r in tune_rows + rows):.3g} GPU-hours, "
               f"~{sum(r['est_cpu_minutes'] for r in tune_rows + rows):.3g} CPU-minutes in all")
     print(f"writes to {sdir} ({resources.resolved_executor()} executor)")
+    if spec.control_study is not None and not ns.only:
+        print(f"first, its positive control {spec.control_study} -> {records.control_dir(sdir)} (dry run: "
+              f"python -m study.sweep {spec.control_study} --dry-run)")
     return 0
+
+
+def control_study(ns, spec, sdir: Path) -> int:
+    """A spec's ``control_study`` (a positive control), run first as a study of its own in ``<out>/control`` with
+    this command's options, so this study's report can cite what it detected (`analysis.report.cite`). Not with
+    ``--only`` (that selects this study's runs); its failures leave this study to run."""
+    if spec.control_study is None or ns.only:
+        return 0
+    out = records.control_dir(sdir)
+    print(f"{spec.study}: its positive control first, {spec.control_study} -> {out}", flush=True)
+    return main([str(spec.control_study), "--out", str(out)] + ["--quiet"] * ns.quiet + ["--retry"] * ns.retry
+                + ["--wait"] * ns.wait + ["--no-report"] * (not ns.report)
+                + (["--executor", ns.executor] if ns.executor else []))
 
 
 def submit(ns, spec, runs, tune_runs, resources, sdir: Path) -> int:
     from study.launch import EXIT_STOPPED, evaluations, training, wait_for
 
+    rc_control = control_study(ns, spec, sdir)
+    if rc_control not in (0, 1):
+        return rc_control  # bad input or stopped: say so before this study starts
     slurm = resources.resolved_executor() == "slurm"
     with training.submission_lock(sdir) if slurm else contextlib.nullcontext():
         sdir.mkdir(parents=True, exist_ok=True)
@@ -218,7 +237,7 @@ def submit(ns, spec, runs, tune_runs, resources, sdir: Path) -> int:
         rc = max(rc, 1)  # a key whose tuning failed: its grid runs were not trained
     if rc in (0, 1) and ns.report and (not slurm or ns.wait):
         rc = max(rc, report(sdir))
-    return rc
+    return max(rc, rc_control) if rc in (0, 1) else rc
 
 
 def tune(ns, spec, tune_runs, resources, sdir: Path, slurm: bool, eta) -> int:

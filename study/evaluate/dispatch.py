@@ -1,7 +1,7 @@
 """Carrying out an evaluation request (`study.evaluate.request`) on trained runs: which runs a target names, and
 everything a request asks of one run — lm-eval task scores (`task_scores`), loop scans of validation NLL into
 the run's eval log (`loop_scan`), the mask-to-mask attention statistic (`attention`), the Sudoku positive
-control (`sudoku_eval`). Each kind is idempotent: what is on disk is not recomputed.
+control (`sudoku_eval`), the iterated-computation control (`automaton_eval`). Each kind is idempotent: what is on disk is not recomputed.
 
 ``evaluate_run`` is the function an evaluation job runs (`study.launch.evaluations` submits it).
 """
@@ -14,6 +14,8 @@ from typing import Any
 import records
 
 from .attention import attention_stats
+from .automaton_eval import DEFAULT_LOOPS as AUTOMATON_LOOPS
+from .automaton_eval import automaton_eval
 from .loop_scan import loop_scan
 from .request import DEFAULT_SCAN_LOOPS, EvalError, EvalRequest
 from .sudoku_eval import DEFAULT_LOOPS as SUDOKU_LOOPS
@@ -39,6 +41,10 @@ def evaluate_run(run_dir: str | Path, req: EvalRequest) -> dict[str, Any]:
         out["tasks"] = out.get("tasks", []) + sudoku_eval(
             run_dir, loops=req.loops or SUDOKU_LOOPS, n_puzzles=req.sudoku_puzzles, blanks=req.sudoku_blanks,
             order=req.sudoku_order, device=req.device, quiet=req.quiet)
+    if req.automaton:
+        out["tasks"] = out.get("tasks", []) + automaton_eval(
+            run_dir, loops=req.loops or AUTOMATON_LOOPS, n_records=req.automaton_records, orders=req.automaton_orders,
+            device=req.device, ckpt=req.ckpt, force=req.force, quiet=req.quiet)
     if req.attention:
         out["attention"] = attention_stats(run_dir, ts=req.ts, loops=req.attention_loops, ckpt=req.ckpt,
                                            device=req.device, force=req.force)

@@ -23,7 +23,10 @@ DEFAULT_SCAN_LOOPS = (1, 2, 4, 6, 8, 12, 16, 24)
 DEFAULT_ATTENTION_TS = (0.25, 0.5, 0.75)
 EXECUTORS = ("local", "slurm", "debug")  # study.eval: here, one job per run on SLURM, or submitit in-process
 #: the request fields that each ask for one kind of evaluation (a request must ask for at least one)
-KINDS = ("tasks", "scan", "attention", "sudoku")
+KINDS = ("tasks", "scan", "attention", "sudoku", "automaton")
+#: how the iterated-computation control fills the masked cells: all at once (the order that sees depth), or one
+#: depth's worth per step in one of `model.diffusion.INFILL_ORDERS` (study.evaluate.automaton_eval checks they match)
+AUTOMATON_ORDERS = ("parallel", "confidence", "raster", "random")
 #: the model knobs an lm-eval task run takes from the command line (study.evaluate.lm_eval_model.resolve_knobs)
 MODEL_ARGS = ("mc_num", "gen_length", "steps", "block_length", "remasking", "temperature", "seed")
 
@@ -58,6 +61,9 @@ class EvalRequest:
     sudoku_blanks: int = 30
     sudoku_order: str = "random"
     sudoku_puzzles: int = 100
+    automaton: bool = False  # the iterated-computation control (study.evaluate.automaton_eval): accuracy per depth
+    automaton_records: int = 200
+    automaton_orders: list[str] = field(default_factory=lambda: ["parallel"])
     quiet: bool = False
 
     def settings(self, s_max: int) -> list[tuple[int, float | None]]:
@@ -81,6 +87,14 @@ def check_loops(loops: Iterable[int], arg: str = "loops") -> list[int]:
         if not ok:
             raise EvalError(arg, f"got {s!r}; every loop count must be an integer >= 1")
         out.append(int(float(s)))
+    return out
+
+
+def check_orders(orders: Iterable[str], arg: str = "automaton_orders") -> list[str]:
+    out = [o.strip() for o in orders if o.strip()]
+    bad = [o for o in out if o not in AUTOMATON_ORDERS]
+    if bad or not out:
+        raise EvalError(arg, f"got {','.join(bad) or 'nothing'}; allowed: {', '.join(AUTOMATON_ORDERS)}")
     return out
 
 
@@ -132,6 +146,12 @@ def add_request_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--sudoku-blanks", type=int, default=30, help="blank cells per puzzle (difficulty)")
     ap.add_argument("--sudoku-order", default="random", help="cell order: random | raster (restricted) | confidence")
     ap.add_argument("--sudoku-puzzles", type=int, default=100, help="held-out puzzles")
+    ap.add_argument("--automaton", action="store_true", help="iterated-computation control: accuracy per row (eca) "
+                    "or hop (pointer) of held-out records at each --loops (default 1,2,4,8,16), for runs trained on "
+                    "data.corpus: eca:... or pointer:...")
+    ap.add_argument("--automaton-records", type=int, default=200, help="held-out records")
+    ap.add_argument("--automaton-orders", default="parallel", help="comma-separated: parallel (every masked cell "
+                    "in one step: sees depth) and/or confidence | raster | random (one row / hop per step)")
 
 
 def add_run_options(ap: argparse.ArgumentParser) -> None:
@@ -172,8 +192,11 @@ def request_from_args(ns: argparse.Namespace) -> EvalRequest:
                       force=getattr(ns, "force", False), scan=ns.scan, scan_draws=ns.scan_draws,
                       attention=ns.attention, ts=_numbers(ns.ts, float, "ts") or list(DEFAULT_ATTENTION_TS),
                       attention_loops=ns.attention_loops, sudoku=ns.sudoku, sudoku_blanks=ns.sudoku_blanks,
-                      sudoku_order=ns.sudoku_order, sudoku_puzzles=ns.sudoku_puzzles,
-                      quiet=getattr(ns, "quiet", False))
+                      sudoku_order=ns.sudoku_order, sudoku_puzzles=ns.sudoku_puzzles, automaton=ns.automaton,
+                      automaton_records=ns.automaton_records,
+                      automaton_orders=check_orders(ns.automaton_orders.split(",")), quiet=getattr(ns, "quiet", False))
+    if req.automaton_records < 1:
+        raise EvalError("automaton_records", f"got {req.automaton_records}; must be >= 1")
     if not any(getattr(req, kind) for kind in KINDS):
         raise EvalError("tasks", "nothing to do: give " + ", ".join(f"--{k}" for k in KINDS[:-1])
                         + f" and/or --{KINDS[-1]}")

@@ -26,6 +26,10 @@ Spec keys:
   evaluate:                   # a third stage: `python -m study.eval` arguments run on selected finished runs
     - {runs: finetuned, args: "--tasks gsm8k-synth:easy:200 --loops 1,4"}   # finetuned|pretrained|all|GLOB
                               # (after training when local; SLURM jobs with afterok on the run's job)
+  control: {gate: {...}, criteria: {...}, inert: {...}}   # a positive control's pre-registered tests
+                              # (analysis/control; the report states each with its measured value)
+  control_study: control_small.yaml   # a positive control's spec (relative to this one), run first into
+                              # <out>/control; this study's report cites it beside each claim
   tune: {lr: [1.0e-3, 3.0e-3, 1.0e-2], budget: {flops: 2.0e+11}}
                               # a stage before the grid: the LR per (family, width) chosen on a small grid at
                               # a small budget; the grid trains at it (study/plan/tuning.py)
@@ -45,7 +49,7 @@ from typing import Any
 
 from model.config import ConfigError, reject_unknown_keys
 import records
-from study.evaluate.request import EvalRequest, parse_stage_args
+from study.evaluate.request import AUTOMATON_ORDERS, EvalRequest, parse_stage_args
 from study.plan import config as config_mod
 from study.plan import tuning
 from study.plan.finetune import sft_raw, study_relative_parent
@@ -53,7 +57,8 @@ from study.plan.planned import PlannedRun
 from study.plan.scaling import RULES
 
 SPEC_KEYS = ["study", "description", "base", "axes", "zip", "seeds", "baselines", "scaling", "resources",
-             "resource_classes", "estimate", "finetune", "evaluate", "tune"]
+             "resource_classes", "estimate", "finetune", "evaluate", "tune", "control",
+             "control_study"]
 EVAL_RUNS = ("finetuned", "pretrained", "all")  # or a slug glob
 ROLES = ("looped", "baseline_same", "baseline_deeper", "single")
 BASELINES = ("same_size", "deeper")
@@ -79,6 +84,8 @@ class Spec:
     path: Path | None = None
     evaluate: list["EvalStage"] = field(default_factory=list)
     tune: tuning.TuneSpec | None = None
+    control: Any = None  # analysis.control.Preregistration: what a positive control counts, fixed before it runs
+    control_study: Path | None = None  # a control spec run first into <out>/control; the report cites it
 
 
 @dataclass
@@ -187,7 +194,31 @@ def parse_spec(raw: dict, path: Path | None = None) -> Spec:
     return Spec(study=str(study), description=str(raw.get("description", "")), base=raw.get("base") or {},
                 axes=axes, zip=zips, baselines=baselines, scaling=scaling, resources=raw.get("resources") or {},
                 resource_classes=classes, estimate=estimate, finetune=finetune, path=path,
-                evaluate=_eval_stages(raw.get("evaluate")), tune=tuning.parse_tune(raw.get("tune"), axes, zips, scaling))
+                evaluate=_eval_stages(raw.get("evaluate")), tune=tuning.parse_tune(raw.get("tune"), axes, zips, scaling),
+                control=_preregistration(raw.get("control")), control_study=_control_study(raw.get("control_study"), path))
+
+
+def _control_study(raw: Any, path: Path | None) -> Path | None:
+    """``control_study: control_small.yaml`` (relative to this spec): the positive control run with it."""
+    if raw is None:
+        return None
+    where = (path.parent if path is not None else Path()) / str(raw)
+    if not isinstance(raw, str) or not where.is_file() or (path is not None and where.resolve() == path.resolve()):
+        raise ConfigError("control_study", f"{raw!r}: name another spec file, relative to this one "
+                                           f"(e.g. control_small.yaml beside sweeps/demo.yaml)")
+    return where
+
+
+def _preregistration(raw: Any):
+    """``control:`` (a positive control's gate and criteria, `analysis.control`), checked when the spec loads."""
+    if raw is None:
+        return None
+    from analysis.control import Preregistration, PreregistrationError
+
+    try:
+        return Preregistration.from_spec(raw, orders=AUTOMATON_ORDERS)
+    except PreregistrationError as exc:
+        raise ConfigError(exc.field, str(exc).split(": ", 1)[-1]) from None
 
 
 def _eval_stages(raw: Any) -> list[EvalStage]:
