@@ -1,7 +1,7 @@
 """Does a re-run reproduce a study? ``python -m analysis.compare STUDY_A STUDY_B [--z 2]``.
 
 Matches runs by their identity hash (the run directory's suffix), then every final validation point by
-(inference loops, exit threshold), and checks |NLL_a - NLL_b| against the two points' Monte-Carlo standard
+(inference loops, exit threshold) — the study's positive control (its `control/` study) included —, and checks |NLL_a - NLL_b| against the two points' Monte-Carlo standard
 errors combined (z = 2 by default). The same code on the same machine reproduces a run bit for bit; on other
 hardware or library versions float reductions differ, and this says whether the difference stays inside the
 error the report already states. Exit status 0 when every shared point agrees, 1 otherwise, 2 on bad input.
@@ -21,11 +21,14 @@ from .util import DefaultsFormatter
 
 def final_points(study_dir: Path) -> dict[tuple, dict]:
     out = {}
-    for run_dir in records.list_run_dirs(study_dir):
-        for row in records.read_evals(run_dir).rows:
-            if row.get("is_final") and not row.get("scan"):
-                key = (records.run_key(run_dir), row["eval_loops"], row.get("exit_threshold"))
-                out[key] = row | {"run": run_dir.name}
+    control = records.control_dir(study_dir)
+    studies = [(study_dir, "")] + ([(control, f"{records.CONTROL_DIR}/")] if (control / records.RUNS_DIR).is_dir() else [])
+    for d, prefix in studies:
+        for run_dir in records.list_run_dirs(d):
+            for row in records.read_evals(run_dir).rows:
+                if row.get("is_final") and not row.get("scan"):
+                    key = (records.run_key(run_dir), row["eval_loops"], row.get("exit_threshold"))
+                    out[key] = row | {"run": prefix + run_dir.name}
     return out
 
 
