@@ -67,11 +67,11 @@ class BareStep:
 
     def make(self, v: Variant, loops: int, batch: int, seq_len: int, clip: float = 0.0):
         model = self.model(v)
-        if v.mixed and self.dtype != torch.float32:
-            return self._mixed_step(model, v, loops, batch, seq_len)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=v.fused and self.device.type == "cuda")
         x = torch.randint(0, self.cfg.vocab_size - 1, (batch, seq_len), device=self.device)
         gen = torch.Generator().manual_seed(0)
+        if v.mixed and self.dtype != torch.float32:
+            return self._mixed_step(model, v, loops, x, gen)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=v.fused and self.device.type == "cuda")
 
         def step():
             if v.host_syncs:
@@ -88,12 +88,10 @@ class BareStep:
 
         return step
 
-    def _mixed_step(self, model, v: Variant, loops: int, batch: int, seq_len: int):
+    def _mixed_step(self, model, v: Variant, loops: int, x: torch.Tensor, gen: torch.Generator):
         params = [p for p in model.parameters() if p.requires_grad]
         master = [p.detach().float().clone().requires_grad_() for p in params]
         opt = torch.optim.AdamW(master, lr=1e-4, fused=v.fused and self.device.type == "cuda")
-        x = torch.randint(0, self.cfg.vocab_size - 1, (batch, seq_len), device=self.device)
-        gen = torch.Generator().manual_seed(0)
 
         def step():
             loss, _ = masked_diffusion_loss(model, x, loops=loops, generator=gen, full_head=v.full_head)
