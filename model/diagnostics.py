@@ -25,8 +25,10 @@ STATS = ("rel_change", "state_norm", "increment_norm", "increment_cos")
 
 @torch.no_grad()
 def loop_sums(model, tokens: torch.Tensor, loops: int, seed: int = 0, n_draws: int = 1, batch_size: int = 16,
-              rows: range | None = None, schedule: Schedule = Schedule()) -> dict[str, torch.Tensor]:
-    """Per-loop sums over sequences (float64, shape (loops,)) of each statistic, and ``n`` the count."""
+              rows: range | None = None, schedule: Schedule = Schedule(),
+              keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per-loop sums over sequences (float64, shape (loops,)) of each statistic, and ``n`` the count;
+    ``keep`` (L,) bool: positions never masked, as in `model.diffusion.nelbo_draws`."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -37,7 +39,8 @@ def loop_sums(model, tokens: torch.Tensor, loops: int, seed: int = 0, n_draws: i
     for lo in range(0, len(rows), batch_size):
         idx = slice(rows.start + lo, min(rows.start + lo + batch_size, rows.stop))
         x = tokens[idx].to(device)
-        z, _ = forward_mask(x, t_all[idx], model.cfg.mask_id, schedule, noise=noise[idx])
+        z, _ = forward_mask(x, t_all[idx], model.cfg.mask_id, schedule, noise=noise[idx],
+                            keep=None if keep is None else keep.expand(x.shape))
         trace = [h.float().flatten(1) for h in model.loop_trace(z, t_all[idx].to(device), loops)]
         per_token = x.shape[1] ** 0.5
         prev_inc = None

@@ -177,9 +177,10 @@ def eval_noise(shape: tuple[int, int], seed: int, draw: int, n_draws: int,
 @torch.no_grad()
 def nelbo_draws(model, tokens: torch.Tensor, loops: int | None = None, n_draws: int = 4, seed: int = 0,
                 batch_size: int = 16, exit_threshold: float | None = None, schedule: Schedule = Schedule(),
-                rows: range | None = None) -> tuple[torch.Tensor, float, int]:
+                rows: range | None = None, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, float, int]:
     """Per-sequence NELBO of each noise draw, (len(rows), K) float64, and the loops the mid block ran (sum,
-    count), for the sequences ``rows`` of ``tokens`` (default all).
+    count), for the sequences ``rows`` of ``tokens`` (default all). ``keep`` (L,) bool marks positions never
+    masked (a corpus's given part, ``data.given``): the NELBO is then of the rest given them.
 
     The times for sequence n are stratified over the draws (t_nk = u_n + k/K mod 1, u_n seeded), and the
     masks come from a generator seeded by (seed, draw), both drawn for the whole set and indexed by n: two
@@ -197,8 +198,8 @@ def nelbo_draws(model, tokens: torch.Tensor, loops: int | None = None, n_draws: 
         for lo in range(0, len(rows), batch_size):
             idx = slice(rows.start + lo, min(rows.start + lo + batch_size, rows.stop))
             x = tokens[idx].to(device)
-            nelbo, stats, _ = sequence_nelbo(model, x, t_all[idx], loops, schedule,
-                                             exit_threshold=exit_threshold, noise=noise[idx])
+            nelbo, stats, _ = sequence_nelbo(model, x, t_all[idx], loops, schedule, exit_threshold=exit_threshold,
+                                             noise=noise[idx], keep=None if keep is None else keep.expand(x.shape))
             per[lo:lo + x.shape[0], k] = nelbo.double().cpu()
             loops_sum += stats.loops_used.sum().item()
             loops_n += stats.loops_used.numel()
@@ -220,12 +221,12 @@ def estimate_from_draws(per: torch.Tensor, mean_loops: float) -> NLLEstimate:
 
 def validation_nll(model, tokens: torch.Tensor, loops: int | None = None, n_draws: int = 4, seed: int = 0,
                    batch_size: int = 16, exit_threshold: float | None = None,
-                   schedule: Schedule = Schedule()) -> NLLEstimate:
+                   schedule: Schedule = Schedule(), keep: torch.Tensor | None = None) -> NLLEstimate:
     """NLL bound over fixed eval sequences ``tokens`` (N, L) with K = ``n_draws`` fixed noise draws (see
     `nelbo_draws`): two models, or two loop counts, see exactly the same noise, so their difference is far
     more precise than either number alone."""
     per, loops_sum, loops_n = nelbo_draws(model, tokens, loops, n_draws, seed, batch_size, exit_threshold,
-                                          schedule)
+                                          schedule, keep=keep)
     return estimate_from_draws(per, loops_sum / max(loops_n, 1))
 
 

@@ -4,6 +4,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import records
+
 from study.data import automata
 from study.data.tokenizers import ByteTokenizer
 from study.evaluate.automaton_eval import depth_accuracy, majority_accuracy, score_depths
@@ -147,3 +149,52 @@ def test_the_request_and_a_spec_stage_take_the_automaton_options():
             parse_stage_args(args, "evaluate[0].args")
     from model.diffusion import INFILL_ORDERS
     assert set(AUTOMATON_ORDERS) == {"parallel", *INFILL_ORDERS}
+
+
+def test_given_keeps_the_scorers_given_part_visible_in_training_and_in_every_nll(tmp_path, monkeypatch):
+    """``data.given``: row 0, line breaks and eos are never masked by the training loss, the in-training NLL or
+    a later loop scan (the two NLLs agree and differ from the unconditional one); the floor is then 0."""
+    import model.diffusion as D
+    from model import validation_nll
+    from study.data import corpora, given_mask, pointer
+    from study.evaluate.automaton_eval import automaton_eval
+    from study.evaluate.loading import eval_tokens, load_run
+    from study.evaluate.loop_scan import loop_scan
+    from study.plan import config as C
+    from study.train import train
+
+    a = automata.parse("eca:30:10:4:300:fixed:columns")
+    given = corpora.given_positions(a.spec)
+    scored = sorted(p for d in a.depth_positions() for p in d)
+    assert sorted(given + scored) == list(range(a.record_len)) and not set(given) & set(scored)
+    row0, breaks = [a.position(0, i) for i in range(10)], [i * (a.rows + 1) + a.rows for i in range(10)]
+    assert given == sorted(row0 + breaks) + [a.record_len - 1]  # row 0, the line breaks (columns layout), eos
+    pc = pointer.parse("pointer:4:3:50")
+    assert corpora.given_positions(pc.spec) == [q for q in range(pc.record_len) if q not in (13, 14, 15)]
+
+    masks = []
+    real = D.draw_mask
+    monkeypatch.setattr(D, "draw_mask", lambda *args, **kw: masks.append(real(*args, **kw)) or masks[-1])
+    cfg = C.from_dict({
+        "model": {"d_model": 32, "n_heads": 4, "n_head_layers": 1, "n_mid_layers": 1, "n_tail_layers": 1,
+                  "s_max": 2, "max_seq_len": 64},
+        "data": {"corpus": a.spec, "tokenizer": "byte", "seq_len": a.record_len, "align": True, "given": True,
+                 "val_fraction": 0.05, "cache_dir": str(tmp_path / "cache")},
+        "optim": {"lr": 3e-3, "warmup_steps": 5}, "batch": {"global_batch": 8}, "budget": {"steps": 4},
+        "eval": {"points": 1, "n_seqs": 4, "n_draws": 2, "loops": [1]},
+        "system": {"log_every": 50, "ckpt_every": 10_000, "num_threads": 1}})
+    run = tmp_path / "run"
+    train(cfg, run, quiet=True)
+    assert masks and all(not m[:, given].any() for m in masks)  # training and in-training evals
+    assert any(m[:, scored].any() for m in masks)
+    final = [r for r in records.read_jsonl(run / records.EVALS) if r["is_final"] and r["eval_loops"] == 1][0]
+    scan = loop_scan(run, loops=[1], n_seqs=4, n_draws=2, seed=cfg.eval.seed)[0]
+    assert scan["nll"] == pytest.approx(final["nll"], rel=1e-5)
+    loaded = load_run(run, "latest", "cpu")
+    tokens = eval_tokens(cfg, 4)
+    unconditional = validation_nll(loaded.model, tokens, loops=1, n_draws=2, seed=cfg.eval.seed)
+    conditional = validation_nll(loaded.model, tokens, loops=1, n_draws=2, seed=cfg.eval.seed,
+                                 keep=given_mask(cfg.data))
+    assert conditional.nats == pytest.approx(scan["nll"], rel=1e-5) and unconditional.nats != conditional.nats
+    rec = automaton_eval(run, loops=[1], n_records=5)[0]
+    assert rec["nll_floor"] == 0.0 and len(rec["depth_accuracy"]) == 3

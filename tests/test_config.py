@@ -102,3 +102,25 @@ def test_default_eval_loops():
 def test_vocab_from_tokenizer():
     cfg = C.from_dict({"data": {"tokenizer": "byte", "seq_len": 32}, "budget": {"steps": 1}})
     assert cfg.model.vocab_size == 258 and cfg.model.mask_id == 257 and cfg.model.max_seq_len == 32
+
+
+@pytest.mark.parametrize("data, says", [
+    ({"corpus": "shakespeare"}, "has no given part"),
+    ({"corpus": "eca:30:14:6", "seq_len": 91, "align": False}, "data.align=true and data.seq_len=91"),
+    ({"corpus": "eca:30:14:6", "seq_len": 64, "align": True}, "data.seq_len=91"),
+    ({"corpus": "eca:30:14:6", "seq_len": 91, "align": True, "given": "yes"}, "true/false"),
+])
+def test_data_given_needs_whole_records_of_an_iterated_corpus(data, says):
+    raw = {"data": {"tokenizer": "byte", "seq_len": 64, "given": True, **data},
+           "model": {"max_seq_len": 128}, "budget": {"steps": 1}}
+    with pytest.raises(ConfigError, match="data.given") as err:
+        C.from_dict(raw)
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_data_given_enters_the_run_hash_only_when_set():
+    base = {"data": {"corpus": "eca:30:14:6", "tokenizer": "byte", "seq_len": 91, "align": True},
+            "model": {"max_seq_len": 128}, "budget": {"steps": 1}}
+    plain, off = C.from_dict(base), C.from_dict({**base, "data": {**base["data"], "given": False}})
+    on = C.from_dict({**base, "data": {**base["data"], "given": True}})
+    assert plain.hash == off.hash != on.hash

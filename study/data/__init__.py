@@ -12,6 +12,6 @@ from .corpora import CORPUS_ALIASES, CORPUS_FORMS, SHAKESPEARE_INSTALL, CorpusSo
 from .qa import QAData, format_answer, format_prompt, get_qa_batch, load_qa_rows, prepare_qa
 from .tokenizers import (TOKENIZER_FORMS, ByteTokenizer, DataError, HFTokenizer, Tokenizer, get_tokenizer,
                          token_dtype)
-from .tokens import TokenData, default_cache_dir, eval_batches, get_batch, prepare_tokens
+from .tokens import TokenData, default_cache_dir, eval_batches, get_batch, given_mask, prepare_tokens
 
 __all__ = [n for n in dir() if not n.startswith("_")]

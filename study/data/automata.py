@@ -115,10 +115,14 @@ class Automaton:
         return held_out(self._first_rows("test", seed), self.training_first_rows(), n, 2 ** self.width, self.spec,
                         "use a wider automaton")
 
+    def depth_positions(self) -> list[list[int]]:
+        """``[k-1]``: the character positions of row k's cells, the cells a scorer masks (row 0, the line
+        breaks and eos stay given)."""
+        return [[self.position(k, i) for i in range(self.width)] for k in range(1, self.rows)]
+
     def scoring_records(self, n: int, seed: int = 0) -> list[tuple[str, str, list[list[int]]]]:
-        """Held-out (id, text, depths): ``depths[k-1]`` are the character positions of row k's cells, the cells
-        a scorer masks (row 0, the line breaks and eos stay given)."""
-        depths = [[self.position(k, i) for i in range(self.width)] for k in range(1, self.rows)]
+        """Held-out (id, text, depths), depths as `depth_positions`."""
+        depths = self.depth_positions()
         return [("".join(map(str, first)), self.text(first), depths) for first in self.test_first_rows(n, seed)]
 
 

@@ -43,6 +43,31 @@ def iterated(spec: str):
     return ITERATED[kind].parse(str(spec).strip()) if kind in ITERATED else None
 
 
+def given_positions(spec: str) -> list[int]:
+    """The positions of an iterated corpus's record that are *given*: every position at no depth (an
+    automaton's row 0, line breaks and eos; a pointer record's table, start node, line breaks and eos). The
+    per-depth scorer leaves exactly these visible, and ``data.given: true`` never masks them in training or in
+    an NLL, so the model learns p(the rest | given), the question the scorer asks. Everything else in such a
+    record is a function of its given part, so that conditional NLL's floor is 0."""
+    gen = check_given(spec)
+    scored = {p for depth in gen.depth_positions() for p in depth}
+    return [p for p in range(gen.record_len) if p not in scored]
+
+
+def check_given(spec: str, align: bool = True, seq_len: int | None = None, kind: str = "pretrain"):
+    """The generator of a ``data.given`` run's corpus, or one DataError naming data.given and the fix."""
+    gen = iterated(spec)
+    if gen is None:
+        raise DataError("data.given", f"corpus {spec!r} has no given part: use an iterated corpus "
+                                      f"({' or '.join(m.FORM for m in ITERATED.values())}) or data.given=false")
+    if not align or seq_len not in (None, gen.record_len):
+        raise DataError("data.given", f"needs whole records: set data.align=true and data.seq_len={gen.record_len} "
+                                      f"(the record length of {gen.spec})")
+    if kind != "pretrain":
+        raise DataError("data.given", "is for pretraining; an sft run keeps its own prompts unmasked")
+    return gen
+
+
 @dataclass(frozen=True)
 class CorpusSource:
     """A corpus spec resolved to what to read; `fingerprint` changes when the content may have changed."""

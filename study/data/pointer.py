@@ -93,10 +93,14 @@ class PointerChase:
         return held_out(self._draws("test", seed), self.training_draws(), n,
                         math.factorial(self.nodes) * self.nodes, self.spec, "use more nodes")
 
-    def scoring_records(self, n: int, seed: int = 0) -> list[tuple[str, str, list[list[int]]]]:
-        """Held-out (id, text, depths): ``depths[j-1]`` holds the position of hop j (the table and x0 stay given)."""
+    def depth_positions(self) -> list[list[int]]:
+        """``[j-1]``: the position of hop j (the table, x0, the line breaks and eos stay given)."""
         first = 3 * self.nodes  # the chain line starts after the table: x0 there, hop j at first + j
-        depths = [[first + j] for j in range(1, self.hops + 1)]
+        return [[first + j] for j in range(1, self.hops + 1)]
+
+    def scoring_records(self, n: int, seed: int = 0) -> list[tuple[str, str, list[list[int]]]]:
+        """Held-out (id, text, depths), depths as `depth_positions`."""
+        first, depths = 3 * self.nodes, self.depth_positions()
         return [(text[first:first + self.hops + 1] + "-" + text[1:first:3], text, depths)
                 for text in (self.text(p, s) for p, s in self.test_draws(n, seed))]
 

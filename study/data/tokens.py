@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover
 
 import records
 
-from .corpora import CorpusSource, check_hub_reachable, get_corpus_texts, resolve_corpus
+from .corpora import CorpusSource, check_hub_reachable, get_corpus_texts, given_positions, resolve_corpus
 from .hub import offline_requested
 from .tokenizers import ByteTokenizer, DataError, Tokenizer, get_tokenizer, token_dtype
 
@@ -375,6 +375,17 @@ def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, step
         starts = rng.integers(0, n - seq_len + 1, size=batch_size)
     windows = np.asarray(tokens[starts[:, None] + np.arange(seq_len)], dtype=np.int64)
     return torch.from_numpy(windows)
+
+
+def given_mask(data) -> torch.Tensor | None:
+    """(seq_len,) bool: the positions ``data.given`` never masks (`corpora.given_positions`), or None when it
+    is off. One mask for every record: the corpora that have a given part are aligned fixed-length records."""
+    if not getattr(data, "given", False):
+        return None
+    import torch  # late, as above
+    keep = torch.zeros(data.seq_len, dtype=torch.bool)
+    keep[given_positions(data.corpus)] = True
+    return keep
 
 
 def eval_batches(tokens: np.ndarray, n_seqs: int, seq_len: int, align: bool = False) -> torch.Tensor:

@@ -15,7 +15,8 @@ Per record, the share of cells right at each depth goes to ``per_depth`` (record
 ``sample_ids``, so two models are compared paired on the same records) and the share of all masked cells to
 ``per_sample`` (metric ``cells``); the file is ``evals/<kind>-<order>-<hash>.json`` in the task-evaluation
 contract, keyed by (run hash, checkpoint step, settings) and never recomputed. Each file also carries the
-generator's NLL floor (nats/token), the chance accuracy and the per-depth accuracy of always answering the
+generator's NLL floor (nats/token; 0 for a run trained with ``data.given``, whose NLL is of the rest given
+the given part, a function of it), the chance accuracy and the per-depth accuracy of always answering the
 majority value (``majority_per_depth``), so an analysis needs nothing from ``study``."""
 from __future__ import annotations
 
@@ -126,7 +127,7 @@ def automaton_eval(run_dir: str | Path, loops: Sequence[int] = DEFAULT_LOOPS, n_
                   "exit_threshold": None, "per_sample": cells.tolist(), "sample_ids": [r[0] for r in recs],
                   "n": len(recs), "per_depth": acc.tolist(), "depth_accuracy": acc.mean(0).tolist(),
                   "depth_unit": gen.depth_unit, "depth_sizes": [len(p) for p in depths], "chance": gen.chance,
-                  "majority_per_depth": majority, "nll_floor": gen.nll_floor, "record_len": gen.record_len,
+                  "majority_per_depth": majority, "nll_floor": 0.0 if cfg.data.given else gen.nll_floor, "record_len": gen.record_len,
                   "order": order, "run_hash": run_hash, "ckpt_step": step, "step": step, "eval_hash": h,
                   "config": settings, "versions": versions(), "device": device_name(run.device),
                   "wall_s": time.perf_counter() - t0}

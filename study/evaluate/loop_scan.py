@@ -11,6 +11,7 @@ from typing import Sequence
 
 import records
 from model import flops, validation_nll
+from study.data import given_mask
 
 from .loading import checkpoint_identity, eval_tokens, load_run
 from .request import DEFAULT_SCAN_LOOPS, EvalError, check_loops, check_thresholds
@@ -62,7 +63,8 @@ def loop_scan(run_dir: str | Path, loops: Sequence[int] = DEFAULT_SCAN_LOOPS,
             tokens = eval_tokens(cfg, n_seqs)
             run = load_run(run_dir, records.ckpt_step(path), device, prefer_ema=(weights == "ema"))
         est = validation_nll(run.model, tokens, loops=s, n_draws=n_draws, seed=seed,
-                             batch_size=batch_size or cfg.eval.batch_size, exit_threshold=eps)
+                             batch_size=batch_size or cfg.eval.batch_size, exit_threshold=eps,
+                             keep=given_mask(cfg.data))
         row = {**base, **ident, **est.to_dict(), **_inference_flops(cfg, est.mean_loops), "is_final": False,
                "scan": True, "run_hash": run_hash}
         records.append_jsonl(evals_path, row)

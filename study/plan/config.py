@@ -31,7 +31,8 @@ NON_SEMANTIC = ("system", "data.cache_dir", "eval.batch_size", "meta")
 #: fields added after runs existed: left out of the hash while at their default, so a config that does not
 #: use them keeps the identity (and the run directory) it had before they were added
 HASHED_ONLY_IF_SET = {"model.loop_input": "none", "model.loop_embed": False, "model.loop_norm": False,
-                      "model.pad_vocab": 1, "model.grid_box": None, "data.align": False, "data.val_split": None}
+                      "model.pad_vocab": 1, "model.grid_box": None, "data.align": False, "data.val_split": None,
+                      "data.given": False}
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class DataConfig:
     cache_dir: str | None = None  # where token shards live; None -> $LOOPMDM_CACHE or ~/.cache/loopmdm
     align: bool = False  # windows start at multiples of seq_len: fixed-length records (a Sudoku grid + eos)
     val_split: str | None = None  # the corpus's own held-out split (hub: `test` for LM1B); None: every k-th document
+    # an iterated corpus's given part (automaton row 0, pointer table) is never masked, in training and in every
+    # NLL: the model learns p(rest | given), what the per-depth scorer asks (`study.data.corpora.given_positions`)
+    given: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,10 @@ class RunConfig:
         need(not self.system.wandb or importlib.util.find_spec("wandb") is not None, "system.wandb",
              "needs the wandb package: pip install wandb, or set system.wandb=false")
         need(isinstance(d.align, bool), "data.align", f"got {d.align!r}; must be true or false")
+        need(isinstance(d.given, bool), "data.given", f"got {d.given!r}; must be true or false")
+        if d.given:
+            from study.data.corpora import check_given  # late, as in resolve(): planning needs no generators otherwise
+            check_given(d.corpus, d.align, d.seq_len, self.kind)
         need(d.val_split is None or (isinstance(d.val_split, str) and d.val_split.strip() != ""), "data.val_split",
              f"got {d.val_split!r}; a split name of the corpus (e.g. test) or null")
         need(d.seq_len <= self.model.max_seq_len, "data.seq_len",

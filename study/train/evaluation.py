@@ -17,6 +17,7 @@ import records
 from model import LoopMDM
 from model.diagnostics import loop_means, loop_sums
 from model.diffusion import estimate_from_draws, nelbo_draws
+from study.data import given_mask
 from study.plan.config import RunConfig
 
 from .distributed import Diverged, all_gather, any_rank
@@ -27,6 +28,7 @@ class Evaluator:
     def __init__(self, cfg: RunConfig, run_dir: Path, tokens: torch.Tensor | None, device: torch.device, rank: int,
                  world: int, tb=None, wandb=None):
         self.cfg, self.run_dir, self.tokens, self.device = cfg, run_dir, tokens, device
+        self.given = given_mask(cfg.data)  # the NLL of what training predicts: p(rest | given) under data.given
         self.rank, self.world, self.tb, self.wandb = rank, world, tb, wandb
         self.steps = set(cfg.eval_steps()) if cfg.kind == "pretrain" else set()
 
@@ -56,7 +58,7 @@ class Evaluator:
             with bf16:
                 per, lsum, ln = nelbo_draws(model, self.tokens, loops=loops, n_draws=cfg.eval.n_draws,
                                             seed=cfg.eval.seed, batch_size=cfg.eval.batch_size, exit_threshold=eps,
-                                            rows=rows_here)
+                                            rows=rows_here, keep=self.given)
             parts = all_gather((per, lsum, ln), self.world)
             est = estimate_from_draws(torch.cat([p[0] for p in parts]),
                                       sum(p[1] for p in parts) / max(1, sum(p[2] for p in parts)))
@@ -71,7 +73,7 @@ class Evaluator:
             K = max([*cfg.eval_loops, cfg.model.s_max])
             with bf16:
                 sums = loop_sums(model, self.tokens, K, seed=cfg.eval.seed, n_draws=cfg.eval.n_draws,
-                                 batch_size=cfg.eval.batch_size, rows=rows_here)
+                                 batch_size=cfg.eval.batch_size, rows=rows_here, keep=self.given)
             parts = all_gather(sums, self.world)
             diag = {"step": progress.step, "tokens": progress.tokens, **progress.flops(), "loops": K,
                     **loop_means({k: sum(p[k] for p in parts) for k in sums}), "is_final": final}

@@ -124,6 +124,7 @@ class Trainer:
             self.train_tokens = td.train
             self.eval_tokens = data_mod.eval_batches(td.val, cfg.eval.n_seqs, cfg.data.seq_len, cfg.data.align)
         self.data_mod = data_mod
+        self.given = data_mod.given_mask(cfg.data)  # (seq_len,) or None; stays on the host, as the loss's masks do
 
     def _build_engine(self) -> None:
         cfg = self.cfg
@@ -195,6 +196,7 @@ class Trainer:
             else:
                 x = self.data_mod.get_batch(self.train_tokens, self.micro, cfg.data.seq_len, cfg.seed, step,
                                             rank=self.rank * self.accum + micro, align=cfg.data.align)
+                keep = None if self.given is None else self.given.expand(x.shape)
             loss, _ = masked_diffusion_loss(self.engine, to_device(x, self.device), loops=loops, generator=gen,
                                             keep=keep)
             self.engine.backward(loss)
