@@ -248,3 +248,24 @@ def test_a_spec_s_control_study_runs_first_into_its_control_folder(tmp_path, cap
         main.write_text(yaml.safe_dump({**yaml.safe_load(ctl.read_text()), "study": "m", "control_study": bad}))
         assert cli.sweep_main([str(main), "--out", str(tmp_path / "o2")]) == 2
         assert "control_study" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+
+
+def test_local_workers_share_the_runs_each_trained_once(tmp_path, capfd):
+    """resources.local_workers: 2 processes take runs from one queue; every run is trained by exactly one of them
+    (one start in its metrics), and a re-run finds nothing to do."""
+    out = tmp_path / "study"
+    p = _write(tmp_path, resources={"executor": "local", "local_workers": 2})
+    assert cli.sweep_main([str(p), "--out", str(out), "--no-report"]) == 0
+    text = capfd.readouterr().out
+    assert "2 local workers" in text and "(w1)" in text and "(w2)" in text
+    assert [s.state for s in records.scan_study(out)] == ["done"] * 4
+    for d in (out / "runs").iterdir():
+        steps = [r["step"] for r in records.read_jsonl(d / records.METRICS)]
+        assert steps == sorted(set(steps))  # no step logged twice: one process trained it, once
+    done_lines = [line for line in text.splitlines() if " done in " in line]
+    assert len(done_lines) == 4
+    assert cli.sweep_main([str(p), "--out", str(out), "--no-report"]) == 0
+    assert "0 to run" in capfd.readouterr().out
+    p = _write(tmp_path, resources={"executor": "local", "local_workers": 0})
+    assert cli.sweep_main([str(p), "--out", str(tmp_path / "other")]) == 2
+    assert "resources.local_workers" in capfd.readouterr().err and not (tmp_path / "other").exists()

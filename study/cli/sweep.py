@@ -221,7 +221,7 @@ def submit(ns, spec, runs, tune_runs, resources, sdir: Path) -> int:
             if eta is not None:
                 eta.plan(todo)
             rc = training.submit_slurm(sdir, spec, todo, resources, ns.wait) if slurm else \
-                training.run_locally(sdir, spec, todo, quiet=ns.quiet, eta=eta)
+                training.run_locally(sdir, spec, todo, quiet=ns.quiet, eta=eta, workers=resources.local_workers)
         if spec.evaluate and slurm:
             evals = evaluations.submit_stages(sdir, spec, ready, resources)
             for s in evals:
@@ -253,7 +253,7 @@ def tune(ns, spec, tune_runs, resources, sdir: Path, slurm: bool, eta) -> int:
         return 0
     if slurm:
         return training.submit_slurm(sdir, spec, todo, resources, ns.wait)
-    return training.run_locally(sdir, spec, todo, quiet=ns.quiet, eta=eta)
+    return training.run_locally(sdir, spec, todo, quiet=ns.quiet, eta=eta, workers=resources.local_workers)
 
 
 def after_tuning(ns, spec, sdir: Path) -> tuple[list, list]:

@@ -42,6 +42,7 @@ class ResourceSpec:
     mem_gb: float | None = None
     time_min: int = 60
     array_parallelism: int = 256
+    local_workers: int = 1  # local executor: runs trained at once, each in its own process with cores / workers threads
     requeue: bool = True  # on preemption/timeout: requeue (True) or checkpoint and stop (False)
     signal_delay_s: int = 120  # SIGUSR2 this long before the time limit: time to checkpoint
     max_timeouts: int = 20  # requeues after hitting the time limit before giving up
@@ -93,6 +94,8 @@ class ResourceSpec:
              "must be an integer number of minutes >= 1")
         need(isinstance(self.array_parallelism, int) and self.array_parallelism >= 1, "array_parallelism",
              "must be an integer >= 1 (how many array tasks may run at once)")
+        need(isinstance(self.local_workers, int) and self.local_workers >= 1, "local_workers",
+             "must be an integer >= 1 (how many runs the local executor trains at once)")
         need(isinstance(self.signal_delay_s, int) and 0 <= self.signal_delay_s < self.time_min * 60,
              "signal_delay_s", f"must be >= 0 and shorter than time_min ({self.time_min * 60} s), or the "
              "checkpoint signal arrives before the run starts")

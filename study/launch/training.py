@@ -136,51 +136,111 @@ class Eta:
         return ", ".join(x for x in (done, eta) if x)
 
 
-def run_locally(study_dir: Path, spec: Spec, runs: list[PlannedRun], quiet: bool = False, eta: Eta | None = None) -> int:
-    """The local executor: one run after another in this process. SIGINT/SIGTERM (Ctrl-C) reach the running
-    run's stop flag: it checkpoints at the next step boundary and the sweep exits with EXIT_STOPPED; a second
-    Ctrl-C interrupts at once. A run that another process holds is skipped (it trains there)."""
+def run_locally(study_dir: Path, spec: Spec, runs: list[PlannedRun], quiet: bool = False, eta: Eta | None = None,
+                workers: int = 1) -> int:
+    """The local executor: one run after another in this process, or with ``workers`` > 1 (``resources.
+    local_workers``) in that many processes, each taking the next run from a shared queue with an equal share of
+    the cores: small runs use a few cores better as separate processes than as threads of one. SIGINT/SIGTERM
+    (Ctrl-C) reach the running runs' stop flags: they checkpoint at the next step boundary and the sweep exits with
+    EXIT_STOPPED; a second Ctrl-C interrupts at once. A run that another process holds is skipped (it trains
+    there)."""
+    if workers > 1 and len(runs) > 1:
+        return _run_in_workers(study_dir, spec, runs, quiet, min(workers, len(runs)))
+    return _train_in_turn(study_dir, spec, enumerate(runs, 1), len(runs), quiet, eta or Eta(runs))
+
+
+def _train_in_turn(study_dir: Path, spec: Spec, numbered, n: int, quiet: bool, eta: Eta | None, tag: str = "") -> int:
+    """Train (i, run) pairs as they come; ``eta`` None: no time estimate (a worker sees only its own share)."""
     from study.train import train
 
     flag = install_preemption_flag(interactive=True)
     failed = held = 0
-    eta = eta or Eta(runs)
     try:
-        for i, r in enumerate(runs, 1):
+        for i, r in numbered:
             if flag.is_set():
                 break
-            print(f"[{i}/{len(runs)}] {r.slug} ({r.role}); {eta.text()}", flush=True)
+            print(f"{tag}[{i}/{n}] {r.slug} ({r.role})" + (f"; {eta.text()}" if eta else ""), flush=True)
             t0 = time.time()
             start_step = (records.tail_jsonl(r.run_dir(study_dir) / records.METRICS, 1) or [{}])[0].get("step") or 0
             try:
                 summary = train(r.final_config(spec.study), r.run_dir(study_dir), stop=flag.stop_requested, quiet=quiet)
             except records.Locked as exc:
                 held += 1
-                print(f"    skipped: {exc}", flush=True)
+                print(f"{tag}    skipped: {exc}", flush=True)
                 continue
             except Exception as exc:  # recorded in the run's failure marker by train(); the sweep goes on
                 failed += 1
-                print(f"    failed: {exc}", file=sys.stderr, flush=True)
+                print(f"{tag}    failed: {exc}", file=sys.stderr, flush=True)
                 continue
             if summary.get("status") == "preempted":
-                print(f"    stopped at step {summary['step']}: checkpointed; run the same command again to resume",
+                print(f"{tag}    stopped at step {summary['step']}: checkpointed; run the same command again to resume",
                       flush=True)
                 return EXIT_STOPPED
             if summary.get("already_done"):  # another process finished it since this sweep looked
-                print("    already done (by another process)", flush=True)
+                print(f"{tag}    already done (by another process)", flush=True)
                 continue
-            eta.record(r, time.time() - t0, 1.0 - min(start_step, r.cfg.steps) / max(r.cfg.steps, 1))
+            if eta:
+                eta.record(r, time.time() - t0, 1.0 - min(start_step, r.cfg.steps) / max(r.cfg.steps, 1))
             finals = [f"S={e['eval_loops']}: {e['nll']:.3f}" for e in summary.get("final_eval", [])
                       if e.get("exit_threshold") is None]
-            print(f"    done in {time.time() - t0:.0f} s" + (f"; val NLL {', '.join(finals)}" if finals else ""),
+            print(f"{tag}    {r.slug} done in {time.time() - t0:.0f} s" + (f"; val NLL {', '.join(finals)}" if finals else ""),
                   flush=True)
     finally:
         flag.uninstall()
     if flag.signals:
         return EXIT_STOPPED
     if held:
-        print(f"{held} run(s) were being trained by another process; run `status` to follow them", flush=True)
+        print(f"{tag}{held} run(s) were being trained by another process; run `status` to follow them", flush=True)
     return 1 if failed else 0
+
+
+def _worker(study_dir: Path, spec: Spec, queue, n: int, quiet: bool, threads: int, tag: str) -> None:
+    """One local worker process: ``threads`` torch threads (a run's own system.num_threads still wins), the
+    runs the queue hands it until its end marker."""
+    import torch
+    torch.set_num_threads(threads)
+    os.environ.pop("MASTER_PORT", None)  # one inherited from a run trained in the parent: each worker picks its own
+    sys.exit(_train_in_turn(study_dir, spec, iter(queue.get, None), n, quiet, None, tag))
+
+
+def _run_in_workers(study_dir: Path, spec: Spec, runs: list[PlannedRun], quiet: bool, workers: int) -> int:
+    """``workers`` spawned processes share the runs through a queue; a stop signal here is passed on to them
+    (each checkpoints its run); the result is the worst of theirs."""
+    import multiprocessing
+    import signal
+
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter each: no forked torch thread pools
+    queue = ctx.Queue()
+    for item in enumerate(runs, 1):
+        queue.put(item)
+    for _ in range(workers):
+        queue.put(None)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    print(f"{workers} local workers, {threads} thread(s) each", flush=True)
+    procs = [ctx.Process(target=_worker, args=(study_dir, spec, queue, len(runs), quiet, threads, f"(w{w}) "))
+             for w in range(1, workers + 1)]
+    for p in procs:
+        p.start()
+    stopped = False
+
+    def forward(signum, _frame):
+        nonlocal stopped
+        stopped = True
+        for p in procs:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for p in procs:
+            p.join()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    codes = [p.exitcode for p in procs]
+    if stopped or EXIT_STOPPED in codes:
+        return EXIT_STOPPED
+    return 0 if all(c == 0 for c in codes) else 1
 
 
 def submit_slurm(study_dir: Path, spec: Spec, runs: list[PlannedRun], resources: ResourceSpec, wait: bool) -> int:
