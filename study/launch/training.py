@@ -153,44 +153,48 @@ def _train_in_turn(study_dir: Path, spec: Spec, numbered, n: int, quiet: bool, e
     """Train (i, run) pairs as they come; ``eta`` None: no time estimate (a worker sees only its own share)."""
     from study.train import train
 
+    def say(text: str, stream=None) -> None:  # one write per line: workers share the terminal
+        stream = stream or sys.stdout
+        stream.write(f"{tag}{text}\n")
+        stream.flush()
+
     flag = install_preemption_flag(interactive=True)
     failed = held = 0
     try:
         for i, r in numbered:
             if flag.is_set():
                 break
-            print(f"{tag}[{i}/{n}] {r.slug} ({r.role})" + (f"; {eta.text()}" if eta else ""), flush=True)
+            say(f"[{i}/{n}] {r.slug} ({r.role})" + (f"; {eta.text()}" if eta else ""))
             t0 = time.time()
             start_step = (records.tail_jsonl(r.run_dir(study_dir) / records.METRICS, 1) or [{}])[0].get("step") or 0
             try:
                 summary = train(r.final_config(spec.study), r.run_dir(study_dir), stop=flag.stop_requested, quiet=quiet)
             except records.Locked as exc:
                 held += 1
-                print(f"{tag}    skipped: {exc}", flush=True)
+                say(f"    skipped: {exc}")
                 continue
             except Exception as exc:  # recorded in the run's failure marker by train(); the sweep goes on
                 failed += 1
-                print(f"{tag}    failed: {exc}", file=sys.stderr, flush=True)
+                say(f"    failed: {exc}", sys.stderr)
                 continue
             if summary.get("status") == "preempted":
-                print(f"{tag}    stopped at step {summary['step']}: checkpointed; run the same command again to resume",
-                      flush=True)
+                say(f"    stopped at step {summary['step']}: checkpointed; run the same command again to resume")
                 return EXIT_STOPPED
             if summary.get("already_done"):  # another process finished it since this sweep looked
-                print(f"{tag}    already done (by another process)", flush=True)
+                say("    already done (by another process)")
                 continue
             if eta:
                 eta.record(r, time.time() - t0, 1.0 - min(start_step, r.cfg.steps) / max(r.cfg.steps, 1))
             finals = [f"S={e['eval_loops']}: {e['nll']:.3f}" for e in summary.get("final_eval", [])
                       if e.get("exit_threshold") is None]
-            print(f"{tag}    {r.slug} done in {time.time() - t0:.0f} s" + (f"; val NLL {', '.join(finals)}" if finals else ""),
-                  flush=True)
+            say(f"    done in {time.time() - t0:.0f} s" + (f"; val NLL {', '.join(finals)}" if finals else "")
+                + (f" ({r.slug})" if tag else ""))
     finally:
         flag.uninstall()
     if flag.signals:
         return EXIT_STOPPED
     if held:
-        print(f"{tag}{held} run(s) were being trained by another process; run `status` to follow them", flush=True)
+        say(f"{held} run(s) were being trained by another process; run `status` to follow them")
     return 1 if failed else 0
 
 
