@@ -68,3 +68,20 @@ def test_the_bare_step_as_the_harness_optimises_keeps_bf16_weights_and_an_fp32_m
     after = list(model.parameters())
     assert all(p.dtype == torch.bfloat16 and p.grad is None for p in after)
     assert any(not torch.equal(a, b) for a, b in zip(after, before))
+
+
+def test_the_h2d_probe_finds_the_loss_paths_host_to_device_moves_per_micro_step():
+    """bench/h2d_probe.py on CPU: the batch, the mask, t and the masked-row index are each moved once per
+    micro-step (the copies the loss path makes on a GPU, pinned there); nothing is counted during warm-up."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("h2d_probe", ROOT / "bench" / "h2d_probe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    n, hits = mod.probe("cpu", "fp32", steps=2, warmup=1, accum=2)
+    assert n == 2
+    ours = {where: c for (what, where, memory), c in hits.items() if where.endswith("diffusion.py:56:to_device")}
+    assert sorted(ours.values()) == [4, 4, 4, 4]  # 4 call sites (batch, mask, t, rows), each 2 micro-steps x 2 steps
+    assert all(memory == "host" for (_, _, memory) in hits)
+    import torch
+    assert torch.Tensor.to.__name__ == "to"  # the probe put torch back as it was
