@@ -39,8 +39,7 @@ def loop_sums(model, tokens: torch.Tensor, loops: int, seed: int = 0, n_draws: i
     for lo in range(0, len(rows), batch_size):
         idx = slice(rows.start + lo, min(rows.start + lo + batch_size, rows.stop))
         x = tokens[idx].to(device)
-        z, _ = forward_mask(x, t_all[idx], model.cfg.mask_id, schedule, noise=noise[idx],
-                            keep=None if keep is None else keep.expand(x.shape))
+        z, _ = forward_mask(x, t_all[idx], model.cfg.mask_id, schedule, noise=noise[idx], keep=keep)
         trace = [h.float().flatten(1) for h in model.loop_trace(z, t_all[idx].to(device), loops)]
         per_token = x.shape[1] ** 0.5
         prev_inc = None

@@ -61,8 +61,8 @@ def draw_mask(shape: torch.Size | tuple[int, int], t: torch.Tensor, schedule: Sc
               generator: torch.Generator | None = None, keep: torch.Tensor | None = None,
               noise: torch.Tensor | None = None) -> torch.Tensor:
     """Which positions z_t masks (bool (B, L), on the CPU): each independently with probability 1 - alpha_t;
-    ``keep`` marks positions never masked (an SFT prompt). Drawn on the CPU (or from uniform ``noise``
-    passed in) so a seed gives the same masks on any device and any batch size, and the loss can pick its
+    ``keep`` ((B, L), or (L,) for every sequence) marks positions never masked (an SFT prompt, a corpus's given
+    part). Drawn on the CPU (or from uniform ``noise`` passed in) so a seed gives the same masks on any device and any batch size, and the loss can pick its
     rows without asking the device anything."""
     p_mask = (1 - schedule.alpha(t.cpu()))[:, None]
     u = torch.rand(shape, generator=generator) if noise is None else noise.cpu()
@@ -111,7 +111,7 @@ def sequence_nelbo(model, x: torch.Tensor, t: torch.Tensor, loops: int | None, s
         out = model(z, t_dev, loops=loops, exit_threshold=exit_threshold, rows=rows,
                     targets=x.flatten().index_select(0, rows))
         ce = out.nll.new_zeros(B * L).index_put((rows,), out.nll).view(B, L)
-    n_positions = L if keep is None else to_device((~keep.cpu()).sum(1).clamp_min(1), x.device)
+    n_positions = L if keep is None else to_device((~keep.cpu()).expand(B, L).sum(1).clamp_min(1), x.device)
     nelbo = schedule.weight(t_dev) * ce.sum(1) / n_positions
     return nelbo, out.stats, masked_cpu
 
@@ -199,7 +199,7 @@ def nelbo_draws(model, tokens: torch.Tensor, loops: int | None = None, n_draws: 
             idx = slice(rows.start + lo, min(rows.start + lo + batch_size, rows.stop))
             x = tokens[idx].to(device)
             nelbo, stats, _ = sequence_nelbo(model, x, t_all[idx], loops, schedule, exit_threshold=exit_threshold,
-                                             noise=noise[idx], keep=None if keep is None else keep.expand(x.shape))
+                                             noise=noise[idx], keep=keep)
             per[lo:lo + x.shape[0], k] = nelbo.double().cpu()
             loops_sum += stats.loops_used.sum().item()
             loops_n += stats.loops_used.numel()

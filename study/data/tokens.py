@@ -380,7 +380,7 @@ def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, step
 def given_mask(data) -> torch.Tensor | None:
     """(seq_len,) bool: the positions ``data.given`` never masks (`corpora.given_positions`), or None when it
     is off. One mask for every record: the corpora that have a given part are aligned fixed-length records."""
-    if not getattr(data, "given", False):
+    if not data.given:
         return None
     import torch  # late, as above
     keep = torch.zeros(data.seq_len, dtype=torch.bool)

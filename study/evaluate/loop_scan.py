@@ -50,7 +50,7 @@ def loop_scan(run_dir: str | Path, loops: Sequence[int] = DEFAULT_SCAN_LOOPS,
     evals_path = run_dir / records.EVALS
     have = {_scan_key(r): r for r in records.read_jsonl(evals_path) if r.get("scan")}
     base = {"step": step, "tokens": meta.get("tokens"), **{f"flops_{c}": meta.get(f"flops_{c}") for c in flops.CONVENTIONS}}
-    run = tokens = None
+    run = tokens = keep = None
     out = []
     for s, eps in [(s, None) for s in loops] + [(cap, e) for e in thresholds]:
         ident = {"step": step, "eval_loops": s, "exit_threshold": eps, "n_draws": n_draws, "n_seqs": n_seqs,
@@ -60,11 +60,11 @@ def loop_scan(run_dir: str | Path, loops: Sequence[int] = DEFAULT_SCAN_LOOPS,
             out.append(have[key])
             continue
         if run is None:  # only now: a scan already on disk costs no weights and no data
-            tokens = eval_tokens(cfg, n_seqs)
+            tokens, keep = eval_tokens(cfg, n_seqs), given_mask(cfg.data)
             run = load_run(run_dir, records.ckpt_step(path), device, prefer_ema=(weights == "ema"))
         est = validation_nll(run.model, tokens, loops=s, n_draws=n_draws, seed=seed,
                              batch_size=batch_size or cfg.eval.batch_size, exit_threshold=eps,
-                             keep=given_mask(cfg.data))
+                             keep=keep)
         row = {**base, **ident, **est.to_dict(), **_inference_flops(cfg, est.mean_loops), "is_final": False,
                "scan": True, "run_hash": run_hash}
         records.append_jsonl(evals_path, row)

@@ -196,7 +196,7 @@ class Trainer:
             else:
                 x = self.data_mod.get_batch(self.train_tokens, self.micro, cfg.data.seq_len, cfg.seed, step,
                                             rank=self.rank * self.accum + micro, align=cfg.data.align)
-                keep = None if self.given is None else self.given.expand(x.shape)
+                keep = self.given
             loss, _ = masked_diffusion_loss(self.engine, to_device(x, self.device), loops=loops, generator=gen,
                                             keep=keep)
             self.engine.backward(loss)
